@@ -1,0 +1,53 @@
+"""Every registered model, method, metric and prompt set, by name.
+
+Entries are ``"module:attribute"`` strings imported on first use, so importing this file is
+cheap and has no side effects beyond filling the four registries.
+"""
+from __future__ import annotations
+
+from qbench.registry import Registry
+
+MODELS = Registry("model")
+METHODS = Registry("method")
+METRICS = Registry("metric")
+PROMPTS = Registry("prompt set")
+
+# -- models (qbench/models/specs.py) -----------------------------------------------------------
+for _name, _attr, _desc in [
+    ("lcm", "LCM", "SimianLuo/LCM_Dreamshaper_v7 (SD1.5), LCM scheduler, 4 steps, 512 px, fp16"),
+    ("pcm", "PCM", "SD1.5 + wangfuyun/PCM_Weights smallcfg LoRA, TCD scheduler, 8 steps, 512 px, fp16"),
+    ("sdxl-turbo", "SDXL_TURBO", "stabilityai/sdxl-turbo, Euler-ancestral trailing, 4 steps, 512 px, fp16"),
+    ("flux-schnell", "FLUX_SCHNELL", "black-forest-labs/FLUX.1-schnell, flow-match Euler shift 1, 4 steps, 1024 px, bf16"),
+    ("tiny-lcm", "TINY_LCM", "random-weight tiny twin of lcm (same classes), 64 px, offline"),
+    ("tiny-pcm", "TINY_PCM", "random-weight tiny twin of pcm (same classes + tiny LoRA), 64 px, offline"),
+    ("tiny-sdxl-turbo", "TINY_SDXL_TURBO", "random-weight tiny twin of sdxl-turbo (same classes), 64 px, offline"),
+    ("tiny-flux", "TINY_FLUX", "random-weight tiny twin of flux-schnell (same classes), 64 px, offline"),
+]:
+    MODELS.register(_name, f"qbench.models.specs:{_attr}", _desc)
+
+# -- methods (methods/<name>.py, installed as qbench.methods.<name>) -----------------------------
+METHODS.register("fp", "qbench.methods.fp:FullPrecision", "full precision: the model's native dtype, no quantization")
+METHODS.register("qsched", "qbench.methods.qsched:QSched", "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)")
+
+# -- metrics (qbench/metrics/<name>.py) ----------------------------------------------------------
+# System measurements need no learned network; the harness takes them on every run.
+METRICS.register("latency", "qbench.measure:measure_latency", "end-to-end and per-step latency (s): median and IQR of timed runs after warm-up", system=True)
+METRICS.register("peak-memory", "qbench.measure:peak_memory", "peak memory while generating: CUDA peak allocated, or process peak RSS on CPU", system=True)
+METRICS.register("model-size", "qbench.models.base:module_nbytes", "exact bytes of the denoiser's stored weights (packed for quantized layers)", system=True)
+# Image metrics (issue 5). Options are keys of RunConfig.metric_options; `standin=true` swaps every
+# learned network for a tiny random local one (numbers labelled meaningful=False).
+METRICS.register("fid", "qbench.metrics.fid:FID", "FID vs real images (fid_reference: folder or .npz), Inception-v3 pool3, protocol fid_protocol (clean)", needs_weights="inception", options=("fid_reference", "fid_ref_n", "fid_protocol", "inception_weights"))
+METRICS.register("fid-fp", "qbench.metrics.fid:FIDvsFP", "FID vs the full-precision model's images of the same prompts and seeds", needs_weights="inception", options=("fid_protocol", "inception_weights"))
+METRICS.register("clip", "qbench.metrics.clip_score:CLIPScore", "CLIP score 100*max(cos,0), open_clip (default OpenAI ViT-L/14)", needs_weights="clip", options=("clip_model", "clip_pretrained"))
+METRICS.register("clipiqa", "qbench.metrics.clipiqa:CLIPIQA", 'CLIP-IQA in [0,1] ("Good photo."/"Bad photo."), pyiqa RN50 backbone', needs_weights="clipiqa", options=("clipiqa_backbone", "clipiqa_prompts", "clipiqa_impl"))
+METRICS.register("jaq", "qbench.metrics.jaq:JAQMetric", "JAQ = log(CLIPScore/100) + k*CLIP-IQA per image (k=2), reference-free, higher is better", needs_weights="clip+clipiqa", options=("jaq_k", "jaq_quality", "jaq_alignment", "jaq_eps"))
+METRICS.register("psnr", "qbench.metrics.fidelity:PSNR", "PSNR (dB) vs the full-precision image of the same prompt and seed", needs_weights=None)
+METRICS.register("ssim", "qbench.metrics.fidelity:SSIM", "SSIM vs the full-precision image of the same prompt and seed", needs_weights=None)
+METRICS.register("lpips", "qbench.metrics.fidelity:LPIPS", "LPIPS v0.1 (AlexNet) vs the full-precision image of the same prompt and seed", needs_weights="lpips", options=("lpips_net", "lpips_weights"))
+METRICS.register("brisque", "qbench.metrics.quality:BRISQUEMetric", "BRISQUE no-reference quality (shipped SVM, offline; lower is better)", needs_weights=None)
+METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference quality (pyiqa, offline; lower is better)", needs_weights=None)
+
+# -- prompt sets (qbench/prompts.py; data in datasets/) ---------------------------------------------
+PROMPTS.register("coco2014-30k", "qbench.prompts:coco2014_30k", "COCO-30k val2014 zero-shot FID prompt set (one caption per image, file order), CC BY 4.0")
+PROMPTS.register("coco2017", "qbench.prompts:coco2017", "COCO val2017 captions: first caption of each image, images in id order, CC BY 4.0")
+PROMPTS.register("coco2017-calib", "qbench.calibration:coco2017_calib", "the last 100 prompts of coco2017 (held out from coco2017:N, N <= 4900): Q-Sched calibration, CC BY 4.0")

@@ -1,0 +1,261 @@
+"""``qbench`` command line. Every user-facing error is one line on stderr and a non-zero exit."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+import warnings
+from typing import Any, Sequence
+
+from qbench.config import RunConfig
+from qbench.errors import ConfigError, QBenchError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + error
+        sys.stderr.write(f"qbench: error: {message} (see `{self.prog} --help`)\n")
+        raise SystemExit(2)
+
+
+def _kv(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    k, v = text.split("=", 1)
+    try:
+        value: Any = json.loads(v)
+    except json.JSONDecodeError:
+        value = v
+    return k.strip(), value
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    d = RunConfig.__dataclass_fields__
+    p.add_argument("--config", help="a RunConfig JSON file; flags given on the command line override it")
+    p.add_argument("--model", help=f"registered model name (default {d['model'].default}); see `qbench list models`")
+    p.add_argument("--method", help="registered method name (default fp); see `qbench list methods`")
+    p.add_argument("--bits", help="bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize)")
+    p.add_argument("--mode", choices=["simulate", "kernel"], help="simulate = fake quantization; kernel = real low-bit execution")
+    p.add_argument("--prompts", help="prompt spec NAME:N or a .txt/.jsonl/.csv file (default: the model's default set)")
+    p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
+    p.add_argument("--seed", type=int, help="base seed; prompt i uses seed + i (default 42)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float)
+    p.add_argument("--resolution", type=int)
+    p.add_argument("--metrics", help="comma-separated metric names (default: the model's); see `qbench list metrics`")
+    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", help="float32 / float16 / bfloat16 (default: the model's native dtype; float32 on CPU)")
+    p.add_argument("--out-dir", help="results folder (default reports/)")
+    p.add_argument("--db", help="SQLite results database (default <out-dir>/qbench.sqlite)")
+    p.add_argument("--latency-warmup", type=int)
+    p.add_argument("--latency-repeats", type=int)
+    p.add_argument("--tag", help="free-text label stored with the run")
+    p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable), e.g. -O group_size=64")
+    p.add_argument("--metric-option", "-M", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="metric option (repeatable), e.g. -M clip_model=ViT-B-32")
+    p.add_argument("--qsched-ckpt", help="Q-Sched checkpoint JSON (method qsched)")
+    p.add_argument("--inception-weights", help="local Inception-v3 FID weights (FID metrics)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    base: dict[str, Any] = {}
+    if args.config:
+        try:
+            with open(args.config) as f:
+                base = RunConfig.from_json(f.read()).to_dict()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {args.config!r}: {e.strerror}") from None
+    for f in dataclasses.fields(RunConfig):
+        v = getattr(args, f.name, None)
+        if v is not None and f.name not in ("method_options", "metric_options"):
+            base[f.name] = v
+    mo = dict(base.get("method_options", {}))
+    mo.update(dict(args.option))
+    if args.qsched_ckpt:
+        mo["qsched_ckpt"] = args.qsched_ckpt
+    base["method_options"] = mo
+    me = dict(base.get("metric_options", {}))
+    me.update(dict(args.metric_option))
+    if args.inception_weights:
+        me["inception_weights"] = args.inception_weights
+    base["metric_options"] = me
+    if "prompts" not in base:
+        from qbench.models.loader import get_spec
+
+        base["prompts"] = get_spec(base.get("model", RunConfig.model)).default_prompts
+    try:
+        return RunConfig.from_dict(base)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from qbench import harness
+    from qbench.tables import console, print_result
+
+    cfg = config_from_args(args)
+    con = console(stderr=args.json)
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(f"[dim]{m}[/dim]"))
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+    else:
+        print_result(result.to_dict(), con)
+        con.print(f"[dim]stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs[/dim]")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from qbench.catalog import METHODS
+
+    cfg = config_from_args(args)
+    if args.search:
+        cfg.method_options["search"] = args.search
+    cls = METHODS.get(cfg.method)
+    if not hasattr(cls, "run_calibration"):
+        raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
+    summary = cls.run_calibration(cfg, show_progress=not args.no_progress)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from qbench.store import Store
+    from qbench.tables import compare_rows, console, print_compare
+
+    store = Store(args.db or os.path.join(args.out_dir, "qbench.sqlite"))
+    models = [args.model] if args.model else store.models()
+    if not models:
+        raise QBenchError(f"no finished runs in {store.path}; run `qbench run` first")
+    payload = {m: compare_rows(store.runs(model=m)) for m in models}
+    if args.json:
+        print(json.dumps(payload, indent=1, default=str))
+        return 0
+    con = console()
+    for m in models:
+        if not payload[m]:
+            raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
+        print_compare(m, payload[m], con)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from qbench.store import Store
+    from qbench.tables import console, print_run
+
+    run = Store(args.db or os.path.join(args.out_dir, "qbench.sqlite")).get(args.run)
+    if args.json:
+        print(json.dumps(run, indent=1, default=str))
+    else:
+        print_run(run, console())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from qbench.catalog import METHODS, METRICS, MODELS, PROMPTS
+    from qbench.tables import console, print_registry
+
+    regs = {"models": MODELS, "methods": METHODS, "metrics": METRICS, "prompts": PROMPTS}
+    kinds = [args.kind] if args.kind else list(regs)
+    if args.json:
+        print(json.dumps({k: [{"name": e.name, "description": e.description, **e.meta} for e in regs[k]] for k in kinds}, indent=1, default=str))
+        return 0
+    con = console()
+    for k in kinds:
+        print_registry(k, regs[k], con)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qbench.report import write_report
+
+    paths = write_report(args.db or os.path.join(args.out_dir, "qbench.sqlite"), args.out_dir, model=args.model)
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _delegate(target: str, argv: list[str]) -> int:
+    from qbench.registry import Entry
+
+    return int(Entry("cmd", target, "").load()(argv) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="qbench", description="Evaluate post-training quantization of few-step text-to-image diffusion models.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    p = sub.add_parser("run", help="generate images with a model + method, measure, store the result")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("calibrate", help="run a method's calibration only (e.g. Q-Sched coefficient search) and save its checkpoint")
+    _add_run_args(p)
+    p.add_argument("--search", help="calibration search (method-specific, e.g. grid or fast for qsched)")
+    p.set_defaults(func=cmd_calibrate)
+    for name, helptext, func in [
+        ("compare", "table of stored runs for a model, one row per method/bit setting", cmd_compare),
+        ("report", "write a Markdown report with tables and image grids under <out-dir>/", cmd_report),
+    ]:
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--model", help="only this model (default: every model with runs)")
+        p.add_argument("--out-dir", default="reports")
+        p.add_argument("--db")
+        if name == "compare":
+            p.add_argument("--json", action="store_true")
+        p.set_defaults(func=func)
+    p = sub.add_parser("show", help="one stored run in full")
+    p.add_argument("run", help="run id (or a unique prefix)")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_show)
+    p = sub.add_parser("list", help="registered models, methods, metrics or prompt sets")
+    p.add_argument("kind", nargs="?", choices=["models", "methods", "metrics", "prompts"])
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_list)
+    for name, target, helptext in [
+        ("bench-kernels", "qbench.quant.bench:main", "benchmark quantized vs full-precision linear layers at real GEMM shapes"),
+        ("zoo", "qbench.zoo.cli:main", "the toy world: train / check the shipped toy models"),
+    ]:
+        p = sub.add_parser(name, help=helptext, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=lambda a, _t=target: _delegate(_t, a.rest))
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Silence import-time chatter of torch/torchao/bitsandbytes/diffusers that is not ours."""
+    for name in ("torch.utils._pytree", "bitsandbytes", "torchao", "diffusers", "transformers", "datasets", "httpx2", "timm"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torchvision|open_clip|timm)")
+    warnings.filterwarnings("ignore", message=".*deprecated.*")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    quiet_libraries()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except QBenchError as e:
+        sys.stderr.write(f"qbench: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("qbench: interrupted; results already stored are kept\n")
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

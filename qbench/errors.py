@@ -1,0 +1,38 @@
+"""Errors that the CLI turns into one clear line and a non-zero exit code."""
+from __future__ import annotations
+
+
+class QBenchError(Exception):
+    """A user-facing error: bad input, missing weights, unknown name, ...
+
+    The CLI prints ``qbench: error: <message>`` and exits with ``exit_code``; it never shows a
+    traceback for these. Everything else is a bug and keeps its traceback.
+    """
+
+    exit_code = 2
+
+
+class UnknownNameError(QBenchError):
+    """A name that is not in a registry."""
+
+
+class ConfigError(QBenchError):
+    """A malformed configuration value (bit spec, flag, option)."""
+
+
+class MissingWeightsError(QBenchError):
+    """Weights that cannot be found locally while the hub is unreachable or disabled."""
+
+    exit_code = 3
+
+
+class NonFiniteOutputError(QBenchError):
+    """A model produced NaN or inf."""
+
+    exit_code = 4
+
+
+class RunInterrupted(QBenchError):
+    """Ctrl-C during a run: what was produced so far is kept."""
+
+    exit_code = 130

@@ -1,0 +1,278 @@
+"""The harness: ``run(cfg) -> RunResult``.
+
+load model -> [full-precision reference images, if a metric needs them] -> method.prepare ->
+method.calibrate -> method.convert -> generate (batched, per-prompt seeds, image cache, progress
+bar) -> metrics (each network loaded once, timed apart from generation) -> latency / peak memory /
+model size -> store. Methods and metrics plug in through the registries; nothing here knows any
+particular method.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from qbench.api import MetricContext, MetricValue, Prompt
+from qbench.config import RunConfig, stable_hash
+from qbench.errors import QBenchError, RunInterrupted
+from qbench.store import ImageCache, Store, iter_chunks
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    config: dict[str, Any]
+    label: str
+    mode: str
+    bits: str | None
+    model_source: str
+    method: dict[str, Any]
+    method_report: dict[str, Any]
+    metrics: dict[str, dict[str, Any]]
+    latency: dict[str, Any]
+    memory: dict[str, Any]
+    model_bytes: int
+    timings: dict[str, float]
+    n_images: int
+    n_generated: int
+    images_dir: str
+    provenance: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _NullProgress:
+    def add_task(self, *a, **k):
+        return 0
+
+    def update(self, *a, **k):
+        pass
+
+    def advance(self, *a, **k):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return _NullProgress()
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+
+
+def seed_for(cfg: RunConfig, prompt: Prompt) -> int:
+    return cfg.seed + prompt.index
+
+
+def image_key(model, method_desc: dict[str, Any], cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    meta = {
+        "model": model.spec.name,
+        "weights": model.source,
+        "method": method_desc,
+        "steps": cfg.steps or model.spec.steps,
+        "guidance": model.spec.guidance if cfg.guidance is None else cfg.guidance,
+        "resolution": cfg.resolution or model.spec.resolution,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "device_type": model.device.split(":")[0],
+    }
+    return stable_hash(meta), meta
+
+
+def generate_cached(
+    model,
+    cache: ImageCache,
+    prompts: list[Prompt],
+    cfg: RunConfig,
+    progress,
+    description: str,
+) -> tuple[list, int]:
+    """Images for all prompts, generating only those missing from the cache. -> (images, n generated)."""
+    todo = [p for p in prompts if not cache.has(p.id, seed_for(cfg, p))]
+    task = progress.add_task(description, total=len(prompts), completed=len(prompts) - len(todo))
+    for chunk in iter_chunks(todo, cfg.batch_size):
+        images = model.generate(
+            [p.text for p in chunk],
+            [seed_for(cfg, p) for p in chunk],
+            steps=cfg.steps,
+            guidance=cfg.guidance,
+            resolution=cfg.resolution,
+        )
+        for p, im in zip(chunk, images):
+            cache.save(im, p.id, seed_for(cfg, p))
+        progress.advance(task, len(chunk))
+    return [cache.load(p.id, seed_for(cfg, p)) for p in prompts], len(todo)
+
+
+def _resolve_metrics(cfg: RunConfig, spec) -> list[str]:
+    from qbench.catalog import METRICS
+
+    names = list(cfg.metrics) if cfg.metrics is not None else list(spec.default_metrics)
+    out = []
+    for n in names:
+        e = METRICS.entry(n)  # raises "unknown metric ...; did you mean"
+        if not e.meta.get("system"):
+            out.append(n)
+    return out
+
+
+def _check_writable(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
+
+
+def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
+    from qbench.catalog import METHODS, METRICS
+    from qbench.measure import PeakMemory, measure_latency, provenance
+    from qbench.models.base import module_nbytes
+    from qbench.models.loader import get_spec, load_model
+    from qbench.prompts import load_prompts
+
+    say = log or (lambda msg: None)
+    cfg.validate()
+    # validate every name and input before any heavy work
+    spec = get_spec(cfg.model)
+    method_cls = METHODS.get(cfg.method)
+    metric_names = _resolve_metrics(cfg, spec)
+    prompts = load_prompts(cfg.prompts)
+    method = method_cls(cfg)
+    _check_writable(cfg.out_dir)
+    store = Store(cfg.db_path)
+    desc = method.describe()
+    run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
+    say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts})")
+    timings: dict[str, float] = {}
+    n_done = 0
+    cache: ImageCache | None = None
+    t_start = time.perf_counter()
+    try:
+        t = time.perf_counter()
+        model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+        timings["load_s"] = time.perf_counter() - t
+        metric_classes = {n: METRICS.get(n) for n in metric_names}
+        need_fp = [n for n, c in metric_classes.items() if getattr(c, "needs_fp_reference", False)]
+        with _progress(show_progress) as progress:
+            references = None
+            if need_fp:
+                fp_desc = METHODS.get("fp")(cfg.replace(method="fp", bits=None, method_options={})).describe()
+                fp_key, fp_meta = image_key(model, fp_desc, cfg)
+                fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
+                t = time.perf_counter()
+                references, _ = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references")
+                timings["reference_s"] = time.perf_counter() - t
+            t = time.perf_counter()
+            method.prepare(model)
+            calib_spec = cfg.calib_prompts or method.calibration_prompts_default
+            calib_prompts = load_prompts(calib_spec) if calib_spec else []
+            method.calibrate(model, calib_prompts)
+            method.convert(model)
+            timings["quantize_s"] = time.perf_counter() - t
+            desc = method.describe()  # may now include calibrated values
+            key, meta = image_key(model, desc, cfg)
+            cache = ImageCache(cfg.out_dir, cfg.model, key, meta)
+            t = time.perf_counter()
+            images, n_gen = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})")
+            n_done = len(prompts)
+            timings["generate_s"] = time.perf_counter() - t
+            timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
+            t = time.perf_counter()
+            metrics = _compute_metrics(metric_classes, cfg, model, prompts, images, references, progress)
+            timings["metrics_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        with PeakMemory(model.device) as mem:
+            latency = measure_latency(
+                model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
+            )
+        timings["latency_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+        memory = dict(mem.result, measured_during="latency runs (batch 1)")
+        result = RunResult(
+            run_id=run_id,
+            config=cfg.to_dict(),
+            label=method.label,
+            mode=method.mode,
+            bits=desc.get("bits"),
+            model_source=model.source,
+            method=desc,
+            method_report=method.report(),
+            metrics={k: v.to_dict() for k, v in metrics.items()},
+            latency=latency,
+            memory=memory,
+            model_bytes=module_nbytes(model.denoiser),
+            timings=timings,
+            n_images=len(images),
+            n_generated=n_gen,
+            images_dir=cache.dir,
+            provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny),
+            notes=_notes(model),
+        )
+        store.finish_run(run_id, result.to_dict(), result.metrics)
+        return result
+    except KeyboardInterrupt:
+        kept = f"; {cache.dir} keeps the images already made" if cache else ""
+        store.mark(run_id, "interrupted", "KeyboardInterrupt")
+        raise RunInterrupted(f"run {run_id} interrupted{kept}; re-run the same command to resume (only missing images are generated)") from None
+    except QBenchError as e:
+        store.mark(run_id, "failed", str(e))
+        raise
+    except BaseException as e:
+        store.mark(run_id, "failed", f"{type(e).__name__}: {e}")
+        raise
+
+
+def _notes(model) -> list[str]:
+    notes = []
+    if model.spec.is_tiny:
+        notes.append("tiny twin with RANDOM weights: learned metrics are meaningless; numbers check mechanics only")
+    return notes
+
+
+def _compute_metrics(metric_classes, cfg: RunConfig, model, prompts, images, references, progress) -> dict[str, MetricValue]:
+    ctx = MetricContext(
+        device=model.device,
+        options=dict(cfg.metric_options),
+        model_name=model.spec.name,
+        model_family=model.spec.family,
+        resolution=cfg.resolution or model.spec.resolution,
+        prompt_set=cfg.prompts,
+        cache_dir=os.path.join(cfg.out_dir, "cache"),
+    )
+    out: dict[str, MetricValue] = {}
+    if not metric_classes:
+        return out
+    task = progress.add_task("metrics", total=len(metric_classes) * len(prompts))
+    for name, cls in metric_classes.items():
+        metric = cls(ctx)  # each metric network is built once per run
+        for idx in iter_chunks(list(range(len(prompts))), max(cfg.batch_size, 8)):
+            metric.update(
+                [images[i] for i in idx],
+                [prompts[i] for i in idx],
+                [references[i] for i in idx] if references is not None and getattr(cls, "needs_fp_reference", False) else None,
+            )
+            progress.advance(task, len(idx))
+        value = metric.compute()
+        if isinstance(value, MetricValue):
+            out[name] = value
+        else:
+            for sub, v in value.items():
+                out[sub if sub.startswith(name) else f"{name}/{sub}"] = v
+    for name, v in out.items():
+        if v.value is not None and isinstance(v.value, float) and math.isnan(v.value):
+            v.details.setdefault("warning", "NaN")
+    return out

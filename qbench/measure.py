@@ -1,0 +1,164 @@
+"""Measurements that need no learned network: latency, peak memory, provenance.
+
+Latency: ``warmup`` untimed generations, then ``repeats`` timed ones of one prompt at batch 1,
+CUDA-synchronised; per-step times come from diffusers' ``callback_on_step_end`` (the time between
+consecutive step ends, so the first step, which includes nothing else, is measured from the
+previous callback only from step 2 on). Peak memory: CUDA peak allocated after a reset, or on CPU
+the process's peak resident set (VmHWM) after resetting it through ``/proc/self/clear_refs``.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from typing import Any
+
+from qbench.models.base import LoadedModel, sync
+
+
+def _summary(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    q = statistics.quantiles(xs, n=4, method="inclusive") if len(xs) >= 2 else [xs[0]] * 3
+    return {"median": statistics.median(xs), "iqr": q[2] - q[0], "min": xs[0], "max": xs[-1], "n": len(xs)}
+
+
+def measure_latency(model: LoadedModel, prompt: str, seed: int, *, warmup: int = 1, repeats: int = 3, **gen_kwargs: Any) -> dict[str, Any]:
+    for _ in range(warmup):
+        model.generate([prompt], [seed], **gen_kwargs)
+    e2e: list[float] = []
+    steps: list[float] = []
+    for _ in range(repeats):
+        marks: list[float] = []
+
+        def on_step(i: int) -> None:
+            sync(model.device)
+            marks.append(time.perf_counter())
+
+        sync(model.device)
+        t0 = time.perf_counter()
+        model.generate([prompt], [seed], step_callback=on_step, **gen_kwargs)
+        sync(model.device)
+        e2e.append(time.perf_counter() - t0)
+        steps += [b - a for a, b in zip(marks, marks[1:])]
+    out: dict[str, Any] = {"end_to_end_s": _summary(e2e), "batch_size": 1, "warmup": warmup, "repeats": repeats}
+    if steps:
+        out["per_step_s"] = _summary(steps)
+    return out
+
+
+class PeakMemory:
+    """Context manager measuring peak memory of the block (bytes)."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.result: dict[str, Any] = {}
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            _reset_peak_rss()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self.result = {"peak_bytes": int(torch.cuda.max_memory_allocated()), "kind": "cuda peak allocated"}
+        else:
+            peak = _peak_rss()
+            self.result = {"peak_bytes": peak, "kind": "process peak RSS (VmHWM)" + ("" if _RESET_OK else ", not resettable: whole-process peak")}
+
+
+def peak_memory(device: str) -> PeakMemory:
+    return PeakMemory(device)
+
+
+_RESET_OK = True
+
+
+def _reset_peak_rss() -> None:
+    global _RESET_OK
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        _RESET_OK = False
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+# -- provenance -------------------------------------------------------------------------------------
+_PACKAGES = ("qbench", "torch", "diffusers", "transformers", "torchao", "open_clip_torch", "pyiqa", "torchmetrics", "numpy")
+
+
+def _version(pkg: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(pkg)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_hash() -> str | None:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        h = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5)
+        if h.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", repo, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return h.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {name}"
+
+
+def provenance(device: str) -> dict[str, Any]:
+    import torch
+
+    from qbench.store import utcnow
+
+    return {
+        "date": utcnow(),
+        "git": git_hash(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "device": device,
+        "device_name": device_name(device),
+        "torch_threads": torch.get_num_threads(),
+        "versions": {p: _version(p) for p in _PACKAGES},
+    }

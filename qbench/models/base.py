@@ -1,0 +1,154 @@
+"""Model adapters: what a model is (ModelSpec) and a loaded pipeline (LoadedModel)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from PIL.Image import Image
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Defaults of one model (DESIGN.md §2.1), shared by the real model and its tiny twin."""
+
+    name: str
+    description: str
+    family: str  # "lcm" | "pcm" | "sdxl-turbo" | "flux-schnell" | "toy-..."
+    pipeline_class: str  # diffusers class name
+    scheduler_class: str  # diffusers class name
+    scheduler_config: dict[str, Any]  # overrides applied with from_config(...)
+    denoiser: str  # "unet" | "transformer"
+    steps: int
+    guidance: float
+    resolution: int
+    dtype: str  # "float16" | "bfloat16" | "float32"
+    hub_id: str | None = None  # real weights on the hub
+    revision: str | None = None
+    lora: dict[str, Any] | None = None  # {"repo": ..., "weight_name": ..., "subfolder": ...}
+    call_kwargs: dict[str, Any] = field(default_factory=dict)  # extra pipeline(...) kwargs
+    tiny_builder: str | None = None  # "module:function" that writes a random tiny twin to a folder
+    local_dir: str | None = None  # weights shipped inside the qbench package (relative to it), e.g. the toy world
+    default_metrics: tuple[str, ...] = ("psnr", "ssim")
+    default_prompts: str = "coco2017:8"
+    cpu_dtype: str = "float32"  # dtype used when running on CPU (fp16 matmuls are slow/unsupported there)
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.tiny_builder is not None
+
+    @property
+    def is_real(self) -> bool:
+        """Real pretrained weights from the hub (not a tiny twin, not shipped toy weights)."""
+        return self.hub_id is not None and self.tiny_builder is None and self.local_dir is None
+
+
+@dataclass
+class LoadedModel:
+    spec: ModelSpec
+    pipe: Any  # diffusers.DiffusionPipeline
+    source: str  # where the weights came from: "hub:<id>@<rev>", "path:<dir>", "random tiny twin (seed 0)"
+    device: str
+    dtype: "torch.dtype"
+
+    @property
+    def denoiser(self) -> "torch.nn.Module":
+        return getattr(self.pipe, self.spec.denoiser)
+
+    @property
+    def scheduler(self) -> Any:
+        return self.pipe.scheduler
+
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        *,
+        steps: int | None = None,
+        guidance: float | None = None,
+        resolution: int | None = None,
+        step_callback: Callable[[int], None] | None = None,
+    ) -> "list[Image]":
+        """One image per prompt; prompt i uses its own ``torch.Generator`` seeded with ``seeds[i]``,
+        so its image does not depend on the batch it is in."""
+        import torch
+
+        if len(prompts) != len(seeds):
+            raise ValueError("one seed per prompt")
+        gen_device = "cpu" if self.device == "mps" else self.device
+        generators = [torch.Generator(gen_device).manual_seed(int(s)) for s in seeds]
+        res = resolution or self.spec.resolution
+        kwargs: dict[str, Any] = dict(self.spec.call_kwargs)
+        kwargs.update(
+            prompt=list(prompts),
+            num_inference_steps=steps or self.spec.steps,
+            guidance_scale=self.spec.guidance if guidance is None else guidance,
+            height=res,
+            width=res,
+            generator=generators,
+            output_type="np",
+        )
+        if step_callback is not None:
+
+            def _cb(pipe, i, t, callback_kwargs):  # diffusers' callback_on_step_end signature
+                step_callback(i)
+                return callback_kwargs
+
+            kwargs["callback_on_step_end"] = _cb
+        with torch.inference_mode():
+            out = self.pipe(**kwargs)
+        return to_pil(out.images, prompts)
+
+
+def to_pil(images: Any, prompts: list[str]) -> "list[Image]":
+    """float images in [0, 1] (N, H, W, 3) -> PIL; NaN/inf anywhere raises NonFiniteOutputError."""
+    import numpy as np
+    from PIL import Image as PILImage
+
+    from qbench.errors import NonFiniteOutputError
+
+    arr = np.asarray(images)
+    bad = [i for i in range(arr.shape[0]) if not np.isfinite(arr[i]).all()]
+    if bad:
+        raise NonFiniteOutputError(
+            f"the model produced NaN/inf for {len(bad)} of {arr.shape[0]} images (first prompt: {prompts[bad[0]]!r}); "
+            "the quantization is likely too aggressive or the dtype overflows"
+        )
+    u8 = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+    return [PILImage.fromarray(u8[i]) for i in range(u8.shape[0])]
+
+
+def module_nbytes(module: "torch.nn.Module") -> int:
+    """Exact bytes of a module's stored tensors (parameters and buffers, each storage once).
+
+    Quantized layers register their packed weights, scales and zeros as buffers, so this is the
+    true stored size of a quantized denoiser.
+    """
+    seen: set[int] = set()
+    total = 0
+    for t in list(module.parameters()) + list(module.buffers()):
+        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+        if key in seen and key != 0:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def cache_root() -> str:
+    """Where tiny twins and other generated artefacts live (``QBENCH_CACHE`` overrides)."""
+    return os.environ.get("QBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qbench")

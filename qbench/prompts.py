@@ -1,0 +1,142 @@
+"""Prompt sets: the shipped COCO caption sets, registered extra sets, and user files.
+
+Spec grammar (``--prompts``):
+
+* ``NAME:N`` — the first N prompts of a registered set (``qbench list prompts``); ``NAME`` = all.
+  The order of every set is fixed and documented, so "the first N" is a stated, stable subset.
+* ``PATH`` or ``PATH:N`` — a ``.txt`` file (one prompt per line, blank lines skipped) or a
+  ``.jsonl``/``.json``/``.csv`` file with a caption column (``caption``, ``text`` or ``prompt``;
+  an ``id`` column, if present, gives the stable ids), loaded with Hugging Face ``datasets``.
+
+Every prompt keeps a stable id and its index in the full set; generation seeds are
+``run seed + index``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from functools import lru_cache
+from typing import Callable
+
+from qbench.api import Prompt
+from qbench.errors import ConfigError, QBenchError
+
+CAPTION_COLUMNS = ("caption", "text", "prompt")
+FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
+
+
+def data_dir() -> str:
+    """The repo's ``datasets/`` folder (data only; ``QBENCH_DATA`` overrides)."""
+    if os.environ.get("QBENCH_DATA"):
+        return os.environ["QBENCH_DATA"]
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets")
+
+
+def _data_file(*parts: str) -> str:
+    path = os.path.join(data_dir(), *parts)
+    if not os.path.isfile(path):
+        raise QBenchError(f"prompt data file {path} is missing (is qbench installed from its repo with `pip install -e .`?)")
+    return path
+
+
+# -- the shipped COCO sets --------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def coco2014_30k() -> tuple[Prompt, ...]:
+    """COCO-30k val2014: one caption per image, in file order (the zero-shot FID-30k convention)."""
+    out = []
+    with open(_data_file("coco", "MS-COCO_val2014_30k_captions.csv"), newline="", encoding="utf-8") as f:
+        for i, row in enumerate(csv.DictReader(f)):
+            out.append(Prompt(id=f"coco2014/{row['image_id']}", text=row["text"].strip(), index=i, meta={"image_id": int(row["image_id"])}))
+    return tuple(out)
+
+
+@lru_cache(maxsize=None)
+def coco2017() -> tuple[Prompt, ...]:
+    """COCO val2017: the first caption (lowest annotation id) of each image, images by ascending id."""
+    first: dict[int, dict] = {}
+    with open(_data_file("coco", "captions_val2017.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            cur = first.get(row["image_id"])
+            if cur is None or row["id"] < cur["id"]:
+                first[row["image_id"]] = row
+    out = []
+    for i, image_id in enumerate(sorted(first)):
+        row = first[image_id]
+        text = " ".join(row["caption"].split())
+        out.append(Prompt(id=f"coco2017/{image_id}/{row['id']}", text=text, index=i, meta={"image_id": image_id}))
+    return tuple(out)
+
+
+# -- user files ----------------------------------------------------------------------------------------
+def load_prompt_file(path: str) -> list[Prompt]:
+    if not os.path.isfile(path):
+        raise QBenchError(f"prompt file {path!r} does not exist")
+    if not os.access(path, os.R_OK):
+        raise QBenchError(f"prompt file {path!r} is not readable")
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in FILE_SUFFIXES:
+        raise QBenchError(f"prompt file {path!r}: unsupported type {suffix or '(none)'}; use {', '.join(FILE_SUFFIXES)}")
+    import datasets
+
+    datasets.disable_progress_bars()
+    builder = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv"}[suffix]
+    try:
+        ds = datasets.load_dataset(builder, data_files=os.path.abspath(path), split="train")
+    except Exception as e:  # datasets raises many types for malformed files; report it in one line
+        raise QBenchError(f"prompt file {path!r} could not be parsed as {builder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    base = os.path.basename(path)
+    if builder == "text":
+        texts = [r["text"].strip() for r in ds]
+        rows = [(f"{base}:{i}", t) for i, t in enumerate(texts) if t]
+    else:
+        col = next((c for c in CAPTION_COLUMNS if c in ds.column_names), None)
+        if col is None:
+            raise QBenchError(f"prompt file {path!r} has no caption column; expected one of {', '.join(CAPTION_COLUMNS)} (found: {', '.join(ds.column_names)})")
+        has_id = "id" in ds.column_names
+        rows = []
+        for i, r in enumerate(ds):
+            text = (r[col] or "").strip() if isinstance(r[col], str) or r[col] is None else str(r[col])
+            if text:
+                rows.append((f"{base}:{r['id']}" if has_id else f"{base}:{i}", text))
+    ids = [r[0] for r in rows]
+    if len(set(ids)) != len(ids):
+        raise QBenchError(f"prompt file {path!r} has duplicate ids")
+    return [Prompt(id=pid, text=text, index=i) for i, (pid, text) in enumerate(rows)]
+
+
+# -- spec parsing --------------------------------------------------------------------------------------
+def _split_limit(spec: str) -> tuple[str, int | None]:
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail.strip().lstrip("-").isdigit():
+        n = int(tail)
+        if n <= 0:
+            raise ConfigError(f"prompt spec {spec!r}: N must be a positive integer")
+        return head, n
+    return spec, None
+
+
+def _looks_like_path(name: str) -> bool:
+    return os.path.sep in name or name.lower().endswith(FILE_SUFFIXES) or os.path.isfile(name)
+
+
+def load_prompts(spec: str) -> list[Prompt]:
+    """Prompts for a spec (see the module docstring); raises one clear QBenchError on bad input."""
+    from qbench.catalog import PROMPTS
+
+    if not spec or not spec.strip():
+        raise ConfigError("empty prompt spec")
+    name, n = _split_limit(spec.strip())
+    if _looks_like_path(name):
+        prompts = load_prompt_file(name)
+    else:
+        source: Callable[[], "tuple[Prompt, ...] | list[Prompt]"] = PROMPTS.get(name)
+        prompts = list(source())
+    if not prompts:
+        raise QBenchError(f"prompt set {spec!r} is empty")
+    if n is not None:
+        if n > len(prompts):
+            raise ConfigError(f"prompt set {name!r} has {len(prompts)} prompts; {n} requested")
+        prompts = prompts[:n]
+    return list(prompts)

@@ -1,0 +1,64 @@
+import multiprocessing as mp
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from qbench.errors import QBenchError
+from qbench.store import ImageCache, Store
+
+
+def _write_runs(path, k, n):
+    s = Store(path)
+    for i in range(n):
+        rid = s.start_run({"model": "m", "method": f"w{k}"}, f"w{k}", None, "none")
+        s.finish_run(rid, {"label": f"w{k}", "i": i}, {"psnr": {"value": float(i), "stderr": None, "n": 1}})
+
+
+def test_two_concurrent_writers_lose_nothing(tmp_path):
+    db = str(tmp_path / "q.sqlite")
+    Store(db)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_write_runs, args=(db, k, 25)) for k in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+    runs = Store(db).runs(model="m")
+    assert len(runs) == 50
+    assert all(r["status"] == "done" and r["metrics"]["psnr"]["n"] == 1 for r in runs)
+
+
+def test_finish_is_atomic(tmp_path):
+    s = Store(str(tmp_path / "q.sqlite"))
+    rid = s.start_run({"model": "m", "method": "fp"}, "fp", None, "none")
+    with pytest.raises(sqlite3.ProgrammingError):  # an unstorable metric value fails mid-transaction
+        s.finish_run(rid, {"label": "fp"}, {"a": {"value": 1.0}, "b": {"value": object()}})
+    run = s.get(rid)
+    assert run["status"] == "running" and run["metrics"] == {}  # nothing half-written
+
+
+def test_get_by_prefix_and_errors(tmp_path):
+    s = Store(str(tmp_path / "q.sqlite"))
+    rid = s.start_run({"model": "m", "method": "fp"}, "fp", None, "none")
+    assert s.get(rid[:-2])["id"] == rid
+    with pytest.raises(QBenchError, match="no run"):
+        s.get("nope")
+
+
+def test_unwritable_folder(tmp_path):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the results folder should be")
+    with pytest.raises(QBenchError, match="cannot create the results folder"):
+        Store(str(blocker / "q.sqlite"))
+
+
+def test_image_cache_atomic_and_keyed(tmp_path):
+    c = ImageCache(str(tmp_path), "tiny/lcm", "abc", {"k": 1})
+    im = Image.new("RGB", (8, 8), (1, 2, 3))
+    assert not c.has("coco2017/1/2", 42)
+    c.save(im, "coco2017/1/2", 42)
+    assert c.has("coco2017/1/2", 42) and not c.has("coco2017/1/2", 43)
+    assert c.load("coco2017/1/2", 42).getpixel((0, 0)) == (1, 2, 3)
+    assert not list((tmp_path).rglob("*.tmp"))
