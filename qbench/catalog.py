@@ -24,9 +24,13 @@ for _name, _attr, _desc in [
     ("tiny-flux", "TINY_FLUX", "random-weight tiny twin of flux-schnell (same classes), 64 px, offline"),
 ]:
     MODELS.register(_name, f"qbench.models.specs:{_attr}", _desc)
+# the toy world (issue 6): trained models shipped in qbench/zoo/weights
+MODELS.register("toy-lcm", "qbench.zoo.specs:TOY_LCM", "toy world: trained tiny UNet, SD pipeline, LCM scheduler, 4 steps, 32 px, shipped weights, offline")
+MODELS.register("toy-flux", "qbench.zoo.specs:TOY_FLUX", "toy world: trained tiny Flux transformer, flow-match Euler, 4 steps, 32 px, shipped weights, offline")
 
 # -- methods (methods/<name>.py, installed as qbench.methods.<name>) -----------------------------
 METHODS.register("fp", "qbench.methods.fp:FullPrecision", "full precision: the model's native dtype, no quantization")
+METHODS.register("naive", "qbench.methods.naive:Naive", "round-to-nearest W/A quantization (torchao conventions; W4A8, W8A8, W4A16, ...), simulate or real int kernels")
 METHODS.register("qsched", "qbench.methods.qsched:QSched", "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)")
 
 # -- metrics (qbench/metrics/<name>.py) ----------------------------------------------------------
@@ -44,6 +48,8 @@ METRICS.register("jaq", "qbench.metrics.jaq:JAQMetric", "JAQ = log(CLIPScore/100
 METRICS.register("psnr", "qbench.metrics.fidelity:PSNR", "PSNR (dB) vs the full-precision image of the same prompt and seed", needs_weights=None)
 METRICS.register("ssim", "qbench.metrics.fidelity:SSIM", "SSIM vs the full-precision image of the same prompt and seed", needs_weights=None)
 METRICS.register("lpips", "qbench.metrics.fidelity:LPIPS", "LPIPS v0.1 (AlexNet) vs the full-precision image of the same prompt and seed", needs_weights="lpips", options=("lpips_net", "lpips_weights"))
+METRICS.register("toy-acc", "qbench.metrics.toy_acc:ToyAcc", "toy world: rule-based per-attribute (background/colour/size/shape/position) and all-correct accuracy vs the prompt's scene", needs_weights=None)
+METRICS.register("fd-toyclip", "qbench.metrics.fd_toyclip:FDToyClip", "toy world: Frechet distance of toy-CLIP image features vs rendered ground truth of the same prompts (lower is better)", needs_weights="toy-clip (shipped)")
 METRICS.register("brisque", "qbench.metrics.quality:BRISQUEMetric", "BRISQUE no-reference quality (shipped SVM, offline; lower is better)", needs_weights=None)
 METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference quality (pyiqa, offline; lower is better)", needs_weights=None)
 
@@ -51,3 +57,6 @@ METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference
 PROMPTS.register("coco2014-30k", "qbench.prompts:coco2014_30k", "COCO-30k val2014 zero-shot FID prompt set (one caption per image, file order), CC BY 4.0")
 PROMPTS.register("coco2017", "qbench.prompts:coco2017", "COCO val2017 captions: first caption of each image, images in id order, CC BY 4.0")
 PROMPTS.register("coco2017-calib", "qbench.calibration:coco2017_calib", "the last 100 prompts of coco2017 (held out from coco2017:N, N <= 4900): Q-Sched calibration, CC BY 4.0")
+PROMPTS.register("toy", "qbench.zoo.prompts:toy_test", "toy world TEST split: 74 held-out scenes (attribute combinations never trained on) x 18 wordings, scene in Prompt.meta")
+PROMPTS.register("toy-calib", "qbench.zoo.prompts:toy_calib", "toy world CALIB split: 35 scenes x 18 wordings, for calibration (disjoint from toy and toy-train)")
+PROMPTS.register("toy-train", "qbench.zoo.prompts:toy_train", "toy world TRAIN split: the 215 scenes the toy models were trained on x 18 wordings")

@@ -104,7 +104,9 @@ def test_ctrl_c_keeps_images_and_resumes(tmp_path):
     out_dir = tmp_path / "r"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     argv = [sys.executable, "-m", "qbench.cli", "run", "--model", "tiny-lcm", "--prompts", "coco2017:40", "--batch-size", "1", "--out-dir", str(out_dir), "--metrics", "", "--no-progress", "--latency-repeats", "1", "--latency-warmup", "0"]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a child started from a background job inherits SIGINT=ignored, and Python then never raises
+    # KeyboardInterrupt; restore the default so the test sends what a terminal's Ctrl-C sends
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     pngs = []
     while time.time() < deadline and len(pngs) < 2:
