@@ -165,6 +165,11 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
         timings["load_s"] = time.perf_counter() - t
         metric_classes = {n: METRICS.get(n) for n in metric_names}
+        # metric networks are built once, before any image is generated, so that missing metric
+        # weights fail in seconds rather than after the generation time is spent
+        t = time.perf_counter()
+        metric_objs = {n: c(_metric_context(cfg, model)) for n, c in metric_classes.items()}
+        timings["metric_load_s"] = time.perf_counter() - t
         need_fp = [n for n, c in metric_classes.items() if getattr(c, "needs_fp_reference", False)]
         with _progress(show_progress) as progress:
             references = None
@@ -191,7 +196,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             timings["generate_s"] = time.perf_counter() - t
             timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
             t = time.perf_counter()
-            metrics = _compute_metrics(metric_classes, cfg, model, prompts, images, references, progress)
+            metrics = _compute_metrics(metric_objs, cfg, prompts, images, references, progress)
             timings["metrics_s"] = time.perf_counter() - t
         t = time.perf_counter()
         with PeakMemory(model.device) as mem:
@@ -243,8 +248,8 @@ def _notes(model) -> list[str]:
     return notes
 
 
-def _compute_metrics(metric_classes, cfg: RunConfig, model, prompts, images, references, progress) -> dict[str, MetricValue]:
-    ctx = MetricContext(
+def _metric_context(cfg: RunConfig, model) -> MetricContext:
+    return MetricContext(
         device=model.device,
         options=dict(cfg.metric_options),
         model_name=model.spec.name,
@@ -253,17 +258,20 @@ def _compute_metrics(metric_classes, cfg: RunConfig, model, prompts, images, ref
         prompt_set=cfg.prompts,
         cache_dir=os.path.join(cfg.out_dir, "cache"),
     )
+
+
+def _compute_metrics(metric_objs, cfg: RunConfig, prompts, images, references, progress) -> dict[str, MetricValue]:
     out: dict[str, MetricValue] = {}
-    if not metric_classes:
+    if not metric_objs:
         return out
-    task = progress.add_task("metrics", total=len(metric_classes) * len(prompts))
-    for name, cls in metric_classes.items():
-        metric = cls(ctx)  # each metric network is built once per run
+    task = progress.add_task("metrics", total=len(metric_objs) * len(prompts))
+    for name, metric in metric_objs.items():
+        metric.reset()
         for idx in iter_chunks(list(range(len(prompts))), max(cfg.batch_size, 8)):
             metric.update(
                 [images[i] for i in idx],
                 [prompts[i] for i in idx],
-                [references[i] for i in idx] if references is not None and getattr(cls, "needs_fp_reference", False) else None,
+                [references[i] for i in idx] if references is not None and getattr(metric, "needs_fp_reference", False) else None,
             )
             progress.advance(task, len(idx))
         value = metric.compute()
@@ -272,7 +280,4 @@ def _compute_metrics(metric_classes, cfg: RunConfig, model, prompts, images, ref
         else:
             for sub, v in value.items():
                 out[sub if sub.startswith(name) else f"{name}/{sub}"] = v
-    for name, v in out.items():
-        if v.value is not None and isinstance(v.value, float) and math.isnan(v.value):
-            v.details.setdefault("warning", "NaN")
     return out

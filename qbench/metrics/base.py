@@ -1,0 +1,61 @@
+"""Thin stateful base for metrics that score each image and report the mean."""
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qbench.api import Metric, MetricContext, MetricValue, Prompt
+from qbench.metrics.stats import mean_and_stderr
+
+
+class PerImageMetric(Metric):
+    """Accumulates one score per image; ``compute`` = mean and bootstrap standard error.
+
+    Subclasses implement :meth:`score_batch` (returns one float per image) and :meth:`describe`
+    (the ``details`` dict: network, weights, protocol, versions).
+    """
+
+    name: ClassVar[str] = "per-image"
+    #: a short text for ``details["formula"]``
+    formula: ClassVar[str] = ""
+
+    def __init__(self, ctx: MetricContext):
+        super().__init__(ctx)
+        self._scores: list[np.ndarray] = []
+        self._size: list[int] | None = None
+
+    def score_batch(self, images: list[Any], prompts: list[Prompt], references: list[Any] | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    def update(self, images, prompts, references=None) -> None:
+        if not images:
+            return
+        if self._size is None:
+            from qbench.metrics.common import to_uint8_array
+
+            h, w = to_uint8_array(images[0]).shape[:2]
+            self._size = [int(w), int(h)]
+        scores = np.asarray(self.score_batch(list(images), list(prompts), references), dtype=np.float64).ravel()
+        if scores.shape[0] != len(images):
+            raise RuntimeError(f"{self.name}: {scores.shape[0]} scores for {len(images)} images")
+        self._scores.append(scores)
+
+    @property
+    def scores(self) -> np.ndarray:
+        return np.concatenate(self._scores) if self._scores else np.zeros(0)
+
+    def compute(self) -> MetricValue:
+        s = self.scores
+        value, stderr = mean_and_stderr(s)
+        details = {"formula": self.formula, "aggregate": "mean over images; stderr = bootstrap (1000 resamples, seed 0)",
+                   "image_size": self._size}
+        details.update(self.describe())
+        return MetricValue(value, stderr, int(s.size), self.higher_is_better, details)
+
+    def reset(self) -> None:
+        self._scores = []
+        self._size = None

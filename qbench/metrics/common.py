@@ -1,0 +1,225 @@
+"""Helpers shared by the metrics: image conversion, weights resolution and provenance.
+
+Weights policy (one rule for every learned metric):
+
+* an explicit local path (an option such as ``inception_weights``) is used as given;
+* otherwise the metric's usual download is used: a file already in the cache is reused, and when
+  the hub is disabled (``HF_HUB_OFFLINE=1`` or ``QBENCH_OFFLINE=1``) or the download fails, a
+  :class:`~qbench.errors.MissingWeightsError` names the option that supplies the file. There is
+  never a silent fallback to other (or random) weights.
+
+Provenance: a weights file may have a sidecar ``<file>.qbench.json`` (written by
+:mod:`qbench.metrics.standins` and by the toy world) whose keys are merged into a metric's
+``details``; a sidecar with ``"meaningful": false`` marks every number made with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import urllib.error
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qbench.errors import ConfigError, MissingWeightsError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from qbench.api import MetricContext
+
+SIDECAR_SUFFIX = ".qbench.json"
+
+
+# -- options ------------------------------------------------------------------------------------
+def opt(ctx: MetricContext, key: str, default: Any = None) -> Any:
+    """A metric option (``RunConfig.metric_options``), ``default`` when absent or None."""
+    value = (ctx.options or {}).get(key)
+    return default if value is None else value
+
+
+def opt_bool(ctx: MetricContext, key: str, default: bool = False) -> bool:
+    value = opt(ctx, key, default)
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ConfigError(f"metric option {key!r} must be a boolean, got {value!r}")
+    return bool(value)
+
+
+def opt_float(ctx: MetricContext, key: str, default: float) -> float:
+    value = opt(ctx, key, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metric option {key!r} must be a number, got {value!r}") from None
+
+
+def opt_int(ctx: MetricContext, key: str, default: int | None) -> int | None:
+    value = opt(ctx, key, default)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"metric option {key!r} must be an integer, got {value!r}") from None
+
+
+def resolve_device(device: str | None) -> str:
+    if device in (None, "", "auto"):
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def is_offline() -> bool:
+    """True when downloads are disabled (``HF_HUB_OFFLINE`` or ``QBENCH_OFFLINE`` set truthy)."""
+    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "QBENCH_OFFLINE"))
+
+
+# -- images -------------------------------------------------------------------------------------
+def to_uint8_array(image: Any) -> np.ndarray:
+    """An RGB picture as a ``HxWx3`` uint8 array.
+
+    Accepts a PIL image, a uint8 array/tensor (HWC or CHW) or a float array/tensor in [0, 1].
+    Floats outside [0, 1] are refused (a float image in [0, 255] is the classic mis-scaling bug).
+    """
+    arr = to_unit_float_array(image)
+    return np.clip(np.rint(arr * 255.0), 0, 255).astype(np.uint8)
+
+
+def to_unit_float_array(image: Any, dtype: Any = np.float32) -> np.ndarray:
+    """An RGB picture as a ``HxWx3`` float array (``dtype``) in [0, 1] (see :func:`to_uint8_array`)."""
+    from PIL import Image as PILImage
+
+    if isinstance(image, PILImage.Image):
+        return np.asarray(image.convert("RGB"), dtype=dtype) / 255.0
+    if hasattr(image, "detach"):  # torch tensor
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.ndim != 3:
+        raise ConfigError(f"expected one RGB image (HxWx3 or 3xHxW), got an array of shape {arr.shape}")
+    if arr.shape[-1] != 3 and arr.shape[0] == 3:
+        arr = np.transpose(arr, (1, 2, 0))
+    if arr.shape[-1] != 3:
+        raise ConfigError(f"expected 3 colour channels, got an array of shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        return arr.astype(dtype) / 255.0
+    if np.issubdtype(arr.dtype, np.floating):
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ConfigError("image contains NaN or inf")
+        if lo < -1e-6 or hi > 1 + 1e-6:
+            raise ConfigError(
+                f"float images must lie in [0, 1], got values in [{lo:.3g}, {hi:.3g}] "
+                "(pass uint8 for [0, 255] data)"
+            )
+        return np.clip(arr, 0.0, 1.0).astype(dtype)
+    raise ConfigError(f"unsupported image dtype {arr.dtype}; use uint8 or float in [0, 1]")
+
+
+def batch_unit_tensor(images: Sequence[Any], device: str = "cpu") -> torch.Tensor:
+    """``N x 3 x H x W`` float32 tensor in [0, 1]; all images must have one size."""
+    import torch
+
+    arrays = [to_unit_float_array(im) for im in images]
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ConfigError(f"images of different sizes in one batch: {sorted(sizes)}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def check_pairs(images: Sequence[Any], references: Sequence[Any] | None, metric: str) -> None:
+    if references is None:
+        raise ConfigError(f"metric {metric!r} needs the full-precision model's images as references")
+    if len(references) != len(images):
+        raise ConfigError(f"metric {metric!r}: {len(images)} images but {len(references)} references")
+
+
+# -- weights ------------------------------------------------------------------------------------
+_SHA_CACHE: dict[tuple[str, int, float], str] = {}
+
+
+def file_sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime)
+    if key not in _SHA_CACHE:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+        _SHA_CACHE[key] = h.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def weights_provenance(path: str, source: str) -> dict[str, Any]:
+    """What to record about a weights file: where it came from, its hash and sidecar labels."""
+    info: dict[str, Any] = {"source": source, "file": os.path.basename(path), "sha256": file_sha256(path)[:16]}
+    sidecar = path + SIDECAR_SUFFIX
+    if os.path.isfile(sidecar):
+        with open(sidecar) as f:
+            info.update(json.load(f))
+    return info
+
+
+def merge_provenance(details: dict[str, Any], key: str, prov: dict[str, Any]) -> None:
+    """Store ``prov`` under ``details[key]`` and propagate stand-in labels to the top level."""
+    details[key] = prov
+    if prov.get("meaningful") is False:
+        details["meaningful"] = False
+        labels = details.setdefault("weights", "")
+        label = f"{key}: {prov.get('weights', 'stand-in weights')}"
+        details["weights"] = f"{labels}; {label}" if labels else label
+
+
+def write_sidecar(path: str, info: dict[str, Any]) -> None:
+    with open(path + SIDECAR_SUFFIX, "w") as f:
+        json.dump(info, f, indent=1, sort_keys=True)
+
+
+def fetch_weights(url: str, what: str, option: str, subdir: str = "checkpoints", flag: str | None = None) -> str:
+    """Path of the file at ``url`` in torch's hub cache, downloading it when allowed.
+
+    Offline (or on a failed download) raise :class:`MissingWeightsError` naming ``option``.
+    """
+    import torch
+
+    target_dir = os.path.join(torch.hub.get_dir(), subdir)
+    target = os.path.join(target_dir, os.path.basename(url.split("?")[0]))
+    if os.path.isfile(target):
+        return target
+    how = f"{flag} PATH or -M {option}=PATH" if flag else f"-M {option}=PATH (metric option {option})"
+    hint = f"pass {how} (expected file: {os.path.basename(target)})"
+    if is_offline():
+        raise MissingWeightsError(f"{what} weights are not cached and downloads are disabled (offline); {hint}")
+    os.makedirs(target_dir, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, target, progress=False)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise MissingWeightsError(f"{what} weights could not be downloaded from {url} ({e}); {hint}") from e
+    return target
+
+
+def local_file(path: str, what: str, option: str) -> str:
+    path = os.path.expanduser(str(path))
+    if not os.path.isfile(path):
+        raise MissingWeightsError(f"{what} weights file not found: {path} (metric option {option})")
+    return path
+
+
+def versions(*packages: str) -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for p in packages:
+        try:
+            out[p] = metadata.version(p)
+        except metadata.PackageNotFoundError:
+            out[p] = "not installed"
+    return out

@@ -1,0 +1,393 @@
+"""Fréchet Inception Distance: ``fid`` (vs real images / stored statistics) and ``fid-fp``.
+
+Network: Inception-v3 pool3 (2048-d) as ported from TensorFlow's 2015-12-05 graph by
+torch-fidelity (``FeatureExtractorInceptionV3``; the same network pytorch-fid, clean-fid,
+torchmetrics and the original TF code use). Weights: metric option ``inception_weights``
+(CLI ``--inception-weights PATH``), else torch-fidelity's release file from torch's hub cache
+(downloaded when online), else :class:`MissingWeightsError`.
+
+Protocols (how an image reaches 299x299 and how it is normalised), recorded with every number:
+
+* ``clean`` (default; clean-fid): each channel resized as a float image with PIL bicubic
+  (antialiased), clipped to [0, 255], no re-quantization; ``(x - 128) / 128``.
+* ``legacy_tensorflow`` (TF1 FID, torch-fidelity, torchmetrics ``FrechetInceptionDistance(
+  antialias=False)``): uint8 pixels, TF1-compatible bilinear resize, ``(x - 128) / 128``.
+* ``legacy_pytorch`` (pytorch-fid): ``torch.nn.functional.interpolate(bilinear,
+  align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
+
+Statistics are running float64 sums (``sum x`` and ``sum x x^T``: O(d^2) memory whatever N),
+and the distance is computed in float64 by :func:`frechet_distance`.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qbench.api import Metric, MetricContext, MetricValue
+from qbench.errors import ConfigError, QBenchError
+from qbench.metrics import common
+
+PROTOCOLS: dict[str, str] = {
+    "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
+    "legacy_tensorflow": "TF1 FID / torch-fidelity / torchmetrics(antialias=False): uint8, TF1 bilinear resize to 299x299, (x-128)/128",
+    "legacy_pytorch": "pytorch-fid: torch bilinear resize to 299x299 (align_corners=False, no antialias), 2*x/255-1",
+}
+DEFAULT_PROTOCOL = "clean"
+INCEPTION_SIZE = 299
+FEATURE_DIM = 2048
+INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+REFERENCE_PREPROCESS = "center crop to a square, PIL bicubic resize to the generated resolution, RGB uint8"
+
+
+def check_protocol(protocol: str) -> str:
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"unknown FID protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
+    return protocol
+
+
+# -- pure math ----------------------------------------------------------------------------------
+def _sqrt_psd(a: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((a + a.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """``tr(sqrtm(sigma1 @ sigma2))`` for PSD matrices, computed stably in float64.
+
+    ``sigma1 @ sigma2`` is similar to the PSD matrix ``A = s1^(1/2) sigma2 s1^(1/2)`` (s1^(1/2)
+    the PSD square root of sigma1), so the trace is the sum of the square roots of A's
+    eigenvalues (tiny negative round-off eigenvalues are clipped to 0).
+    """
+    s1h = _sqrt_psd(np.asarray(sigma1, dtype=np.float64))
+    a = s1h @ np.asarray(sigma2, dtype=np.float64) @ s1h
+    w = np.linalg.eigvalsh((a + a.T) / 2)
+    return float(np.sqrt(np.clip(w, 0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))`` in float64."""
+    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ConfigError(f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
+
+
+class FeatureStats:
+    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n)."""
+
+    def __init__(self, dim: int = FEATURE_DIM):
+        self.dim = dim
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.sum = np.zeros(self.dim, dtype=np.float64)
+        self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
+
+    def update(self, features: np.ndarray) -> None:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise QBenchError("non-finite Inception features (NaN/inf in the images or the network)")
+        self.n += x.shape[0]
+        self.sum += x.sum(axis=0)
+        self.outer += x.T @ x
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance (``ddof=1``, as numpy.cov, pytorch-fid, torchmetrics)."""
+        if self.n < 2:
+            raise QBenchError(f"FID needs at least 2 images per side, got {self.n}")
+        mu = self.sum / self.n
+        cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, cov
+
+
+# -- resizing per protocol ----------------------------------------------------------------------
+def inception_input(images: Iterable[Any], protocol: str):
+    """Images -> ``N x 3 x 299 x 299`` float32 tensor, normalised as ``protocol`` prescribes."""
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+
+    check_protocol(protocol)
+    arrays = [common.to_uint8_array(im) for im in images]
+    if protocol == "clean":
+        out = []
+        for a in arrays:
+            chans = [
+                np.asarray(Image.fromarray(a[..., c].astype(np.float32)).resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)).clip(0, 255)
+                for c in range(3)
+            ]
+            out.append(np.stack(chans, axis=0))
+        x = torch.from_numpy(np.stack(out).astype(np.float32))
+        return (x - 128.0) / 128.0
+    sizes = {a.shape for a in arrays}
+    if len(sizes) > 1:
+        raise ConfigError(f"images of different sizes in one batch: {sorted(sizes)}")
+    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
+    if protocol == "legacy_tensorflow":
+        from torch_fidelity.interpolate_compat_tensorflow import (
+            interpolate_bilinear_2d_like_tensorflow1x,
+        )
+
+        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
+        return (x - 128.0) / 128.0
+    x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
+    return x / 127.5 - 1.0
+
+
+# -- the network --------------------------------------------------------------------------------
+def _pool3(net, x):
+    """torch-fidelity's Inception forward from the normalised 299x299 input to the 2048-d pool."""
+    import torch
+
+    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
+                 "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
+                 "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):
+        x = getattr(net, name)(x)
+    return torch.flatten(x, 1)
+
+
+_NETS: dict[tuple[str, str], Any] = {}
+
+
+def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
+    """(local path, provenance) of the Inception weights for this run."""
+    path = common.opt(ctx, "inception_weights")
+    if path is not None:
+        path = common.local_file(path, "Inception-v3 (FID)", "inception_weights")
+        return path, common.weights_provenance(path, "metric option inception_weights")
+    if common.opt_bool(ctx, "standin"):
+        from qbench.metrics import standins
+
+        path = standins.inception_weights(standins.standin_dir(ctx))
+        return path, common.weights_provenance(path, "qbench stand-in (metric option standin)")
+    path = common.fetch_weights(INCEPTION_URL, "Inception-v3 (FID, torch-fidelity)", "inception_weights", flag="--inception-weights")
+    return path, common.weights_provenance(path, INCEPTION_URL)
+
+
+class InceptionFeatures:
+    """Callable: images -> ``(N, 2048)`` float64 pool3 features under one protocol."""
+
+    def __init__(self, weights_path: str, protocol: str = DEFAULT_PROTOCOL, device: str = "cpu", batch_size: int = 16):
+        self.protocol = check_protocol(protocol)
+        self.device = common.resolve_device(device)
+        self.batch_size = int(batch_size)
+        self.weights_path = weights_path
+        key = (os.path.realpath(weights_path), self.device)
+        if key not in _NETS:
+            from torch_fidelity.feature_extractor_inceptionv3 import (
+                FeatureExtractorInceptionV3,
+            )
+
+            _NETS[key] = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_path).to(self.device)
+        self.net = _NETS[key]
+
+    def __call__(self, images: list[Any]) -> np.ndarray:
+        import torch
+
+        feats = []
+        with torch.inference_mode():
+            for i in range(0, len(images), self.batch_size):
+                x = inception_input(images[i : i + self.batch_size], self.protocol).to(self.device)
+                feats.append(_pool3(self.net, x).double().cpu().numpy())
+        return np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM))
+
+
+# -- reference statistics -----------------------------------------------------------------------
+def load_stats_npz(path: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """``mu`` / ``sigma`` from an ``.npz`` (pytorch-fid, clean-fid or qbench format)."""
+    with np.load(path, allow_pickle=False) as f:
+        if "mu" not in f or "sigma" not in f:
+            raise ConfigError(f"{path}: FID statistics need arrays 'mu' and 'sigma', found {sorted(f.files)}")
+        mu, sigma = f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+        meta = json.loads(str(f["qbench_meta"])) if "qbench_meta" in f else {}
+    if mu.shape != (FEATURE_DIM,) or sigma.shape != (FEATURE_DIM, FEATURE_DIM):
+        raise ConfigError(f"{path}: expected mu ({FEATURE_DIM},) and sigma ({FEATURE_DIM}, {FEATURE_DIM}), got {mu.shape} and {sigma.shape}")
+    return mu, sigma, meta
+
+
+def save_stats_npz(path: str, mu: np.ndarray, sigma: np.ndarray, meta: dict[str, Any]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, mu=mu, sigma=sigma, qbench_meta=np.array(json.dumps(meta, sort_keys=True)))
+    os.replace(tmp, path)
+
+
+def list_images(folder: str) -> list[str]:
+    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
+    if not files:
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTS)}) in FID reference folder {folder}")
+    return [os.path.join(folder, f) for f in files]
+
+
+def center_crop_resize(image, size: int):
+    from PIL import Image
+
+    image = image.convert("RGB")
+    w, h = image.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    image = image.crop((left, top, left + s, top + s))
+    return image if s == size else image.resize((size, size), resample=Image.BICUBIC)
+
+
+def folder_stats(folder: str, extractor: InceptionFeatures, resolution: int, n: int | None, cache_dir: str, prompt_set: str | None, weights_id: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Statistics of the first ``n`` images (sorted names) of ``folder``, cached on disk.
+
+    Cache key: (prompt set, n, resolution, protocol) plus the folder, its file names/sizes and the
+    Inception weights hash, so a changed folder or network never reuses stale statistics.
+    """
+    from PIL import Image
+
+    from qbench.config import stable_hash
+
+    files = list_images(folder)
+    if n is not None:
+        if n > len(files):
+            raise ConfigError(f"fid_ref_n={n} but {folder} holds only {len(files)} images")
+        files = files[:n]
+    key_obj = {
+        "prompt_set": prompt_set, "n": len(files), "resolution": resolution, "protocol": extractor.protocol,
+        "folder": os.path.realpath(folder), "files": [(os.path.basename(f), os.path.getsize(f)) for f in files],
+        "inception": weights_id, "preprocess": REFERENCE_PREPROCESS,
+    }
+    safe_set = (prompt_set or "none").replace("/", "_").replace(":", "-")
+    path = os.path.join(cache_dir, "fid_stats", f"{safe_set}-n{len(files)}-r{resolution}-{extractor.protocol}-{stable_hash(key_obj)}.npz")
+    if os.path.isfile(path):
+        mu, sigma, meta = load_stats_npz(path)
+        meta["cache"] = f"hit: {path}"
+        return mu, sigma, meta
+    stats = FeatureStats()
+    for i in range(0, len(files), extractor.batch_size):
+        batch = []
+        for f in files[i : i + extractor.batch_size]:
+            with Image.open(f) as im:
+                batch.append(center_crop_resize(im, resolution))
+        stats.update(extractor(batch))
+    mu, sigma = stats.mean_cov()
+    meta = {k: v for k, v in key_obj.items() if k != "files"}
+    save_stats_npz(path, mu, sigma, meta)
+    meta["cache"] = f"written: {path}"
+    return mu, sigma, meta
+
+
+# -- the metrics --------------------------------------------------------------------------------
+class _FIDBase(Metric):
+    higher_is_better: ClassVar[bool] = False
+
+    def __init__(self, ctx: MetricContext):
+        super().__init__(ctx)
+        self.protocol = check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+        self.weights_path, self.weights_info = resolve_inception_weights(ctx)
+        self.extractor = InceptionFeatures(self.weights_path, self.protocol, ctx.device, common.opt_int(ctx, "metric_batch_size", 16))
+        self.gen = FeatureStats()
+        self._size: tuple[int, int] | None = None
+
+    def _track_size(self, images) -> None:
+        if self._size is None and images:
+            w_h = common.to_uint8_array(images[0]).shape[1::-1]
+            self._size = (int(w_h[0]), int(w_h[1]))
+
+    def _details(self, reference: dict[str, Any]) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "network": "Inception-v3 pool3 (2048-d), TF 2015-12-05 graph as ported by torch-fidelity",
+            "protocol": self.protocol,
+            "protocol_description": PROTOCOLS[self.protocol],
+            "resolution": list(self._size) if self._size else None,
+            "reference": reference,
+            "statistics": "float64 running sums; covariance ddof=1; distance via eigh (float64)",
+            "versions": common.versions("torch", "torch-fidelity", "numpy"),
+        }
+        common.merge_provenance(d, "inception_weights", self.weights_info)
+        if self.gen.n < FEATURE_DIM:
+            d["note"] = f"n={self.gen.n} < {FEATURE_DIM}: covariance is rank-deficient; FID is biased upward and only comparable at equal n"
+        return d
+
+    def reset(self) -> None:
+        self.gen.reset()
+        self._size = None
+
+
+class FID(_FIDBase):
+    """FID of the generated images against real images (a folder) or stored statistics (.npz)."""
+
+    name: ClassVar[str] = "fid"
+    description: ClassVar[str] = "FID vs real images (metric option fid_reference: folder or .npz), Inception-v3 pool3"
+
+    def __init__(self, ctx: MetricContext):
+        super().__init__(ctx)
+        ref = common.opt(ctx, "fid_reference")
+        if ref is None:
+            raise ConfigError(
+                "metric 'fid' needs a reference: metric option fid_reference=PATH (a folder of real images or an .npz with mu/sigma); "
+                "'fid-fp' compares against the full-precision model instead"
+            )
+        self.reference = os.path.expanduser(str(ref))
+        if not (os.path.isdir(self.reference) or (os.path.isfile(self.reference) and self.reference.endswith(".npz"))):
+            raise ConfigError(f"fid_reference must be a folder of images or an .npz file: {self.reference}")
+        self.ref_n = common.opt_int(ctx, "fid_ref_n", None)
+        self._ref: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None
+
+    def update(self, images, prompts, references=None) -> None:
+        if images:
+            self._track_size(images)
+            self.gen.update(self.extractor(list(images)))
+
+    def reference_stats(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        if self._ref is None:
+            if os.path.isdir(self.reference):
+                res = self.ctx.resolution or (self._size[0] if self._size else None)
+                if res is None:
+                    raise QBenchError("fid: the resolution to resize reference images to is unknown (no images yet and no ctx.resolution)")
+                mu, sigma, meta = folder_stats(self.reference, self.extractor, int(res), self.ref_n, self.ctx.cache_dir, self.ctx.prompt_set, self.weights_info["sha256"])
+                meta.update(kind="folder", path=self.reference, preprocess=REFERENCE_PREPROCESS)
+            else:
+                mu, sigma, meta = load_stats_npz(self.reference)
+                meta = {"kind": "npz", "path": self.reference, "protocol": meta.get("protocol", "unknown (external .npz: must match this run's protocol)"), **meta}
+            self._ref = (mu, sigma, meta)
+        return self._ref
+
+    def compute(self) -> MetricValue:
+        mu_g, sig_g = self.gen.mean_cov()
+        mu_r, sig_r, meta = self.reference_stats()
+        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        return MetricValue(value, None, self.gen.n, False, self._details(meta))
+
+
+class FIDvsFP(_FIDBase):
+    """FID of the generated images against the full-precision model's images of the same prompts+seeds."""
+
+    name: ClassVar[str] = "fid-fp"
+    description: ClassVar[str] = "FID vs the full-precision model's images of the same prompts and seeds"
+    needs_fp_reference: ClassVar[bool] = True
+
+    def __init__(self, ctx: MetricContext):
+        super().__init__(ctx)
+        self.ref = FeatureStats()
+
+    def update(self, images, prompts, references=None) -> None:
+        common.check_pairs(images, references, self.name)
+        if images:
+            self._track_size(images)
+            self.gen.update(self.extractor(list(images)))
+            self.ref.update(self.extractor(list(references)))
+
+    def compute(self) -> MetricValue:
+        mu_g, sig_g = self.gen.mean_cov()
+        mu_r, sig_r = self.ref.mean_cov()
+        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        ref = {"kind": "full-precision model images, same prompts and seeds", "n": self.ref.n}
+        return MetricValue(value, None, self.gen.n, False, self._details(ref))
+
+    def reset(self) -> None:
+        super().reset()
+        self.ref.reset()

@@ -1,0 +1,183 @@
+"""Tiny local stand-ins for the metric networks, built through the real loading paths.
+
+No learned metric weights exist offline. These builders write files in exactly the formats the
+real weights come in, so tests and ``--metric-option standin=true`` runs exercise the same code:
+
+* :func:`inception_weights` - a random (BatchNorm-calibrated) state dict for torch-fidelity's
+  ``FeatureExtractorInceptionV3`` (loaded via ``feature_extractor_weights_path``);
+* :func:`open_clip_model` - a tiny open_clip model config JSON + safetensors weights;
+* :func:`clipiqa_backbone` - a tiny OpenAI-layout CLIP saved as TorchScript, which pyiqa's
+  CLIP-IQA loads as its ``backbone`` path;
+* :func:`lpips_backbone` - random AlexNet ``features.*`` weights for LPIPS.
+
+Every file gets a sidecar ``<file>.qbench.json`` with ``"meaningful": false``, so numbers made
+with it are labelled as such wherever they are stored or printed. Builds are deterministic
+(seeded) and cached on disk (atomic writes), so a test session builds each once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import TYPE_CHECKING
+from unittest import mock
+
+from qbench.metrics.common import SIDECAR_SUFFIX, write_sidecar
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qbench.api import MetricContext
+
+VERSION = "v1"
+
+
+def standin_dir(ctx: MetricContext | None = None) -> str:
+    """``$QBENCH_STANDIN_DIR``, else ``<cache_dir>/standins``, else a folder in the temp dir."""
+    env = os.environ.get("QBENCH_STANDIN_DIR")
+    if env:
+        return env
+    if ctx is not None and ctx.cache_dir:
+        return os.path.join(ctx.cache_dir, "standins")
+    return os.path.join(tempfile.gettempdir(), "qbench-standins")
+
+
+def _ready(path: str) -> bool:
+    return os.path.isfile(path) and os.path.isfile(path + SIDECAR_SUFFIX)
+
+
+def _label(kind: str, what: str) -> dict:
+    return {
+        "standin": True,
+        "meaningful": False,
+        "weights": f"random stand-in {kind} ({what}); numbers test mechanics only and mean nothing",
+        "builder": f"qbench.metrics.standins {VERSION}",
+    }
+
+
+def inception_weights(folder: str | None = None) -> str:
+    """Path of a random Inception-v3 state dict in torch-fidelity's layout (~95 MB, built once).
+
+    Random convolutions with BatchNorm running statistics set from one batch of smooth random
+    images, so the 2048-d features are O(1) and differ between images (pure random init would
+    shrink them towards 0).
+    """
+    import torch
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    from qbench.metrics.fid import _pool3
+
+    folder = folder or standin_dir()
+    path = os.path.join(folder, f"inception-standin-{VERSION}.pth")
+    if _ready(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+
+    class _Random(fe.FeatureExtractorInceptionV3):
+        def load_state_dict(self, *args, **kwargs):  # keep the random init
+            return None
+
+    with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}):
+        gen = torch.manual_seed(0)
+        net = _Random("standin", ["2048"])
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None  # cumulative average: running stats = this batch's stats
+    net.train()
+    with torch.no_grad():
+        x = torch.nn.functional.interpolate(torch.rand(4, 3, 19, 19, generator=gen), size=(299, 299), mode="bilinear") * 2 - 1
+        _pool3(net, x)
+    net.eval()
+    state = {k: v for k, v in net.state_dict().items()}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    write_sidecar(path, _label("Inception-v3", "torch-fidelity layout, BatchNorm calibrated on random images"))
+    return path
+
+
+STANDIN_CLIP_CONFIG = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "head_width": 16, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def open_clip_model(folder: str | None = None) -> tuple[str, str]:
+    """(model-config JSON path, safetensors weights path) of a tiny random open_clip model.
+
+    Pass them as ``clip_model`` / ``clip_pretrained``; the model name open_clip registers is the
+    JSON file's stem.
+    """
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    folder = folder or standin_dir()
+    name = f"qbench-standin-clip-{VERSION}"
+    cfg_path = os.path.join(folder, f"{name}.json")
+    weights = os.path.join(folder, f"{name}.safetensors")
+    if _ready(weights) and os.path.isfile(cfg_path):
+        return cfg_path, weights
+    os.makedirs(folder, exist_ok=True)
+    tmp = cfg_path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(STANDIN_CLIP_CONFIG, f, indent=1)
+    os.replace(tmp, cfg_path)
+    open_clip.add_model_config(cfg_path)
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, pretrained=None)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    tmp = weights + ".tmp"
+    save_file(state, tmp)
+    os.replace(tmp, weights)
+    write_sidecar(weights, _label("CLIP", f"open_clip config {os.path.basename(cfg_path)}"))
+    return cfg_path, weights
+
+
+def clipiqa_backbone(folder: str | None = None) -> str:
+    """Path of a tiny random CLIP in OpenAI's layout saved as TorchScript (pyiqa ``backbone``).
+
+    pyiqa's ``clip_model.load`` reads a TorchScript archive (as OpenAI ships ``RN50.pt``) and
+    rebuilds its own CLIP from the archive's state dict; text width 64 -> 1 head, as it infers.
+    """
+    import torch
+    from pyiqa.archs.clip_model import CLIP
+
+    folder = folder or standin_dir()
+    path = os.path.join(folder, f"clipiqa-backbone-standin-{VERSION}.pt")
+    if _ready(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(0)
+    model = CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
+                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1).eval()
+    image = torch.rand(1, 3, 32, 32)
+    text = torch.zeros(2, 77, dtype=torch.long)
+    text[:, 0], text[:, 1] = 49406, 49407
+    with torch.no_grad():
+        traced = torch.jit.trace(model, (image, text), check_trace=False)
+    tmp = path + ".tmp"
+    torch.jit.save(traced, tmp)
+    os.replace(tmp, path)
+    write_sidecar(path, _label("CLIP backbone for pyiqa CLIP-IQA", "OpenAI layout, ViT 1 layer, TorchScript"))
+    return path
+
+
+def lpips_backbone(folder: str | None = None) -> str:
+    """Path of random AlexNet ``features.*`` weights (torchvision layout) for LPIPS."""
+    import torch
+    import torchvision
+
+    folder = folder or standin_dir()
+    path = os.path.join(folder, f"alexnet-features-standin-{VERSION}.pth")
+    if _ready(path):
+        return path
+    os.makedirs(folder, exist_ok=True)
+    torch.manual_seed(0)
+    net = torchvision.models.alexnet(weights=None)
+    state = {k: v for k, v in net.state_dict().items() if k.startswith("features.")}
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    write_sidecar(path, _label("AlexNet (LPIPS backbone)", "torchvision layout, features only"))
+    return path

@@ -1,0 +1,34 @@
+"""Pure statistics used by the metrics (no torch, no state)."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+DEFAULT_BOOTSTRAP = 1000
+DEFAULT_SEED = 0
+
+
+def bootstrap_stderr(values: Sequence[float] | np.ndarray, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED) -> float | None:
+    """Bootstrap standard error of the mean: std (ddof=1) of ``n_boot`` resampled means.
+
+    None for fewer than two values (no spread to estimate). Deterministic for a given ``seed``.
+    Non-finite values propagate (the result is then non-finite too), they are never dropped.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size < 2:
+        return None
+    if n_boot < 2:
+        raise ValueError("n_boot must be >= 2")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, x.size, size=(n_boot, x.size))
+    means = x[idx].mean(axis=1)
+    return float(means.std(ddof=1))
+
+
+def mean_and_stderr(values: Sequence[float] | np.ndarray, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = DEFAULT_SEED) -> tuple[float, float | None]:
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        return math.nan, None
+    return float(x.mean()), bootstrap_stderr(x, n_boot=n_boot, seed=seed)
