@@ -1,0 +1,186 @@
+"""``naive``: round-to-nearest post-training quantization, no calibration (the papers' "naive"/"vanilla").
+
+    qbench run --method naive --bits W4A8 --mode kernel --model flux-schnell
+
+Conventions (torchao's, DESIGN.md §2.1; see :mod:`qbench.quant.spec` for the full table):
+
+* ``W4A8``: int4 symmetric weights per group of 32; int8 asymmetric per-token dynamic activations.
+* ``W8A8``: int8 symmetric per-channel weights; int8 symmetric per-token dynamic activations.
+* ``W4A4``: int4 symmetric per-channel weights; int4 symmetric per-token activations.
+* ``W4A16`` / ``W8A16``: weight-only. ``W2A8``, ``W3A8``, ... follow the ``WnA8`` row.
+
+Only the denoiser's Linear layers by default (text encoders and VAE stay in 16 bits).
+``--mode simulate`` fake-quantizes in the model's dtype; ``--mode kernel`` stores packed integers
+and runs integer GEMMs. Per-group weights in kernel mode use integer group scales (two-level
+format) — ``group_scales=auto`` picks them in kernel mode and float scales in simulate mode;
+pass ``group_scales: int8`` to simulate exactly what the kernel computes.
+
+``method_options`` (``--method-option key=value`` / ``RunConfig.method_options``):
+``group_size`` (32), ``layers`` (a YAML/JSON file or a dict ``layer.name: {w: 8, a: 8} | 8 | fp16``;
+keys may be fnmatch patterns, and ``<component>:<name>`` targets a non-denoiser component),
+``include`` / ``exclude`` (fnmatch patterns on layer names), ``components`` (``denoiser``,
+``text_encoder``, ``text_encoder_2``, ``vae``), ``layer_types`` (``linear``, ``conv2d``),
+``w_granularity``, ``w_symmetric``, ``w_clip`` (minmax|mse), ``group_scales`` (auto|float|int8),
+``a_granularity`` (token|tensor), ``a_symmetric``, ``a_static`` with ``a_calib``
+(minmax|percentile|mse; calibrated on ``--calib-prompts``).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from qbench.api import Method
+from qbench.config import stable_hash
+from qbench.errors import ConfigError
+from qbench.quant.spec import QuantConfig, load_overrides
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qbench.api import Prompt
+    from qbench.models.base import LoadedModel
+
+_PASSTHROUGH = (
+    "group_size",
+    "include",
+    "exclude",
+    "components",
+    "layer_types",
+    "w_granularity",
+    "w_symmetric",
+    "w_clip",
+    "group_scales",
+    "a_granularity",
+    "a_symmetric",
+    "a_static",
+    "a_calib",
+)
+_BOOL = ("w_symmetric", "a_symmetric", "a_static")
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """CLI options arrive as strings: ``group_size=64``, ``a_static=true``, ``include=a*,b*``."""
+    if not isinstance(value, str):
+        return value
+    v = value.strip()
+    if key == "group_size":
+        try:
+            return int(v)
+        except ValueError:
+            raise ConfigError(f"method option group_size must be an integer, got {value!r}") from None
+    if key in _BOOL:
+        if v.lower() in ("1", "true", "yes", "on"):
+            return True
+        if v.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"method option {key} must be true or false, got {value!r}")
+    return v
+
+
+def build_quant_config(bits: str | None, mode: str, options: dict[str, Any], method: str = "naive") -> tuple[QuantConfig, dict[str, dict[str, Any]]]:
+    """QuantConfig for the denoiser plus per-component override maps, from RunConfig values."""
+    if not bits:
+        raise ConfigError(f"method {method!r} needs --bits, e.g. --bits W4A8 (or W8A8, W4A16, W4A4, W2A8, ...)")
+    known = set(_PASSTHROUGH) | {"layers"}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    kw = {k: _coerce(k, options[k]) for k in _PASSTHROUGH if k in options}
+    per_component: dict[str, dict[str, Any]] = {}
+    for key, value in load_overrides(options.get("layers")).items():
+        comp, sep, name = str(key).partition(":")
+        if not sep:
+            comp, name = "denoiser", str(key)
+        per_component.setdefault(comp, {})[name] = value
+    cfg = QuantConfig(bits=bits, mode=mode, overrides=per_component.get("denoiser", {}), **kw)
+    for comp in per_component:
+        if comp not in cfg.components:
+            raise ConfigError(f"layer override for component {comp!r}, which is not quantized (components: {', '.join(cfg.components)})")
+    return cfg, per_component
+
+
+class Naive(Method):
+    name = "naive"
+    description = "round-to-nearest weights + dynamic activations (torchao conventions), simulate or real int kernels"
+    uses_bits = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.qconfig, self._overrides = build_quant_config(cfg.bits, cfg.mode, self.options, self.name)
+        self._reports: dict[str, Any] = {}
+        self._prepared = False
+
+    # prepare -> calibrate -> convert ----------------------------------------------------------------
+    def _components(self, model: LoadedModel) -> dict[str, Any]:
+        from torch import nn
+
+        out = {}
+        for comp in self.qconfig.components:
+            mod = model.denoiser if comp == "denoiser" else getattr(model.pipe, comp, None)
+            if not isinstance(mod, nn.Module):
+                raise ConfigError(f"component {comp!r} is not part of this pipeline ({type(model.pipe).__name__})")
+            out[comp] = mod
+        return out
+
+    def _quantize(self, model: LoadedModel) -> None:
+        from qbench.quant.api import quantize_
+
+        for comp, mod in self._components(model).items():
+            cfg = self.qconfig.replace(overrides=self._overrides.get(comp, {})) if comp != "denoiser" else self.qconfig
+            self._reports[comp] = quantize_(mod, cfg)
+        self._prepared = True
+
+    def prepare(self, model: LoadedModel) -> None:
+        if self.qconfig.a_static:  # observers go in before calibration
+            self._quantize(model)
+
+    @property
+    def calibration_prompts_default(self) -> str | None:
+        return "coco2017:8" if self.qconfig.a_static else None
+
+    def calibrate(self, model: LoadedModel, prompts: list[Prompt]) -> None:
+        if not self.qconfig.a_static:
+            return
+        from qbench.quant.api import observe_
+
+        n = sum(observe_(mod, True) for mod in self._components(model).values())
+        if n == 0:
+            return
+        model.generate([p.text for p in prompts], [self.cfg.seed + p.index for p in prompts], steps=self.cfg.steps, guidance=self.cfg.guidance, resolution=self.cfg.resolution)
+
+    def convert(self, model: LoadedModel) -> None:
+        if not self._prepared:
+            self._quantize(model)
+        if self.qconfig.a_static:
+            from qbench.quant.api import freeze_
+
+            for mod in self._components(model).values():
+                freeze_(mod)
+
+    # bookkeeping ----------------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.qconfig.mode
+
+    def describe(self) -> dict[str, Any]:
+        opts = self.qconfig.to_dict()
+        opts.pop("bits")
+        opts.pop("mode")
+        opts["overrides"] = {c: ({k: v for k, v in o.items()}) for c, o in self._overrides.items()}
+        if opts["overrides"]:
+            opts["overrides_hash"] = stable_hash(opts["overrides"])
+        return {"method": self.name, "bits": str(self.qconfig.bits), "mode": self.mode, "options": opts}
+
+    def report(self) -> dict[str, Any]:
+        if not self._reports:
+            return {}
+        comps = {c: r.to_dict() for c, r in self._reports.items()}
+        den = self._reports.get("denoiser")
+        out: dict[str, Any] = {
+            "layers_quantized": sum(r.n_quantized for r in self._reports.values()),
+            "kernel_path": next((r.kernel_path for r in self._reports.values() if r.kernel_path), None),
+            "bytes_before": sum(r.bytes_before for r in self._reports.values()),
+            "bytes_after": sum(r.bytes_after for r in self._reports.values()),
+            "bytes_packed": sum(r.bytes_packed for r in self._reports.values()),
+            "components": comps,
+        }
+        if den is not None:
+            out["denoiser_bytes_after"] = den.bytes_after
+        return out

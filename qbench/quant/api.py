@@ -1,0 +1,187 @@
+"""One entry point, torchao-style: ``report = quantize_(module, QuantConfig(bits="W4A8", mode="kernel"))``.
+
+Swaps every targeted ``nn.Linear`` (and ``nn.Conv2d`` when ``layer_types`` includes ``conv2d`` or
+an override names it) for :class:`QuantLinear` / :class:`QuantConv2d`, in place, and returns a
+:class:`QuantReport`. Targeting: module name -> ``QuantConfig.spec_for(name)`` (include/exclude
+patterns, then per-layer overrides). Overrides that name no module, or a module that cannot be
+quantized, are refused before anything is changed.
+
+Static (calibrated) activations: ``quantize_`` leaves such layers uncalibrated (using them raises);
+call :func:`observe_`, run calibration data through the module (float activations, quantized
+weights), then :func:`freeze_` (the prepare -> calibrate -> convert flow).
+"""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from qbench.errors import ConfigError
+from qbench.models.base import module_nbytes
+from qbench.quant import kernels
+from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore, conv2d_supported
+from qbench.quant.spec import QuantConfig, _is_pattern
+
+QUANT_LAYERS = (QuantLinear, QuantConv2d)
+
+
+@dataclass
+class QuantReport:
+    mode: str
+    bits: str
+    kernel_path: str | None
+    layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, bits, shape, packed_bytes
+    skipped: list[dict[str, str]] = field(default_factory=list)  # name, reason (only layers of quantizable types)
+    bytes_before: int = 0
+    bytes_after: int = 0  # what the module stores now (module_nbytes)
+    bytes_packed: int = 0  # what it stores in kernel mode (== bytes_after in kernel mode)
+
+    @property
+    def n_quantized(self) -> int:
+        return len(self.layers)
+
+    def to_dict(self, with_layers: bool = False) -> dict[str, Any]:
+        d = {
+            "mode": self.mode,
+            "bits": self.bits,
+            "kernel_path": self.kernel_path,
+            "layers_quantized": self.n_quantized,
+            "layers_skipped": len(self.skipped),
+            "bytes_before": self.bytes_before,
+            "bytes_after": self.bytes_after,
+            "bytes_packed": self.bytes_packed,
+            "bits_by_layer_count": _count(self.layers),
+        }
+        if with_layers:
+            d["layers"] = self.layers
+            d["skipped"] = self.skipped
+        return d
+
+
+def _count(layers: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for layer in layers:
+        out[layer["bits"]] = out.get(layer["bits"], 0) + 1
+    return out
+
+
+def _kind(mod: nn.Module) -> str | None:
+    if isinstance(mod, QUANT_LAYERS):
+        return None
+    if isinstance(mod, nn.Linear):
+        return "linear"
+    if isinstance(mod, nn.Conv2d):
+        return "conv2d"
+    return None
+
+
+def _is_lora_part(name: str) -> bool:
+    return any(part.startswith("lora_") for part in name.split("."))
+
+
+def _check_overrides(named: dict[str, nn.Module], config: QuantConfig) -> set[str]:
+    """Validate override keys against the module; return the names overrides target explicitly."""
+    explicit: set[str] = set()
+    for key, ov in config.overrides:
+        if _is_pattern(key):
+            hits = [n for n, m in named.items() if fnmatch.fnmatchcase(n, key) and _kind(m)]
+            if not hits:
+                raise ConfigError(f"layer override pattern {key!r} matches no Linear/Conv2d layer")
+            explicit.update(hits)
+            continue
+        if key not in named:
+            close = difflib.get_close_matches(key, list(named), n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"layer override names {key!r}, which is not a module of the model{hint}")
+        mod = named[key]
+        kind = _kind(mod)
+        if kind is None:
+            raise ConfigError(
+                f"layer override names {key!r} ({type(mod).__name__}), which cannot be quantized: only Linear and Conv2d layers can"
+            )
+        if kind == "conv2d" and not ov.fp:
+            why = conv2d_supported(mod)
+            if why:
+                raise ConfigError(f"layer override names {key!r}: Conv2d with {why} cannot be quantized")
+        explicit.add(key)
+    return explicit
+
+
+def quantize_(module: nn.Module, config: QuantConfig) -> QuantReport:
+    """Quantize ``module`` in place according to ``config``; return what was done."""
+    if not isinstance(config, QuantConfig):
+        raise TypeError(f"quantize_ expects a QuantConfig, got {type(config).__name__}")
+    named = dict(module.named_modules())
+    explicit = _check_overrides(named, config)
+    device = next((p.device for p in module.parameters()), None)
+    report = QuantReport(
+        mode=config.mode,
+        bits=str(config.bits),
+        kernel_path=None,
+        bytes_before=module_nbytes(module),
+    )
+    swaps: list[tuple[str, nn.Module]] = []
+    for name, mod in named.items():
+        kind = _kind(mod)
+        if kind is None or name == "":
+            continue
+        if _is_lora_part(name):
+            report.skipped.append({"name": name, "reason": "LoRA adapter matrix (its base layer is quantized)"})
+            continue
+        if kind not in config.layer_types and name not in explicit:
+            report.skipped.append({"name": name, "reason": f"{kind} not in layer_types"})
+            continue
+        spec = config.spec_for(name)
+        if spec is None:
+            report.skipped.append({"name": name, "reason": "excluded or kept in floating point"})
+            continue
+        if kind == "conv2d":
+            why = conv2d_supported(mod)
+            if why:
+                report.skipped.append({"name": name, "reason": f"unsupported Conv2d: {why}"})
+                continue
+            new: _QuantCore = QuantConv2d.from_float(mod, spec)
+        else:
+            new = QuantLinear.from_float(mod, spec)
+        swaps.append((name, new))
+        report.layers.append(
+            {"name": name, "type": kind, "bits": spec.bits, "shape": [new.n, new.k], "packed_bytes": new.packed_nbytes}
+        )
+    for name, new in swaps:
+        parent_name, _, attr = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, attr, new)
+    if config.mode == "kernel" and device is not None and swaps:
+        weight_only = all(new.spec.a_bits is None for _, new in swaps)
+        report.kernel_path = kernels.kernel_path(device, weight_only)
+    report.bytes_after = module_nbytes(module)
+    stored = sum(new.stored_nbytes() for _, new in swaps)
+    report.bytes_packed = report.bytes_after - stored + sum(new.packed_nbytes for _, new in swaps)
+    return report
+
+
+def quant_layers(module: nn.Module) -> list[tuple[str, _QuantCore]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, _QuantCore)]
+
+
+def observe_(module: nn.Module, on: bool = True) -> int:
+    """Switch observation of static-activation layers on/off; returns how many layers observe."""
+    n = 0
+    for _, m in quant_layers(module):
+        if m.spec.a_static and not m.calibrated:
+            m.observing = on
+            n += 1
+    return n
+
+
+def freeze_(module: nn.Module) -> int:
+    """Finish calibration of every static-activation layer; returns how many were frozen."""
+    n = 0
+    for _, m in quant_layers(module):
+        if m.spec.a_static and not m.calibrated:
+            m.freeze_activations()
+            n += 1
+    return n
