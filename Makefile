@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qbench-installed
-OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 # the main job: the default model, full precision vs naive W8A8 vs naive W4A8, then the comparison
 RUN_ARGS ?=
 

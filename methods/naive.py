@@ -15,7 +15,7 @@ and runs integer GEMMs. Per-group weights in kernel mode use integer group scale
 format) — ``group_scales=auto`` picks them in kernel mode and float scales in simulate mode;
 pass ``group_scales: int8`` to simulate exactly what the kernel computes.
 
-``method_options`` (``--method-option key=value`` / ``RunConfig.method_options``):
+``method_options`` (``-O key=value`` / ``--option key=value`` / ``RunConfig.method_options``):
 ``group_size`` (32), ``layers`` (a YAML/JSON file or a dict ``layer.name: {w: 8, a: 8} | 8 | fp16``;
 keys may be fnmatch patterns, and ``<component>:<name>`` targets a non-denoiser component),
 ``include`` / ``exclude`` (fnmatch patterns on layer names), ``components`` (``denoiser``,

@@ -8,9 +8,16 @@ MIB = 1024 * 1024
 
 
 def console(stderr: bool = False):
+    """A rich console; when output is not a terminal (logs, pipes) tables get 200 columns instead
+    of rich's 80, so that wide comparison tables stay readable."""
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr)
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 200
+    return Console(stderr=stderr, width=width)
 
 
 def fmt_value(m: dict[str, Any] | None) -> str:
@@ -26,6 +33,17 @@ def fmt_value(m: dict[str, Any] | None) -> str:
     if meaningless(m):
         s += " †"
     return s
+
+
+_SHOWN_OPTIONS = ("base", "group_size", "group_scales", "w_granularity", "a_granularity", "w_clip", "param", "parameterisation", "search", "overrides")
+
+
+def method_options_text(desc: dict[str, Any], limit: int = 48) -> str:
+    """The method's resolved options in one short cell (bits and mode have their own columns)."""
+    opts = desc.get("options") or {}
+    shown = [k for k in _SHOWN_OPTIONS if opts.get(k) not in (None, "", [], {})]
+    text = " ".join(f"{k}={opts[k]}" for k in shown)
+    return (text[: limit - 1] + "…") if len(text) > limit else (text or "-")
 
 
 def meaningless(m: dict[str, Any]) -> bool:
@@ -96,7 +114,7 @@ def print_compare(model: str, rows: list[dict[str, Any]], con) -> None:
             if n not in metric_names:
                 metric_names.append(n)
     t = Table(title=f"qbench compare — {model}", title_justify="left")
-    for col in ("method", "mode", "bits"):
+    for col in ("method", "mode", "bits", "config"):
         t.add_column(col)
     for n in metric_names:
         m = next(r["metrics"][n] for r in rows if n in r["metrics"])
@@ -108,6 +126,7 @@ def print_compare(model: str, rows: list[dict[str, Any]], con) -> None:
             r["method"],
             r["mode"] or "-",
             r["bits"] or "-",
+            method_options_text(r["method_config"]),
             *[fmt_value(r["metrics"].get(n)) for n in metric_names],
             f"{r['latency_s']:.3f}" if r["latency_s"] is not None else "-",
             f"{r['step_s']:.4f}" if r["step_s"] is not None else "-",
