@@ -47,9 +47,8 @@ def _vocab_and_merges() -> tuple[dict[str, int], list[str]]:
     return {t: i for i, t in enumerate(tokens)}, merges
 
 
-def clip_tokenizer_files(directory: str) -> None:
-    """Write ``vocab.json``, ``merges.txt`` and the tokenizer configs of a CLIPTokenizer to ``directory``."""
-    vocab, merges = _vocab_and_merges()
+def write_clip_tokenizer(directory: str, vocab: dict[str, int], merges: list[str], model_max_length: int = 77) -> None:
+    """Write ``vocab.json``, ``merges.txt`` and the configs of a ``CLIPTokenizer`` to ``directory``."""
     os.makedirs(directory, exist_ok=True)
     with open(os.path.join(directory, "vocab.json"), "w", encoding="utf-8") as f:
         json.dump(vocab, f, ensure_ascii=False)
@@ -57,7 +56,7 @@ def clip_tokenizer_files(directory: str) -> None:
         f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
     config = {
         "tokenizer_class": "CLIPTokenizer",
-        "model_max_length": 77,
+        "model_max_length": model_max_length,
         "bos_token": BOS,
         "eos_token": EOS,
         "unk_token": EOS,
@@ -69,6 +68,12 @@ def clip_tokenizer_files(directory: str) -> None:
         json.dump(config, f, indent=1)
     with open(os.path.join(directory, "special_tokens_map.json"), "w") as f:
         json.dump({k: config[k] for k in ("bos_token", "eos_token", "unk_token", "pad_token")}, f, indent=1)
+
+
+def clip_tokenizer_files(directory: str) -> None:
+    """The full OpenAI CLIP vocabulary (from the open_clip wheel) as a CLIPTokenizer folder."""
+    vocab, merges = _vocab_and_merges()
+    write_clip_tokenizer(directory, vocab, merges)
 
 
 def clip_tokenizer(directory: str):

@@ -1,0 +1,109 @@
+"""``qbench zoo ...``: train, ship, verify and evaluate the toy world's models.
+
+    qbench zoo train vae|clip|unet|flux [--minutes M] [--steps N] [--seed S] [--batch B] [--threads T]
+    qbench zoo status        # training progress (work dir) and the shipped weights
+    qbench zoo ship          # newest exports -> qbench/zoo/weights (fp16) + MANIFEST.json
+    qbench zoo verify        # sha256 of the shipped files vs MANIFEST.json
+    qbench zoo eval [--model toy-lcm] [--n 148] [--model-path DIR]
+
+Training is resumable: re-running a ``train`` command continues from its checkpoint in
+``~/.cache/qbench/zoo-train/<kind>`` (``QBENCH_ZOO_WORK`` overrides) until ``--minutes`` of
+total training time or ``--steps`` are reached. Order: vae, clip, then unet and flux (which use
+the trained VAE and CLIP text tower).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+DEFAULTS = {  # the settings the shipped weights were trained with (see MANIFEST.json)
+    "vae": dict(minutes=6.5, steps=1600, batch=32),
+    "clip": dict(minutes=18.0, steps=3000, batch=64),
+    "unet": dict(minutes=40.0, steps=100_000, batch=32),
+    "flux": dict(minutes=40.0, steps=100_000, batch=32),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qbench zoo", description="the toy world: train / ship / verify / evaluate")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train (or resume) one toy model")
+    t.add_argument("kind", choices=sorted(DEFAULTS))
+    t.add_argument("--minutes", type=float)
+    t.add_argument("--steps", type=int)
+    t.add_argument("--batch", type=int)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    sub.add_parser("status", help="training progress and shipped weights")
+    sub.add_parser("ship", help="copy the newest exports into qbench/zoo/weights and write MANIFEST.json")
+    sub.add_parser("verify", help="check the shipped weights against MANIFEST.json")
+    e = sub.add_parser("eval", help="measure toy-acc, CLIP score, fd-toyclip, CLIP-IQA on held-out prompts")
+    e.add_argument("--model", default="toy-lcm")
+    e.add_argument("--n", type=int, default=148)
+    e.add_argument("--model-path")
+    e.add_argument("--clipiqa-ranking", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.cmd == "train":
+        d = DEFAULTS[args.kind]
+        kw = dict(minutes=args.minutes or d["minutes"], steps=args.steps or d["steps"], seed=args.seed,
+                  threads=args.threads)
+        b = args.batch or d["batch"]
+        if args.kind == "vae":
+            from qbench.zoo.train_vae import train
+
+            out = train(batch=b, **kw)
+        elif args.kind == "clip":
+            from qbench.zoo.train_clip import train
+
+            out = train(batch=b, **kw)
+        else:
+            from qbench.zoo.train_denoiser import train
+
+            out = train(args.kind, batch_size=b, **kw)
+        print(f"exported to {out}; run `qbench zoo ship` to copy it into the package")
+        return 0
+    if args.cmd == "status":
+        from qbench.zoo import common
+        from qbench.zoo.ship import training_record
+
+        for kind in ("vae", "clip", "unet", "flux"):
+            r = training_record(kind)
+            print(f"{kind:5s} " + (f"step {r['steps']}, {r['wall_time_s']} s, resumes {r['resumes']}" if r["trained"] else "not trained"))
+        mpath = os.path.join(common.WEIGHTS_DIR, "MANIFEST.json")
+        if os.path.exists(mpath):
+            m = json.load(open(mpath))
+            print(f"shipped: {len(m['files'])} files, {m['total_bytes'] / 1e6:.1f} MB, written {m['written']}")
+        else:
+            print("shipped: nothing (no MANIFEST.json)")
+        return 0
+    if args.cmd == "ship":
+        from qbench.zoo.ship import ship
+
+        m = ship()
+        print(f"shipped {len(m['files'])} files, {m['total_bytes'] / 1e6:.1f} MB")
+        return 0
+    if args.cmd == "verify":
+        from qbench.zoo.ship import verify
+
+        bad = verify()
+        print("all files match MANIFEST.json" if not bad else "MISMATCH: " + ", ".join(bad))
+        return 1 if bad else 0
+    if args.cmd == "eval":
+        from qbench.zoo.evaluate import clipiqa_ranking, evaluate
+
+        res = evaluate(args.model, n=args.n, model_path=args.model_path)
+        if args.clipiqa_ranking:
+            res["clipiqa_clean_beats_degraded"] = clipiqa_ranking(args.n)
+        print(json.dumps(res, indent=1))
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Shared training plumbing: seeded data, resumable checkpoints, EMA, time budgets, logging."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+from qbench.zoo.render import Scene, render
+
+WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+
+
+def work_dir(name: str) -> str:
+    root = os.environ.get("QBENCH_ZOO_WORK") or os.path.join(os.path.expanduser("~"), ".cache", "qbench", "zoo-train")
+    d = os.path.join(root, name)
+    os.makedirs(d, exist_ok=True)
+    return d
+
+
+def log(path: str, **fields: Any) -> None:
+    fields["time"] = round(time.time(), 1)
+    line = json.dumps(fields)
+    print(line, flush=True)
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def images_to_tensor(images):
+    """PIL RGB list -> float tensor (B, 3, H, W) in [-1, 1]."""
+    import torch
+
+    a = np.stack([np.asarray(im, np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(a).permute(0, 3, 1, 2).contiguous()
+
+
+def render_batch(scenes: list[Scene]):
+    return images_to_tensor([render(s) for s in scenes])
+
+
+class EMA:
+    def __init__(self, model, decay: float = 0.999):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def update(self, model, step: int) -> None:
+        import torch
+
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(self.model.parameters(), model.parameters()):
+                pe.mul_(d).add_(p.detach(), alpha=1 - d)
+
+
+def save_ckpt(path: str, **state: Any) -> None:
+    import torch
+
+    tmp = path + ".tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_ckpt(path: str):
+    import torch
+
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def versions() -> dict[str, str]:
+    import diffusers
+    import open_clip
+    import torch
+    import transformers
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "open_clip": open_clip.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def setup_torch(seed: int, threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)

@@ -1,0 +1,33 @@
+"""Toy-world prompt sets (registered in ``qbench/catalog.py``): ``toy`` (held-out TEST scenes),
+``toy-calib`` (CALIB scenes, for Q-Sched / MixDQ calibration) and ``toy-train`` (TRAIN scenes).
+
+Each prompt's ``meta`` carries its scene (``meta["scene"]``, a dict), its split and wording, so
+``toy-acc`` and ``fd-toyclip`` can score images against the exact ground truth.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from qbench.api import Prompt
+from qbench.zoo.splits import prompt_list
+
+
+@lru_cache(maxsize=None)
+def _prompts(split: str) -> tuple[Prompt, ...]:
+    out = []
+    for i, (scene, wording, text) in enumerate(prompt_list(split)):
+        meta = {"scene": scene.to_dict(), "split": split, "wording": wording, "world": "toy"}
+        out.append(Prompt(id=f"toy-{split}/{i}", text=text, index=i, meta=meta))
+    return tuple(out)
+
+
+def toy_test() -> tuple[Prompt, ...]:
+    return _prompts("test")
+
+
+def toy_calib() -> tuple[Prompt, ...]:
+    return _prompts("calib")
+
+
+def toy_train() -> tuple[Prompt, ...]:
+    return _prompts("train")

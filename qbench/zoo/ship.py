@@ -1,0 +1,119 @@
+"""Copy the newest trained exports into ``qbench/zoo/weights`` (fp16 safetensors) + MANIFEST.json.
+
+Weights are stored in float16 to stay within the repo's size budget; the loader upcasts to the
+run dtype (float32 on CPU), so the float32 "full-precision" reference is the fp16-rounded model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+
+from qbench.zoo import common
+
+SHIPPED = {"toy-clip": "clip", "toy-lcm": "unet", "toy-flux": "flux"}
+COMMANDS = {
+    "vae": "qbench zoo train vae --minutes 6.5 --steps 1600 --seed 0",
+    "clip": "qbench zoo train clip --minutes 18 --steps 3000 --seed 0 --batch 64",
+    "unet": "qbench zoo train unet --minutes 40 --seed 0 --batch 32",
+    "flux": "qbench zoo train flux --minutes 40 --seed 0 --batch 32",
+}
+
+
+def sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def training_record(kind: str) -> dict:
+    """Steps, wall time and resumes of one model, read from its training log."""
+    path = os.path.join(common.work_dir(kind), "log.jsonl")
+    if not os.path.exists(path):
+        return {"trained": False}
+    rows = [json.loads(line) for line in open(path) if line.strip()]
+    steps = [r for r in rows if "loss" in r or "i2t" in r]
+    last = steps[-1] if steps else {}
+    done = [r for r in rows if r.get("event") in ("done", "checkpoint")]
+    return {
+        "trained": True,
+        "steps": (done[-1] if done else last).get("step"),
+        "wall_time_s": (done[-1] if done else last).get("elapsed"),
+        "resumes": sum(1 for r in rows if r.get("event") == "resume"),
+        "last_logged": {k: v for k, v in last.items() if k != "time"},
+        "command": COMMANDS[kind],
+        "seed": 0,
+        "threads": 1,
+        "machine": "1 thread on a 2-core CPU shared with other jobs (wall time depends on the load)",
+        "reproduce": f"qbench zoo train {kind} --steps {(done[-1] if done else last).get('step')} --minutes 100000"
+                     " (the time budget, not the step count, ended the original run)",
+    }
+
+
+def _fp16_safetensors(folder: str) -> None:
+    from safetensors.torch import load_file, save_file
+
+    for root, _, files in os.walk(folder):
+        for f in files:
+            if f.endswith(".safetensors"):
+                p = os.path.join(root, f)
+                sd = load_file(p)
+                save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in sd.items()}, p,
+                          metadata={"format": "pt"})
+                os.chmod(p, 0o644)
+
+
+def ship(kinds=("clip", "unet", "flux")) -> dict:
+    for name, kind in SHIPPED.items():
+        if kind not in kinds:
+            continue
+        src = os.path.join(common.work_dir(kind), "export")
+        if not os.path.isdir(src):
+            raise FileNotFoundError(f"no export for {kind} in {src}; train it first")
+        dst = os.path.join(common.WEIGHTS_DIR, name)
+        tmp = dst + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        _fp16_safetensors(tmp)
+        shutil.rmtree(dst, ignore_errors=True)
+        os.replace(tmp, dst)
+    return write_manifest()
+
+
+def write_manifest() -> dict:
+    files = {}
+    for root, _, names in os.walk(common.WEIGHTS_DIR):
+        for n in sorted(names):
+            p = os.path.join(root, n)
+            rel = os.path.relpath(p, common.WEIGHTS_DIR)
+            if rel == "MANIFEST.json":
+                continue
+            files[rel] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
+    manifest = {
+        "what": "the toy world's trained models (qbench/zoo); every number they produce is a toy-world number",
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "storage_dtype": "float16 (upcast by the loader)",
+        "total_bytes": sum(f["bytes"] for f in files.values()),
+        "training": {k: training_record(k) for k in ("vae", "clip", "unet", "flux")},
+        "versions": common.versions(),
+        "files": dict(sorted(files.items())),
+    }
+    with open(os.path.join(common.WEIGHTS_DIR, "MANIFEST.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+    return manifest
+
+
+def verify() -> list[str]:
+    """Files whose sha256 differs from MANIFEST.json (empty list: all good)."""
+    with open(os.path.join(common.WEIGHTS_DIR, "MANIFEST.json")) as f:
+        m = json.load(f)
+    bad = []
+    for rel, info in m["files"].items():
+        p = os.path.join(common.WEIGHTS_DIR, rel)
+        if not os.path.exists(p) or sha256(p) != info["sha256"]:
+            bad.append(rel)
+    return bad
