@@ -589,7 +589,9 @@ class QSched(Method):
         """How many calibration prompts (by id or text) are among the run's evaluation prompts."""
         from qbench.prompts import load_prompts
 
-        ev = load_prompts(self.cfg.prompts)
+        from qbench.models.loader import get_spec
+
+        ev = load_prompts(self.cfg.prompts or get_spec(self.cfg.model).default_prompts)
         ev_ids, ev_texts = {p.id for p in ev}, {p.text for p in ev}
         return sum(i in ev_ids or t in ev_texts for i, t in zip(ids, texts))
 

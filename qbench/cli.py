@@ -84,10 +84,6 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if args.inception_weights:
         me["inception_weights"] = args.inception_weights
     base["metric_options"] = me
-    if "prompts" not in base:
-        from qbench.models.loader import get_spec
-
-        base["prompts"] = get_spec(base.get("model", RunConfig.model)).default_prompts
     try:
         return RunConfig.from_dict(base)
     except TypeError as e:

@@ -14,8 +14,7 @@ from typing import Any
 
 from qbench.errors import ConfigError
 
-DEFAULT_MODEL = "tiny-lcm"
-DEFAULT_PROMPTS = "coco2017:8"
+DEFAULT_MODEL = "toy-flux"  # the trained toy world: offline, seconds per run, meaningful numbers
 MODES = ("simulate", "kernel")
 
 
@@ -25,7 +24,7 @@ class RunConfig:
     method: str = "fp"
     bits: str | None = None  # e.g. "W4A8"; None for methods without quantization
     mode: str = "simulate"  # "simulate" (fake quant) or "kernel" (real low-bit execution)
-    prompts: str = DEFAULT_PROMPTS  # a prompt-set spec ("coco2017:8") or a file path
+    prompts: str | None = None  # a prompt-set spec ("coco2017:8") or a file path; None: the model's default set
     calib_prompts: str | None = None  # prompts for methods that calibrate (None: the method's default)
     seed: int = 42  # prompt i of a set is generated with seed + its stable index
     batch_size: int = 4

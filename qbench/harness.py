@@ -147,6 +147,8 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     cfg.validate()
     # validate every name and input before any heavy work
     spec = get_spec(cfg.model)
+    if cfg.prompts is None:
+        cfg = cfg.replace(prompts=spec.default_prompts)
     method_cls = METHODS.get(cfg.method)
     metric_names = _resolve_metrics(cfg, spec)
     prompts = load_prompts(cfg.prompts)
@@ -245,6 +247,8 @@ def _notes(model) -> list[str]:
     notes = []
     if model.spec.is_tiny:
         notes.append("tiny twin with RANDOM weights: learned metrics are meaningless; numbers check mechanics only")
+    if model.spec.family.startswith("toy"):
+        notes.append("TOY WORLD: synthetic 32x32 scenes, models and CLIP trained in this repo; numbers do not transfer to real images")
     return notes
 
 
