@@ -147,12 +147,7 @@ def train(steps: int = 4000, minutes: float = 8.0, seed: int = 0, batch: int = 9
     model, tok = build_model()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     ema = common.EMA(model, 0.99)
-    step, elapsed = 0, 0.0
-    st = common.load_ckpt(ckpt_path)
-    if st is not None:
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); ema.model.load_state_dict(st["ema"])
-        step, elapsed = st["step"], st["elapsed"]
-        common.log(log_path, event="resume", step=step, elapsed=elapsed)
+    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema)
     t0, last_ck = time.time() - elapsed, time.time()
     model.train()
     warm = 100

@@ -11,7 +11,6 @@ import time
 import numpy as np
 
 from qbench.zoo import common
-from qbench.zoo.render import random_scene
 from qbench.zoo.splits import scenes
 
 VAE_CONFIG = dict(
@@ -50,12 +49,7 @@ def train(steps: int = 3000, minutes: float = 6.0, seed: int = 0, batch: int = 3
     model = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ema = common.EMA(model, 0.995)
-    step, elapsed = 0, 0.0
-    st = common.load_ckpt(ckpt_path)
-    if st is not None:
-        model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); ema.model.load_state_dict(st["ema"])
-        step, elapsed = st["step"], st["elapsed"]
-        common.log(log_path, event="resume", step=step, elapsed=elapsed)
+    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema)
     t0, last_ck = time.time() - elapsed, time.time()
     model.train()
     while step < steps and (time.time() - t0) < minutes * 60:
