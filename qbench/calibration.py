@@ -17,7 +17,15 @@ The quantity searched is the mean score over the calibration prompts.
   3. lattice pattern search at all prompts from each of the ``starts`` best survivors: evaluate
      the neighbours at step ``s`` (axis moves, plus diagonals for 2 dimensions), move to the best
      improvement, halve ``s`` when none, stop at a local optimum with ``s = 1`` (or on joining an
-     earlier start's path) or when ``max_images`` is spent.
+     earlier start's path) or when ``max_images`` is spent;
+  4. polish: the lattice points around the best point that are not yet known at all prompts,
+     nearest first (Chebyshev, then Manhattan distance), re-centred on every new best, out to
+     radius ``polish`` — by default as far as ``max_images`` reaches (radius 2 without a budget
+     or beyond two dimensions): whatever budget stages 1-3 leave is spent next to the optimum.
+  With ``extend = k`` the lattice continues ``k`` steps beyond both ends of every axis (same
+  spacing) for stages 3-4, so an optimum on the edge of the public box can be followed outside it;
+  such points are marked ``outside_box`` in the trajectory. ``extend = 0`` (the default) stays on
+  the grid's own lattice.
   Every evaluation goes into ``trajectory`` (stage, point, prompts, mean score, images so far).
 
 Ties are broken by evaluation order (the first point reaching the best mean wins), so both
@@ -25,6 +33,7 @@ searches are deterministic.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -232,7 +241,7 @@ class _Tracker:
         """Distinct images this search needed (what it would generate with an empty cache)."""
         return len(self._pairs)
 
-    def eval(self, point: Point, stage: str, n_prompts: int | None = None) -> float:
+    def eval(self, point: Point, stage: str, n_prompts: int | None = None, outside_box: bool = False) -> float:
         n = self.obj.n_prompts if n_prompts is None else n_prompts
         score = self.obj.mean(point, n)
         self.evaluations += 1
@@ -251,6 +260,8 @@ class _Tracker:
                 "t": round(time.perf_counter() - self.t0, 3),
             }
         )
+        if outside_box:
+            self.trajectory[-1]["outside_box"] = True
         return score
 
     def result(self, stopped_by_budget: bool = False) -> SearchResult:
@@ -302,18 +313,25 @@ def own_search(
     min_keep: int = 3,
     max_images: int | None = None,
     starts: int = 2,
+    polish: int | None = None,
+    extend: int = 0,
 ) -> SearchResult:
     """Coarse lattice + successive halving over prompts + lattice pattern search (module docstring).
 
     ``start`` (default: 1.0 on every axis) is where axis lines go through when the coarse product
     is too large. ``rungs`` are prompt-prefix sizes before the full set; ``max_images`` caps the
     (point, prompt) pairs the search may use (default: none); ``starts`` is how many of the
-    last rung's best points start a pattern search (a second start guards against a local optimum).
+    last rung's best points start a pattern search (a second start guards against a local optimum);
+    ``polish`` is the radius of the final neighbourhood sweep (None: as far as the budget allows); ``extend`` lets stages 3-4 leave the
+    box by that many lattice steps per side.
     """
     if not axes:
         raise ConfigError("own search needs at least one axis")
     if not 0 < keep <= 1:
         raise ConfigError(f"keep must be in (0, 1], got {keep}")
+    if (polish is not None and int(polish) < 0) or int(extend) < 0:
+        raise ConfigError(f"polish and extend must be >= 0, got {polish} and {extend}")
+    polish, extend = (None if polish is None else int(polish)), int(extend)
     d = len(axes)
     sizes = [len(a) for a in axes]
     start = [1.0] * d if start is None else list(start)
@@ -321,8 +339,22 @@ def own_search(
     tr = _Tracker(obj, "own")
     budget = math.inf if max_images is None else int(max_images)
 
+    def value(k: int, i: int) -> float:
+        ax = axes[k]
+        if 0 <= i < len(ax):
+            return float(ax[i])
+        step = (float(ax[-1]) - float(ax[0])) / (len(ax) - 1) if len(ax) > 1 else 0.0
+        return float(ax[0]) + i * step if i < 0 else float(ax[-1]) + (i - len(ax) + 1) * step
+
     def pt(idx: Sequence[int]) -> Point:
-        return tuple(float(axes[k][i]) for k, i in enumerate(idx))
+        return tuple(value(k, i) for k, i in enumerate(idx))
+
+    def inside(idx: Sequence[int]) -> bool:
+        return all(0 <= idx[k] < sizes[k] for k in range(d))
+
+    def allowed(idx: Sequence[int]) -> bool:
+        # outside the box, coefficients must stay positive (a scale of 0 or below is meaningless)
+        return all(-extend <= idx[k] < sizes[k] + extend for k in range(d)) and (inside(idx) or min(pt(idx)) > 0)
 
     def affordable(point: Point, n_prompts: int, reserve: int = 0) -> bool:
         key = point_key(point)
@@ -384,12 +416,12 @@ def own_search(
                 best_nb, best_nb_score = None, cur_score
                 for dv in dirs:
                     nb = tuple(cur[k] + s * dv[k] for k in range(d))
-                    if any(not 0 <= nb[k] < sizes[k] for k in range(d)):
+                    if not allowed(nb):
                         continue
                     if not affordable(pt(nb), obj.n_prompts):
                         stopped = True
                         break
-                    sc = tr.eval(pt(nb), f"pattern{start_no}@s={s}")
+                    sc = tr.eval(pt(nb), f"pattern{start_no}@s={s}", outside_box=not inside(nb))
                     if sc > best_nb_score:
                         best_nb, best_nb_score = nb, sc
                 if stopped:
@@ -403,7 +435,53 @@ def own_search(
                     s //= 2
                 else:
                     break
+
+    # 4. polish: the full neighbourhood of the best point, nearest first, around each new best.
+    # polish=None: as far as the budget reaches (radius capped at 2 beyond two dimensions)
+    if polish is None:
+        radius = 2 if budget == math.inf or d > 2 else max(sizes) + extend
+    else:
+        radius = polish
+    if not stopped and tr.best_point is not None and radius > 0:
+        index_of = {pt(ix): ix for ix in _visited_indices(tr, axes, value, sizes, extend)}
+        done: set[tuple[int, ...]] = set()
+        offsets = sorted(
+            (o for o in itertools.product(range(-radius, radius + 1), repeat=d) if any(o)),
+            key=lambda o: (max(map(abs, o)), sum(map(abs, o)), o),
+        )
+        out_of_budget = False
+        while not out_of_budget:
+            centre = index_of.get(tr.best_point)
+            if centre is None or centre in done:
+                break
+            done.add(centre)
+            for o in offsets:
+                nb = tuple(centre[k] + o[k] for k in range(d))
+                if not allowed(nb) or (point_key(pt(nb)), obj.n_prompts - 1) in tr._pairs:
+                    continue
+                if not affordable(pt(nb), obj.n_prompts):
+                    out_of_budget = True  # the polish ends where the budget does; the search is complete
+                    break
+                before = tr.best_point
+                tr.eval(pt(nb), f"polish@r={max(map(abs, o))}", outside_box=not inside(nb))
+                index_of[pt(nb)] = nb
+                if tr.best_point != before:
+                    break  # re-centre on the new best
     return tr.result(stopped_by_budget=stopped)
+
+
+def _visited_indices(tr: "_Tracker", axes, value, sizes, extend) -> list[tuple[int, ...]]:
+    """Lattice indices of every point the search evaluated (points are looked up, not solved for)."""
+    d = len(axes)
+    ranges = [range(-extend, sizes[k] + extend) for k in range(d)]
+    lookup = [{point_key((value(k, i),)): i for i in ranges[k]} for k in range(d)]
+    out = []
+    for t in tr.trajectory:
+        try:
+            out.append(tuple(lookup[k][point_key((t["point"][k],))] for k in range(d)))
+        except KeyError:
+            continue
+    return out
 
 
 def run_search(name: str, obj: CachedObjective, axes: Sequence[Sequence[float]], **options: Any) -> SearchResult:

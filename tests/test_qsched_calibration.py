@@ -64,6 +64,46 @@ def test_own_search_bimodal_finds_the_higher_peak(p1, p2, h2, w):
     assert own.images * 20 <= grid.images
 
 
+def test_polish_spends_the_budget_next_to_the_optimum_on_a_rugged_landscape():
+    """Independent per-point noise (a 'rugged' landscape like a real JAQ surface on few prompts):
+    with polish the own search uses exactly its budget, and everything after the pattern search is
+    a polish step at or next to the best point; polish=0 stops at the pattern search's optimum."""
+    rng = np.random.default_rng(3)
+    bumps = {point_key((x, y)): 2e-4 * rng.standard_normal() for x in AXIS for y in AXIS}
+
+    def compute(point, idx):
+        x, y = point
+        return [0.1 * OFFSETS[i] - 0.01 * ((x - 0.85) ** 2 + (y - 0.9) ** 2) + bumps[point_key(point)] for i in idx]
+
+    budget = 50 * 50 * N_PROMPTS // 20
+    own = own_search(CachedObjective(compute, PIDS), [AXIS, AXIS], max_images=budget)
+    bare = own_search(CachedObjective(compute, PIDS), [AXIS, AXIS], max_images=budget, polish=0)
+    assert not own.stopped_by_budget and not bare.stopped_by_budget
+    assert budget - N_PROMPTS < own.images <= budget and bare.images < own.images
+    assert own.best_score >= bare.best_score
+    stages = [t["stage"] for t in own.trajectory]
+    first = stages.index(next(s for s in stages if s.startswith("polish")))
+    assert all(s.startswith("polish") for s in stages[first:])
+    grid = grid_search(CachedObjective(compute, PIDS), [AXIS, AXIS])
+    ranks = sorted((grid.trajectory[i]["score"] for i in range(len(grid.trajectory))), reverse=True)
+    assert own.best_score >= ranks[4]  # among the grid's five best of 2,500 points
+
+
+def test_extend_follows_an_optimum_outside_the_box():
+    own = own_search(CachedObjective(synthetic(0.74, 1.0), PIDS), [AXIS, AXIS], extend=12)
+    assert own.best_point[0] == pytest.approx(0.8 - 7 * 0.4 / 49, abs=1e-9)  # ~0.743, the lattice point nearest 0.74
+    assert own.best_point[1] == pytest.approx(AXIS[24], abs=1e-9) or own.best_point[1] == pytest.approx(AXIS[25], abs=1e-9)
+    outside = [t for t in own.trajectory if t.get("outside_box")]
+    assert outside and all(t["point"][0] < 0.8 for t in outside)
+    inside = own_search(CachedObjective(synthetic(0.74, 1.0), PIDS), [AXIS, AXIS])
+    assert inside.best_point[0] == pytest.approx(0.8) and not any(t.get("outside_box") for t in inside.trajectory)
+    assert own.best_score > inside.best_score
+    with pytest.raises(ConfigError):
+        own_search(CachedObjective(synthetic(0.9, 1.0), PIDS), [AXIS, AXIS], extend=-1)
+    with pytest.raises(ConfigError):
+        own_search(CachedObjective(synthetic(0.9, 1.0), PIDS), [AXIS, AXIS], polish=-2)
+
+
 def test_own_search_budget_is_respected():
     own = own_search(CachedObjective(synthetic(0.93, 1.07), PIDS), [AXIS, AXIS], max_images=300)
     assert own.images <= 300 and own.stopped_by_budget
