@@ -1,10 +1,11 @@
 """``qbench zoo ...``: train, ship, verify and evaluate the toy world's models.
 
-    qbench zoo train vae|clip|unet|flux [--minutes M] [--steps N] [--seed S] [--batch B] [--threads T]
+    qbench zoo train vae|clip|unet|flux [--minutes M] [--steps N] [--seed S] [--batch B] [--lr LR] [--threads T]
     qbench zoo status        # training progress (work dir) and the shipped weights
     qbench zoo ship          # newest exports -> qbench/zoo/weights (fp16) + MANIFEST.json
     qbench zoo verify        # sha256 of the shipped files vs MANIFEST.json
     qbench zoo eval [--model toy-lcm] [--n 148] [--model-path DIR]
+    qbench zoo quant-sweep [--model toy-flux] [--n 592] [--bits W8A8,W4A8,W4A4,W2A8] [--json F] [--markdown F]
 
 Training is resumable: re-running a ``train`` command continues from its checkpoint in
 ``~/.cache/qbench/zoo-train/<kind>`` (``QBENCH_ZOO_WORK`` overrides) until ``--minutes`` of
@@ -19,10 +20,10 @@ import os
 import sys
 
 DEFAULTS = {  # the settings the shipped weights were trained with (see MANIFEST.json)
-    "vae": dict(minutes=6.5, steps=1600, batch=32),
-    "clip": dict(minutes=18.0, steps=3000, batch=64),
-    "unet": dict(minutes=40.0, steps=100_000, batch=32),
-    "flux": dict(minutes=40.0, steps=100_000, batch=32),
+    "vae": dict(minutes=6.5, steps=1600, batch=32, lr=1e-3),
+    "clip": dict(minutes=18.0, steps=3000, batch=64, lr=1e-3),
+    "unet": dict(minutes=40.0, steps=100_000, batch=32, lr=6e-4),
+    "flux": dict(minutes=40.0, steps=100_000, batch=32, lr=6e-4),
 }
 
 
@@ -34,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--minutes", type=float)
     t.add_argument("--steps", type=int)
     t.add_argument("--batch", type=int)
+    t.add_argument("--lr", type=float, help="learning rate (a resumed run may lower it; the log records each phase)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     sub.add_parser("status", help="training progress and shipped weights")
@@ -44,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=148)
     e.add_argument("--model-path")
     e.add_argument("--clipiqa-ranking", action="store_true")
+    q = sub.add_parser("quant-sweep", help="naive quantization at each bit width vs FP: fidelity, fd-toyclip, toy-acc, JAQ (paired)")
+    q.add_argument("--model", default="toy-flux")
+    q.add_argument("--n", type=int, default=592, help="held-out prompts toy:N (default 592: each test scene about 9 times)")
+    q.add_argument("--bits", default="W8A8,W4A8,W4A4,W2A8", help="comma-separated bit specs")
+    q.add_argument("--model-path")
+    q.add_argument("--json", help="also write the full result as JSON here")
+    q.add_argument("--markdown", help="also write the table as Markdown here")
     return p
 
 
@@ -52,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "train":
         d = DEFAULTS[args.kind]
         kw = dict(minutes=args.minutes or d["minutes"], steps=args.steps or d["steps"], seed=args.seed,
-                  threads=args.threads)
+                  threads=args.threads, lr=args.lr or d["lr"])
         b = args.batch or d["batch"]
         if args.kind == "vae":
             from qbench.zoo.train_vae import train
@@ -101,6 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.clipiqa_ranking:
             res["clipiqa_clean_beats_degraded"] = clipiqa_ranking(args.n)
         print(json.dumps(res, indent=1))
+        return 0
+    if args.cmd == "quant-sweep":
+        from qbench.zoo.quant_sweep import sweep, to_markdown
+
+        bits = tuple(b.strip() for b in args.bits.split(",") if b.strip())
+        res = sweep(args.model, n=args.n, bits=bits, model_path=args.model_path)
+        md = to_markdown(res)
+        for path, text in ((args.json, json.dumps(res, indent=1)), (args.markdown, md)):
+            if path:
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+                with open(path, "w") as f:
+                    f.write(text + ("\n" if not text.endswith("\n") else ""))
+        print(md)
         return 0
     return 2
 

@@ -76,16 +76,19 @@ def load_ckpt(path: str):
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def resume(ckpt_path: str, log_path: str, model, opt, ema):
-    """Restore model, optimizer and EMA from ``ckpt_path`` if it exists (logging a "resume" event).
+def resume(ckpt_path: str, log_path: str, model, opt, ema, **settings: Any):
+    """Restore model, optimizer and EMA from ``ckpt_path`` if it exists (logging a "resume" event;
+    a fresh run logs a "start" event). ``settings`` (lr, batch, ...) go into that event, so the log
+    says which settings trained which steps.
 
     -> (checkpoint dict or None, step, elapsed seconds); callers restore their extra state from the dict.
     """
     st = load_ckpt(ckpt_path)
     if st is None:
+        log(log_path, event="start", step=0, elapsed=0.0, **settings)
         return None, 0, 0.0
     model.load_state_dict(st["model"]); opt.load_state_dict(st["opt"]); ema.model.load_state_dict(st["ema"])
-    log(log_path, event="resume", step=st["step"], elapsed=st["elapsed"])
+    log(log_path, event="resume", step=st["step"], elapsed=st["elapsed"], **settings)
     return st, st["step"], st["elapsed"]
 
 

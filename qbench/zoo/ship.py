@@ -30,8 +30,23 @@ def sha256(path: str) -> str:
     return h.hexdigest()
 
 
+def training_phases(rows: list[dict], final_step: int | None) -> list[dict]:
+    """Which settings trained which steps: one phase per logged start/resume that records its lr
+    (the first phase is taken to begin at step 0), consecutive phases with equal settings merged."""
+    phases: list[dict] = []
+    for r in rows:
+        if r.get("event") in ("start", "resume") and "lr" in r:
+            ph = {"from_step": 0 if not phases else int(r["step"]), "lr": r["lr"], "batch": r.get("batch")}
+            if phases and (phases[-1]["lr"], phases[-1]["batch"]) == (ph["lr"], ph["batch"]):
+                continue
+            phases.append(ph)
+    for a, b in zip(phases, phases[1:] + [None]):
+        a["to_step"] = b["from_step"] if b is not None else final_step
+    return phases
+
+
 def training_record(kind: str) -> dict:
-    """Steps, wall time and resumes of one model, read from its training log."""
+    """Steps, wall time, resumes and settings of one model, read from its training log."""
     path = os.path.join(common.work_dir(kind), "log.jsonl")
     if not os.path.exists(path):
         return {"trained": False}
@@ -39,18 +54,26 @@ def training_record(kind: str) -> dict:
     steps = [r for r in rows if "loss" in r or "i2t" in r]
     last = steps[-1] if steps else {}
     done = [r for r in rows if r.get("event") in ("done", "checkpoint")]
+    final = (done[-1] if done else last).get("step")
+    phases = training_phases(rows, final)
+    if phases:
+        reproduce = " && ".join(
+            f"qbench zoo train {kind} --steps {ph['to_step']} --lr {ph['lr']:g}" + (f" --batch {ph['batch']}" if ph["batch"] else "")
+            + " --minutes 100000" for ph in phases)
+    else:
+        reproduce = f"qbench zoo train {kind} --steps {final} --minutes 100000"
     return {
         "trained": True,
-        "steps": (done[-1] if done else last).get("step"),
+        "steps": final,
         "wall_time_s": (done[-1] if done else last).get("elapsed"),
         "resumes": sum(1 for r in rows if r.get("event") == "resume"),
+        "phases": phases,
         "last_logged": {k: v for k, v in last.items() if k != "time"},
         "command": COMMANDS[kind],
         "seed": 0,
         "threads": 1,
         "machine": "1 thread on a 2-core CPU shared with other jobs (wall time depends on the load)",
-        "reproduce": f"qbench zoo train {kind} --steps {(done[-1] if done else last).get('step')} --minutes 100000"
-                     " (the time budget, not the step count, ended the original run)",
+        "reproduce": reproduce + " (step counts, not the original time budgets; batches are functions of (seed, step))",
     }
 
 

@@ -147,7 +147,7 @@ def train(steps: int = 4000, minutes: float = 8.0, seed: int = 0, batch: int = 9
     model, tok = build_model()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     ema = common.EMA(model, 0.99)
-    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema)
+    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema, lr=lr, batch=batch)
     t0, last_ck = time.time() - elapsed, time.time()
     model.train()
     warm = 100

@@ -165,7 +165,7 @@ def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0,
     params = list(model.parameters()) + (list(t5.parameters()) if t5 is not None else [])
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
     ema, ema_t5 = common.EMA(model, 0.999), (common.EMA(t5, 0.999) if t5 is not None else None)
-    st, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema)
+    st, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema, lr=lr, batch=batch_size)
     if st is not None and t5 is not None:
         t5.load_state_dict(st["t5"]); ema_t5.model.load_state_dict(st["ema_t5"])
     t0 = time.time() - elapsed

@@ -49,7 +49,7 @@ def train(steps: int = 3000, minutes: float = 6.0, seed: int = 0, batch: int = 3
     model = AutoencoderKL(**VAE_CONFIG)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     ema = common.EMA(model, 0.995)
-    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema)
+    _, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema, lr=lr, batch=batch)
     t0, last_ck = time.time() - elapsed, time.time()
     model.train()
     while step < steps and (time.time() - t0) < minutes * 60:
