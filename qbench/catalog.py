@@ -60,3 +60,6 @@ PROMPTS.register("coco2017-calib", "qbench.calibration:coco2017_calib", "the las
 PROMPTS.register("toy", "qbench.zoo.prompts:toy_test", "toy world TEST split: 74 held-out scenes (attribute combinations never trained on) x 18 wordings, scene in Prompt.meta")
 PROMPTS.register("toy-calib", "qbench.zoo.prompts:toy_calib", "toy world CALIB split: 35 scenes x 18 wordings, for calibration (disjoint from toy and toy-train)")
 PROMPTS.register("toy-train", "qbench.zoo.prompts:toy_train", "toy world TRAIN split: the 215 scenes the toy models were trained on x 18 wordings")
+PROMPTS.register("toy-pair", "qbench.zoo.prompts:toy_pair_test", "toy world two-object TEST split: held-out pairs (left and right object) x 6 wordings, scene in Prompt.meta")
+PROMPTS.register("toy-pair-calib", "qbench.zoo.prompts:toy_pair_calib", "toy world two-object CALIB split (disjoint from toy-pair and toy-pair-train)")
+PROMPTS.register("toy-pair-train", "qbench.zoo.prompts:toy_pair_train", "toy world two-object TRAIN split")

@@ -45,8 +45,8 @@ def test_training_phases_from_the_log():
         {"event": "checkpoint", "step": 900},
     ]
     assert training_phases(rows, 900) == [
-        {"from_step": 0, "lr": 6e-4, "batch": 32, "to_step": 500},
-        {"from_step": 500, "lr": 2e-4, "batch": 32, "to_step": 900},
+        {"from_step": 0, "lr": 6e-4, "batch": 32, "pairs": 0.0, "to_step": 500},
+        {"from_step": 500, "lr": 2e-4, "batch": 32, "pairs": 0.0, "to_step": 900},
     ]
     assert training_phases([{"event": "resume", "step": 10}], 20) == []  # old logs without settings
 

@@ -101,3 +101,49 @@ def test_training_batches_are_functions_of_seed_and_step():
 
     train = {s.key for s in scenes("train")}
     assert all(k in train for k in a[3][:6])
+
+
+def test_pair_scenes_render_caption_and_split():
+    from qbench.prompts import load_prompts
+    from qbench.zoo.render import (N_PAIR_WORDINGS, PAIR_ATTRIBUTES, PairScene, all_pair_scenes, scene_from_dict)
+
+    pairs = all_pair_scenes()
+    assert len(pairs) == 3 * 18 * 18 and len({p.key for p in pairs}) == len(pairs)
+    p = PairScene("white", "red", "circle", "blue", "square")
+    img = np.asarray(render(p), np.int32)
+    left, right = (np.asarray(render(o), np.int32) for o in p.objects())
+    assert (img[:, :16] == left[:, :16]).all() and (img[:, 16:] == right[:, 16:]).all()  # each object on its side
+    for a in PAIR_ATTRIBUTES:  # every attribute changes the image
+        assert np.abs(np.asarray(render(p.changed(a, np.random.default_rng(0))), np.int32) - img).sum() > 0, a
+    words = set(vocabulary())
+    for s in pairs[::11]:
+        for w in range(N_PAIR_WORDINGS):
+            c = caption(s, w)
+            assert set(c.replace(",", " ").split()) <= words, c  # no word the toy tokenizer lacks
+            assert c.index(s.left_colour + " " + s.left_shape) >= 0 and s.right_colour + " " + s.right_shape in c
+    assert "an orange" in caption(PairScene("gray", "orange", "circle", "red", "square"), 0)
+    tr, ca, te = (set(s.key for s in scenes(x, "pair")) for x in ("train", "calib", "test"))
+    assert len(tr) + len(ca) + len(te) == len(pairs) and not (tr & te) and not (ca & te) and not (tr & ca)
+    ps = load_prompts("toy-pair:12")
+    for q in ps:
+        s = scene_from_dict(q.meta["scene"])
+        assert isinstance(s, PairScene) and caption(s, q.meta["wording"]) == q.text and s.key in te
+    assert not {q.text for q in load_prompts("toy-pair-train")} & {q.text for q in load_prompts("toy-pair")}
+    # single-object scenes still come back as Scene
+    assert isinstance(scene_from_dict(load_prompts("toy:1")[0].meta["scene"]), Scene)
+
+
+def test_pair_batches_keep_the_single_object_stream():
+    from qbench.zoo.train_denoiser import batch
+
+    x0, c0, _ = batch("flux", 0, 5, 16)
+    x1, c1, _ = batch("flux", 0, 5, 16, pairs=0.0)
+    assert c0 == c1 and (x0 == x1).all()  # pairs=0 draws what the original runs drew
+    xm, cm, _ = batch("flux", 0, 5, 16, pairs=0.5)
+    n_pairs = sum("on the right" in c and "on the left" in c or "at the right" in c and "at the left" in c
+                  or "to the right" in c and "to the left" in c for c in cm)
+    assert 0 < n_pairs < 16 and xm.shape == x0.shape
+    with pytest.raises(ValueError):
+        from qbench.zoo.train_denoiser import train
+
+        train("flux", pairs=1.5)

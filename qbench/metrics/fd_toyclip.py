@@ -22,14 +22,14 @@ REF_SEED = 1234
 
 
 def reference_images(prompts) -> list:
-    from qbench.zoo.render import Scene, render
+    from qbench.zoo.render import render, scene_from_dict
 
     out = []
     for p in prompts:
         scene = (p.meta or {}).get("scene")
         if scene is None:
             raise QBenchError(f"fd-toyclip needs toy-world prompts (prompt {p.id!r} has no scene); use --prompts toy:N")
-        base = Scene.from_dict(scene)
+        base = scene_from_dict(scene)
         for k in range(REF_PER_PROMPT):
             out.append(render(base.with_jitter(np.random.default_rng([REF_SEED, p.index, k]))))
     return out

@@ -4,7 +4,9 @@ Every toy prompt carries its scene; the rule-based checker (``qbench.zoo.checker
 background, colour, size, shape and position back from each generated image. ``compute()``
 returns the all-correct rate as ``toy-acc`` and each attribute's accuracy as
 ``toy-acc/<attribute>``, with binomial standard errors sqrt(p(1-p)/n). Chance levels: background
-1/3, colour 1/6, size 1/2, shape 1/3, position 1/3. Validated in ``tests/test_zoo_checker.py``
+1/3, colour 1/6, size 1/2, shape 1/3, position 1/3. Two-object prompts (``toy-pair:N``) are scored
+on background, left_colour, left_shape, right_colour, right_shape; a mixed set reports each
+attribute over the images whose prompt has it. Validated in ``tests/test_zoo_checker.py``
 (100% on rendered ground truth, chance on shuffled captions). Toy-world numbers only.
 """
 from __future__ import annotations
@@ -45,14 +47,17 @@ class ToyAcc(Metric):
 
     def compute(self) -> dict[str, MetricValue]:
         from qbench.zoo.checker import CHANCE
-        from qbench.zoo.render import ATTRIBUTES
+        from qbench.zoo.render import ATTRIBUTES, PAIR_ATTRIBUTES
 
-        n = len(self._scores)
-        if n == 0:
+        if not self._scores:
             raise QBenchError("toy-acc: no images were scored")
         out: dict[str, MetricValue] = {}
-        for key in ("all",) + ATTRIBUTES:
-            p = sum(s[key] for s in self._scores) / n
+        for key in ("all",) + ATTRIBUTES + tuple(a for a in PAIR_ATTRIBUTES if a not in ATTRIBUTES):
+            vals = [s[key] for s in self._scores if key in s]
+            if not vals:
+                continue
+            n = len(vals)
+            p = sum(vals) / n
             details: dict[str, Any] = {"world": WORLD, "checker": "qbench.zoo.checker (rule-based)",
                                        "chance": CHANCE.get(key, math.prod(CHANCE.values()))}
             name = "toy-acc" if key == "all" else f"toy-acc/{key}"

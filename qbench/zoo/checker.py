@@ -15,6 +15,11 @@
 
 No object found -> every object attribute reads ``None`` (wrong). ``score(image, scene)`` gives a
 0/1 per attribute and ``all`` (every attribute right).
+
+Two-object scenes (:class:`~qbench.zoo.render.PairScene`): ``read_pair(image)`` reads the
+background as above, then each half of the image (x < 16 and x >= 16, the other half painted
+with the observed background) as one object: ``left_colour``, ``left_shape``, ``right_colour``,
+``right_shape``. An object drawn on the wrong side, or missing, reads as wrong.
 """
 from __future__ import annotations
 
@@ -22,12 +27,26 @@ from typing import Any
 
 import numpy as np
 
-from qbench.zoo.render import ATTRIBUTES, BACKGROUNDS, COLOURS, POSITIONS, RES, SIZES, VALUES, Scene
+from qbench.zoo.render import (
+    ATTRIBUTES,
+    BACKGROUNDS,
+    COLOURS,
+    PAIR_ATTRIBUTES,
+    PAIR_VALUES,
+    POSITIONS,
+    RES,
+    SIZES,
+    VALUES,
+    PairScene,
+    Scene,
+    scene_from_dict,
+)
 
 OBJECT_DIST = 60.0
 SIZE_THRESHOLD = (SIZES["small"] + SIZES["large"]) / 2
 FILL_SQUARE, FILL_TRIANGLE = 0.89, 0.64
-CHANCE = {a: 1.0 / len(VALUES[a]) for a in ATTRIBUTES}
+CHANCE = {a: 1.0 / len(VALUES[a]) for a in ATTRIBUTES} | {a: 1.0 / len(PAIR_VALUES[a]) for a in PAIR_ATTRIBUTES}
+SPLIT_X = RES // 2  # two-object scenes: the left object lies in x < 16, the right one in x >= 16
 
 
 def _nearest(table: dict[str, tuple[int, int, int]], rgb: np.ndarray) -> str:
@@ -47,13 +66,14 @@ def _array(image: Any) -> np.ndarray:
     return np.asarray(image, np.float32)
 
 
-def read_scene(image: Any) -> dict[str, Any]:
-    """The attributes read from one image (values are attribute names or ``None``) + measurements."""
-    a = _array(image)
+def _background(a: np.ndarray) -> np.ndarray:
     border = np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
-    bg_obs = np.median(border, axis=0)
-    out: dict[str, Any] = {a_: None for a_ in ATTRIBUTES}
-    out["background"] = _nearest(BACKGROUNDS, bg_obs)
+    return np.median(border, axis=0)
+
+
+def _read_object(a: np.ndarray, bg_obs: np.ndarray) -> dict[str, Any]:
+    """colour / size / shape / position of the one object in ``a`` (None where nothing is found)."""
+    out: dict[str, Any] = {"colour": None, "size": None, "shape": None, "position": None}
     d = np.sqrt(((a - bg_obs) ** 2).sum(-1))
     obj = d > OBJECT_DIST
     if obj.sum() < 4:
@@ -82,11 +102,35 @@ def read_scene(image: Any) -> dict[str, Any]:
     return out
 
 
-def score(image: Any, scene: Scene | dict[str, Any]) -> dict[str, int]:
-    """1/0 per attribute (and ``all``) for one image against the scene its prompt describes."""
+def read_scene(image: Any) -> dict[str, Any]:
+    """The attributes read from one image (values are attribute names or ``None``) + measurements."""
+    a = _array(image)
+    bg_obs = _background(a)
+    return {"background": _nearest(BACKGROUNDS, bg_obs), **_read_object(a, bg_obs)}
+
+
+def read_pair(image: Any) -> dict[str, Any]:
+    """Background and the left / right object's colour and shape of a two-object image."""
+    a = _array(image)
+    bg_obs = _background(a)
+    out: dict[str, Any] = {"background": _nearest(BACKGROUNDS, bg_obs)}
+    for side, cols in (("left", slice(SPLIT_X, None)), ("right", slice(None, SPLIT_X))):
+        half = a.copy()
+        half[:, cols] = bg_obs  # paint the other side with the background
+        r = _read_object(half, bg_obs)
+        out[f"{side}_colour"], out[f"{side}_shape"] = r["colour"], r["shape"]
+        out[f"_{side}"] = r
+    return out
+
+
+def score(image: Any, scene: Scene | PairScene | dict[str, Any]) -> dict[str, int]:
+    """1/0 per attribute (and ``all``) for one image against the scene its prompt describes
+    (single-object attributes or, for a two-object scene, ``PAIR_ATTRIBUTES``)."""
     if isinstance(scene, dict):
-        scene = Scene.from_dict(scene)
-    r = read_scene(image)
-    s = {a: int(r[a] == getattr(scene, a)) for a in ATTRIBUTES}
-    s["all"] = int(all(s[a] for a in ATTRIBUTES))
+        scene = scene_from_dict(scene)
+    pair = isinstance(scene, PairScene)
+    attrs = PAIR_ATTRIBUTES if pair else ATTRIBUTES
+    r = read_pair(image) if pair else read_scene(image)
+    s = {a: int(r[a] == getattr(scene, a)) for a in attrs}
+    s["all"] = int(all(s[a] for a in attrs))
     return s

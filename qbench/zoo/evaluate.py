@@ -28,9 +28,9 @@ def _metric(cls, family, images, prompts):
 
 
 def ground_truth(prompts, seed: int = 99) -> list:
-    from qbench.zoo.render import Scene, render
+    from qbench.zoo.render import render, scene_from_dict
 
-    return [render(Scene.from_dict(p.meta["scene"]).with_jitter(np.random.default_rng([seed, p.index]))) for p in prompts]
+    return [render(scene_from_dict(p.meta["scene"]).with_jitter(np.random.default_rng([seed, p.index]))) for p in prompts]
 
 
 def generate(lm, prompts, batch: int = 32) -> list:

@@ -2,7 +2,9 @@
 
 A :class:`Scene` is one shape on a plain background, described by five discrete attributes
 (background colour, object colour, size, shape, horizontal position) plus a sub-pixel jitter
-that only the renderer sees. ``render(scene)`` and ``caption(scene, wording)`` are both exact
+that only the renderer sees. A :class:`PairScene` is two small shapes side by side (one at the
+left position, one at the right) on one background: five attributes (background, left colour,
+left shape, right colour, right shape), captions built from the same words (no new tokens). ``render(scene)`` and ``caption(scene, wording)`` are both exact
 functions of the scene, so every caption has ground-truth images: ``render`` of its scene with
 any jitter.
 """
@@ -99,6 +101,68 @@ def scene_hash(scene: Scene) -> int:
     return int.from_bytes(hashlib.sha256("|".join(scene.key).encode()).digest()[:8], "big")
 
 
+# -- two-object scenes ---------------------------------------------------------------------------
+PAIR_ATTRIBUTES: tuple[str, ...] = ("background", "left_colour", "left_shape", "right_colour", "right_shape")
+PAIR_VALUES: dict[str, tuple[str, ...]] = {
+    "background": tuple(BACKGROUNDS),
+    "left_colour": tuple(COLOURS), "left_shape": SHAPES,
+    "right_colour": tuple(COLOURS), "right_shape": SHAPES,
+}
+PAIR_SIZE = "small"  # both objects are small (10 px) at the left (x=10) and right (x=22) positions
+
+
+@dataclass(frozen=True)
+class PairScene:
+    background: str
+    left_colour: str
+    left_shape: str
+    right_colour: str
+    right_shape: str
+    dx: float = 0.0  # one jitter for both objects, so the 2-pixel gap between them is kept
+    dy: float = 0.0
+
+    kind = "pair"
+
+    def __post_init__(self) -> None:
+        for a in PAIR_ATTRIBUTES:
+            if getattr(self, a) not in PAIR_VALUES[a]:
+                raise ValueError(f"unknown {a} {getattr(self, a)!r}; choose from {PAIR_VALUES[a]}")
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        return ("pair",) + tuple(getattr(self, a) for a in PAIR_ATTRIBUTES)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "pair", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PairScene":
+        return cls(**{k: d[k] for k in PAIR_ATTRIBUTES}, dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
+
+    def with_jitter(self, rng: np.random.Generator) -> "PairScene":
+        dx, dy = rng.uniform(-JITTER, JITTER, size=2)
+        return replace(self, dx=float(dx), dy=float(dy))
+
+    def changed(self, attribute: str, rng: np.random.Generator) -> "PairScene":
+        choices = [v for v in PAIR_VALUES[attribute] if v != getattr(self, attribute)]
+        return replace(self, **{attribute: choices[int(rng.integers(len(choices)))]})
+
+    def objects(self) -> tuple[Scene, Scene]:
+        """The two objects as single-object scenes (same background and jitter)."""
+        return (Scene(self.background, self.left_colour, PAIR_SIZE, self.left_shape, "left", self.dx, self.dy),
+                Scene(self.background, self.right_colour, PAIR_SIZE, self.right_shape, "right", self.dx, self.dy))
+
+
+def all_pair_scenes() -> list[PairScene]:
+    """Every two-object combination (3 * 18 * 18 = 972), in a fixed order, without jitter."""
+    return [PairScene(*combo) for combo in itertools.product(*(PAIR_VALUES[a] for a in PAIR_ATTRIBUTES))]
+
+
+def scene_from_dict(d: dict[str, Any]) -> "Scene | PairScene":
+    """A prompt's ``meta["scene"]`` back as a scene of the right kind."""
+    return PairScene.from_dict(d) if d.get("kind") == "pair" else Scene.from_dict(d)
+
+
 # -- renderer ---------------------------------------------------------------------------------
 def _shape_polygon(shape: str, cx: float, cy: float, side: float, s: int):
     h = side / 2
@@ -131,12 +195,13 @@ def render_mask(scene: Scene, res: int = RES) -> np.ndarray:
     return np.asarray(small, dtype=np.float32) / 255.0
 
 
-def render(scene: Scene, res: int = RES) -> Image.Image:
+def render(scene: Scene | PairScene, res: int = RES) -> Image.Image:
     """The scene as an RGB image (exact function of the scene, jitter included)."""
-    a = render_mask(scene, res)[..., None]
     bg = np.array(BACKGROUNDS[scene.background], np.float32)
-    fg = np.array(COLOURS[scene.colour], np.float32)
-    img = bg * (1 - a) + fg * a
+    img = np.broadcast_to(bg, (res, res, 3)).copy()
+    for obj in (scene.objects() if isinstance(scene, PairScene) else (scene,)):
+        a = render_mask(obj, res)[..., None]
+        img = img * (1 - a) + np.array(COLOURS[obj.colour], np.float32) * a
     return Image.fromarray(np.clip(np.round(img), 0, 255).astype(np.uint8), "RGB")
 
 
@@ -158,8 +223,28 @@ TEMPLATES: tuple[str, ...] = (
 N_WORDINGS = len(TEMPLATES) * 3  # wording index selects template, size word and position phrase
 
 
-def caption(scene: Scene, wording: int = 0) -> str:
-    """The caption of ``scene`` in wording number ``wording`` (any int; taken modulo N_WORDINGS)."""
+PAIR_TEMPLATES: tuple[str, ...] = (
+    "{l} on the left, {r} on the right, on a {bg} background",
+    "on a {bg} background, {r} on the right, {l} on the left",
+    "a picture of {l} at the left, {r} at the right, {bg} background",
+    "an image of {l} to the left, {r} to the right on {bg}",
+    "{r} to the right, {l} to the left, against a {bg} background",
+    "{l} at the left, {r} at the right, the background is {bg}",
+)
+N_PAIR_WORDINGS = len(PAIR_TEMPLATES)
+
+
+def _with_article(colour: str, shape: str) -> str:
+    return f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}"
+
+
+def caption(scene: Scene | PairScene, wording: int = 0) -> str:
+    """The caption of ``scene`` in wording number ``wording`` (any int; taken modulo the number of
+    wordings of the scene's kind: N_WORDINGS or N_PAIR_WORDINGS)."""
+    if isinstance(scene, PairScene):
+        t = PAIR_TEMPLATES[wording % N_PAIR_WORDINGS]
+        return t.format(l=_with_article(scene.left_colour, scene.left_shape),
+                        r=_with_article(scene.right_colour, scene.right_shape), bg=scene.background)
     w = wording % N_WORDINGS
     t = TEMPLATES[w % len(TEMPLATES)]
     j = w // len(TEMPLATES)

@@ -36,8 +36,9 @@ def training_phases(rows: list[dict], final_step: int | None) -> list[dict]:
     phases: list[dict] = []
     for r in rows:
         if r.get("event") in ("start", "resume") and "lr" in r:
-            ph = {"from_step": 0 if not phases else int(r["step"]), "lr": r["lr"], "batch": r.get("batch")}
-            if phases and (phases[-1]["lr"], phases[-1]["batch"]) == (ph["lr"], ph["batch"]):
+            ph = {"from_step": 0 if not phases else int(r["step"]), "lr": r["lr"], "batch": r.get("batch"),
+                  "pairs": r.get("pairs", 0.0)}
+            if phases and all(phases[-1][k] == ph[k] for k in ("lr", "batch", "pairs")):
                 continue
             phases.append(ph)
     for a, b in zip(phases, phases[1:] + [None]):
@@ -59,7 +60,7 @@ def training_record(kind: str) -> dict:
     if phases:
         reproduce = " && ".join(
             f"qbench zoo train {kind} --steps {ph['to_step']} --lr {ph['lr']:g}" + (f" --batch {ph['batch']}" if ph["batch"] else "")
-            + " --minutes 100000" for ph in phases)
+            + (f" --pairs {ph['pairs']:g}" if ph["pairs"] else "") + " --minutes 100000" for ph in phases)
     else:
         reproduce = f"qbench zoo train {kind} --steps {final} --minutes 100000"
     return {
