@@ -41,6 +41,9 @@ class MetricValue:
     n: int = 0
     higher_is_better: bool = True
     details: dict[str, Any] = field(default_factory=dict)  # model, protocol, weights source, ...
+    #: per-prompt scores {prompt id: score} of per-image metrics; stored in their own table (not in
+    #: ``to_dict``) so that ``qbench compare`` can pair two runs prompt by prompt
+    per_image: dict[str, float] | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -122,13 +122,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from qbench.store import Store
-    from qbench.tables import compare_rows, console, print_compare
+    from qbench.tables import add_paired, compare_rows, console, print_compare
 
     store = Store(args.db or os.path.join(args.out_dir, "qbench.sqlite"))
     models = [args.model] if args.model else store.models()
     if not models:
         raise QBenchError(f"no finished runs in {store.path}; run `qbench run` first")
     payload = {m: compare_rows(store.runs(model=m)) for m in models}
+    for rows in payload.values():
+        add_paired(rows, store.per_image)
     if args.json:
         print(json.dumps(payload, indent=1, default=str))
         return 0

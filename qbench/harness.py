@@ -229,7 +229,8 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny),
             notes=_notes(model),
         )
-        store.finish_run(run_id, result.to_dict(), result.metrics)
+        store.finish_run(run_id, result.to_dict(), result.metrics,
+                         per_image={k: v.per_image for k, v in metrics.items() if v.per_image})
         return result
     except KeyboardInterrupt:
         kept = f"; {cache.dir} keeps the images already made" if cache else ""

@@ -12,7 +12,7 @@ from typing import Any
 
 from qbench.errors import QBenchError
 from qbench.store import Store
-from qbench.tables import compare_rows, fmt_value, meaningless
+from qbench.tables import add_paired, compare_rows, fmt_value, meaningless
 
 GRID_PROMPTS = 4
 CELL = 160
@@ -66,6 +66,30 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """Paired differences to fp (rows that ``add_paired`` gave one), or '' when there are none."""
+    prs = [r for r in rows if r.get("paired")]
+    if not prs:
+        return ""
+    names: list[str] = []
+    for r in prs:
+        names += [n for n in r["paired"] if n not in names]
+    head = ["method", "mode", "bits"] + [f"Δ {n}" for n in names]
+    lines = ["Paired differences to fp (same prompts and seeds; mean ± standard error over prompts; "
+             "~ = within two standard errors of zero):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in prs:
+        cells = [r["method"], r["mode"] or "-", r["bits"] or "-"]
+        for n in names:
+            d = r["paired"].get(n)
+            if d is None:
+                cells.append("-")
+                continue
+            resolved = d["se"] == d["se"] and (d["se"] == 0 or abs(d["mean"]) >= 2 * d["se"])
+            cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" + ("" if resolved else " ~"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(db: str, out_dir: str, model: str | None = None) -> list[str]:
     store = Store(db)
     models = [model] if model else store.models()
@@ -78,12 +102,16 @@ def write_report(db: str, out_dir: str, model: str | None = None) -> list[str]:
         if not runs:
             raise QBenchError(f"no finished runs for model {m!r} in {db}")
         rows = compare_rows(runs)
+        add_paired(rows, store.per_image)
         by_id = {r["id"]: r for r in runs}
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", m)
         grid_name = f"report-{safe}-grid.png"
         has_grid = write_grid(rows, by_id, os.path.join(out_dir, grid_name))
         lines = [f"# qbench report — {m}", ""]
         lines += [markdown_table(rows), ""]
+        paired = paired_markdown(rows)
+        if paired:
+            lines += [paired, ""]
         prov = by_id[rows[0]["run_id"]]["result"].get("provenance", {})
         lines.append(f"- weights: {'; '.join(sorted({r['weights'] for r in rows if r['weights']}))}")
         lines.append(f"- device: {prov.get('device_name')}; dtype {prov.get('dtype')}; torch {prov.get('versions', {}).get('torch')}, diffusers {prov.get('versions', {}).get('diffusers')}; git {prov.get('git')}")

@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     details TEXT,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS per_image (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    metric TEXT NOT NULL,
+    prompt_id TEXT NOT NULL,
+    value REAL,
+    PRIMARY KEY (run_id, metric, prompt_id)
+);
 """
 
 
@@ -92,11 +99,20 @@ class Store:
             conn.execute("COMMIT")
         return run_id
 
-    def finish_run(self, run_id: str, result: dict[str, Any], metrics: dict[str, dict[str, Any]], status: str = "done") -> None:
+    def finish_run(self, run_id: str, result: dict[str, Any], metrics: dict[str, dict[str, Any]], status: str = "done",
+                   per_image: dict[str, dict[str, float]] | None = None) -> None:
+        """Metrics, per-prompt scores (``per_image``: metric -> prompt id -> score) and the result,
+        in one transaction."""
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+                conn.execute("DELETE FROM per_image WHERE run_id=?", (run_id,))
+                for name, scores in (per_image or {}).items():
+                    conn.executemany(
+                        "INSERT INTO per_image (run_id, metric, prompt_id, value) VALUES (?,?,?,?)",
+                        [(run_id, name, pid, float(v)) for pid, v in scores.items()],
+                    )
                 for name, m in metrics.items():
                     conn.execute(
                         "INSERT INTO metrics (run_id, name, value, stderr, n, higher_is_better, details) VALUES (?,?,?,?,?,?,?)",
@@ -137,6 +153,15 @@ class Store:
             if len(rows) > 1 and rows[0]["id"] != run_id:
                 raise QBenchError(f"run id prefix {run_id!r} is ambiguous: {', '.join(r['id'] for r in rows[:5])}")
             return self._row(conn, rows[0])
+
+    def per_image(self, run_id: str) -> dict[str, dict[str, float]]:
+        """Per-prompt scores of a run: metric -> prompt id -> score (empty for runs stored before
+        per-prompt scores were kept)."""
+        out: dict[str, dict[str, float]] = {}
+        with self._connect() as conn:
+            for r in conn.execute("SELECT metric, prompt_id, value FROM per_image WHERE run_id=?", (run_id,)):
+                out.setdefault(r["metric"], {})[r["prompt_id"]] = r["value"]
+        return out
 
     def models(self) -> list[str]:
         with self._connect() as conn:

@@ -8,7 +8,7 @@ MIB = 1024 * 1024
 
 
 def console(stderr: bool = False):
-    """A rich console; when output is not a terminal (logs, pipes) tables get 200 columns instead
+    """A rich console; when output is not a terminal (logs, pipes) tables get 250 columns instead
     of rich's 80, so that wide comparison tables stay readable."""
     import os
     import sys
@@ -16,7 +16,7 @@ def console(stderr: bool = False):
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 200
+    width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 250
     return Console(stderr=stderr, width=width)
 
 
@@ -89,11 +89,43 @@ def compare_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "device": res.get("provenance", {}).get("device_name"),
                 "date": r["created"],
                 "notes": res.get("notes", []),
+                "sampling": {k: r["config"].get(k) for k in PAIRING_KEYS},
             }
         )
     order = {"fp": 0}
     rows.sort(key=lambda x: (order.get(x["method"], 1), x["method"], -(_bits_w(x["bits"]))))
     return rows
+
+
+PAIRING_KEYS = ("prompts", "seed", "steps", "guidance", "resolution", "model_path")
+
+
+def add_paired(rows: list[dict[str, Any]], per_image) -> None:
+    """Give every non-fp row ``paired``: metric -> {mean, se, n} of (row - fp) over the prompts
+    both runs scored, when an fp row with the same prompts, seed and sampling settings exists.
+    ``per_image(run_id)`` returns a run's per-prompt scores (``Store.per_image``)."""
+    from qbench.metrics.stats import paired_difference
+
+    base = next((r for r in rows if r["method"] == "fp"), None)
+    if base is None:
+        return
+    base_scores = per_image(base["run_id"])
+    if not base_scores:
+        return
+    for r in rows:
+        if r is base or r["sampling"] != base["sampling"]:
+            continue
+        mine = per_image(r["run_id"])
+        paired = {}
+        for name, scores in mine.items():
+            # psnr / ssim / lpips already compare with the fp images: pairing them again means nothing
+            ref = str(r["metrics"].get(name, {}).get("details", {}).get("reference", ""))
+            if name in base_scores and not ref.startswith("full-precision"):
+                d = paired_difference(base_scores[name], scores)
+                if d is not None:
+                    paired[name] = d
+        if paired:
+            r["paired"] = paired
 
 
 def _bits_w(bits: str | None) -> int:
@@ -111,7 +143,7 @@ def print_compare(model: str, rows: list[dict[str, Any]], con) -> None:
     metric_names: list[str] = []
     for r in rows:
         for n in r["metrics"]:
-            if n not in metric_names:
+            if n not in metric_names and "/" not in n:  # sub-values (toy-acc/colour, ...): qbench show
                 metric_names.append(n)
     t = Table(title=f"qbench compare — {model}", title_justify="left")
     for col in ("method", "mode", "bits", "config"):
@@ -143,10 +175,40 @@ def print_compare(model: str, rows: list[dict[str, Any]], con) -> None:
         info = ", ".join(f"{k}={v}" for k, v in d.items() if k in ("model", "network", "protocol", "weights", "reference", "formula"))
         if info:
             con.print(f"[dim]{n}: {info}[/dim]")
+    _print_paired(model, rows, metric_names, con)
     if any(meaningless(m) for r in rows for m in r["metrics"].values()):
         con.print("[yellow]† computed by a network with random or stand-in weights: checks mechanics, says nothing about quality[/yellow]")
     for note in sorted({n for r in rows for n in r["notes"]}):
         con.print(f"[yellow]note: {note}[/yellow]")
+
+
+def _print_paired(model: str, rows: list[dict[str, Any]], metric_names: list[str], con) -> None:
+    from rich.table import Table
+
+    paired_rows = [r for r in rows if r.get("paired")]
+    if not paired_rows:
+        return
+    names = [n for n in metric_names if any(n in r["paired"] for r in paired_rows)]
+    t = Table(title=f"paired Δ vs fp — {model} (same prompts and seeds; mean ± se over prompts)", title_justify="left")
+    for col in ("method", "mode", "bits"):
+        t.add_column(col)
+    for n in names:
+        m = next(r["metrics"][n] for r in rows if n in r["metrics"])
+        t.add_column(f"Δ {n} {_arrow(m)}", justify="right")
+    for r in paired_rows:
+        cells = []
+        for n in names:
+            d = r["paired"].get(n)
+            if d is None:
+                cells.append("-")
+                continue
+            digits = 4 if abs(d["mean"]) < 10 else 2
+            z = d["mean"] / d["se"] if d["se"] and math.isfinite(d["se"]) and d["se"] > 0 else None
+            mark = "" if z is None or abs(z) >= 2 else " ~"  # ~: within two standard errors of zero
+            cells.append(f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}{mark}" if math.isfinite(d["se"]) else f"{d['mean']:+.{digits}f}")
+        t.add_row(r["method"], r["mode"] or "-", r["bits"] or "-", *cells)
+    con.print(t)
+    con.print("[dim]~ : within two standard errors of zero (not resolved by these prompts)[/dim]")
 
 
 def print_result(res: dict[str, Any], con) -> None:

@@ -62,3 +62,16 @@ def test_image_cache_atomic_and_keyed(tmp_path):
     assert c.has("coco2017/1/2", 42) and not c.has("coco2017/1/2", 43)
     assert c.load("coco2017/1/2", 42).getpixel((0, 0)) == (1, 2, 3)
     assert not list((tmp_path).rglob("*.tmp"))
+
+
+def test_per_image_scores_round_trip_and_are_replaced(tmp_path):
+    s = Store(str(tmp_path / "q.sqlite"))
+    rid = s.start_run({"model": "m", "method": "fp"}, "fp", None, "none")
+    s.finish_run(rid, {"label": "fp"}, {"jaq": {"value": 1.5}}, per_image={"jaq": {"p0": 1.0, "p1": 2.0}})
+    assert s.per_image(rid) == {"jaq": {"p0": 1.0, "p1": 2.0}}
+    s.finish_run(rid, {"label": "fp"}, {"jaq": {"value": 3.0}}, per_image={"jaq": {"p0": 3.0}})
+    assert s.per_image(rid) == {"jaq": {"p0": 3.0}}  # a re-finished run keeps only its new scores
+    other = s.start_run({"model": "m", "method": "fp"}, "fp", None, "none")
+    with pytest.raises(TypeError):  # rolled back together with the metrics
+        s.finish_run(other, {"label": "fp"}, {"a": {"value": 1.0}}, per_image={"a": {"p0": object()}})
+    assert s.per_image(other) == {} and s.get(other)["metrics"] == {}

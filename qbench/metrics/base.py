@@ -23,6 +23,7 @@ class PerImageMetric(Metric):
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
         self._scores: list[np.ndarray] = []
+        self._ids: list[str] = []
         self._size: list[int] | None = None
 
     def score_batch(self, images: list[Any], prompts: list[Prompt], references: list[Any] | None) -> np.ndarray:
@@ -43,6 +44,7 @@ class PerImageMetric(Metric):
         if scores.shape[0] != len(images):
             raise RuntimeError(f"{self.name}: {scores.shape[0]} scores for {len(images)} images")
         self._scores.append(scores)
+        self._ids.extend(p.id for p in prompts)
 
     @property
     def scores(self) -> np.ndarray:
@@ -54,8 +56,10 @@ class PerImageMetric(Metric):
         details = {"formula": self.formula, "aggregate": "mean over images; stderr = bootstrap (1000 resamples, seed 0)",
                    "image_size": self._size}
         details.update(self.describe())
-        return MetricValue(value, stderr, int(s.size), self.higher_is_better, details)
+        per_image = dict(zip(self._ids, (float(v) for v in s))) if len(self._ids) == s.size else None
+        return MetricValue(value, stderr, int(s.size), self.higher_is_better, details, per_image=per_image)
 
     def reset(self) -> None:
         self._scores = []
+        self._ids = []
         self._size = None

@@ -32,3 +32,18 @@ def mean_and_stderr(values: Sequence[float] | np.ndarray, n_boot: int = DEFAULT_
     if x.size == 0:
         return math.nan, None
     return float(x.mean()), bootstrap_stderr(x, n_boot=n_boot, seed=seed)
+
+
+def paired_difference(base: dict[str, float], other: dict[str, float]) -> dict[str, float] | None:
+    """Mean and standard error of ``other[k] - base[k]`` over the keys both have (prompt ids).
+
+    Pairing the same prompt (and seed) in two runs cancels the prompt-to-prompt spread, so much
+    smaller differences are resolved than by comparing the two means. None without common keys;
+    ``se`` is NaN for a single pair.
+    """
+    keys = [k for k in other if k in base]
+    if not keys:
+        return None
+    d = np.array([other[k] - base[k] for k in keys], dtype=np.float64)
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+    return {"mean": float(d.mean()), "se": se, "n": int(d.size)}

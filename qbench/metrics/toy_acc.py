@@ -31,6 +31,7 @@ class ToyAcc(Metric):
 
     def reset(self) -> None:
         self._scores: list[dict[str, int]] = []
+        self._ids: list[str] = []
 
     def update(self, images, prompts, references=None) -> None:
         from qbench.zoo.checker import score
@@ -44,6 +45,7 @@ class ToyAcc(Metric):
                     f"toy-acc needs toy-world prompts (prompt {p.id!r} has no scene); use --prompts toy:N"
                 )
             self._scores.append(score(im, scene))
+            self._ids.append(p.id)
 
     def compute(self) -> dict[str, MetricValue]:
         from qbench.zoo.checker import CHANCE
@@ -62,4 +64,5 @@ class ToyAcc(Metric):
                                        "chance": CHANCE.get(key, math.prod(CHANCE.values()))}
             name = "toy-acc" if key == "all" else f"toy-acc/{key}"
             out[name] = MetricValue(p, math.sqrt(p * (1 - p) / n), n, True, details)
+        out["toy-acc"].per_image = {i: float(s["all"]) for i, s in zip(self._ids, self._scores)}
         return out

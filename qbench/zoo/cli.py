@@ -4,7 +4,7 @@
     qbench zoo status        # training progress (work dir) and the shipped weights
     qbench zoo ship          # newest exports -> qbench/zoo/weights (fp16) + MANIFEST.json
     qbench zoo verify        # sha256 of the shipped files vs MANIFEST.json
-    qbench zoo eval [--model toy-lcm] [--n 148] [--model-path DIR]
+    qbench zoo eval [--model toy-lcm] [--n 148] [--prompt-set toy|toy-pair] [--model-path DIR]
     qbench zoo quant-sweep [--model toy-flux] [--n 592] [--bits W8A8,W4A8,W4A4,W2A8] [--json F] [--markdown F]
 
 Training is resumable: re-running a ``train`` command continues from its checkpoint in
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--n", type=int, default=148)
     e.add_argument("--model-path")
     e.add_argument("--clipiqa-ranking", action="store_true")
+    e.add_argument("--prompt-set", default="toy", choices=("toy", "toy-pair"), help="single-object (toy) or two-object (toy-pair) held-out scenes")
     q = sub.add_parser("quant-sweep", help="naive quantization at each bit width vs FP: fidelity, fd-toyclip, toy-acc, JAQ (paired)")
     q.add_argument("--model", default="toy-flux")
     q.add_argument("--n", type=int, default=592, help="held-out prompts toy:N (default 592: each test scene about 9 times)")
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "eval":
         from qbench.zoo.evaluate import clipiqa_ranking, evaluate
 
-        res = evaluate(args.model, n=args.n, model_path=args.model_path)
+        res = evaluate(args.model, n=args.n, model_path=args.model_path, prompt_set=args.prompt_set)
         if args.clipiqa_ranking:
             res["clipiqa_clean_beats_degraded"] = clipiqa_ranking(args.n)
         print(json.dumps(res, indent=1))

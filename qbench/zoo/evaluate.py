@@ -41,7 +41,7 @@ def generate(lm, prompts, batch: int = 32) -> list:
     return out
 
 
-def evaluate(name: str, n: int = 148, model_path: str | None = None, untrained: bool = True) -> dict[str, Any]:
+def evaluate(name: str, n: int = 148, model_path: str | None = None, untrained: bool = True, prompt_set: str = "toy") -> dict[str, Any]:
     import torch
 
     from qbench.metrics.clip_score import CLIPScore
@@ -53,7 +53,7 @@ def evaluate(name: str, n: int = 148, model_path: str | None = None, untrained: 
 
     lm = load_model(name, model_path=model_path, device="cpu")
     fam = lm.spec.family
-    prompts = load_prompts(f"toy:{n}")
+    prompts = load_prompts(f"{prompt_set}:{n}")
     t0 = time.time()
     images = generate(lm, prompts)
     gen_s = time.time() - t0
@@ -62,7 +62,7 @@ def evaluate(name: str, n: int = 148, model_path: str | None = None, untrained: 
     shuffled = [prompts[int(j)] for j in perm]
     acc = _metric(ToyAcc, fam, images, prompts)
     res: dict[str, Any] = {
-        "world": "toy", "model": name, "source": lm.source, "n_prompts": n, "generate_s": round(gen_s, 1),
+        "world": "toy", "model": name, "source": lm.source, "prompts": f"{prompt_set}:{n}", "n_prompts": n, "generate_s": round(gen_s, 1),
         "toy_acc": {k: round(v.value, 3) for k, v in acc.items()},
         "toy_acc_gt": round(_metric(ToyAcc, fam, gt, prompts)["toy-acc"].value, 3),
         "clip_matching": round(_metric(CLIPScore, fam, images, prompts).value, 2),
