@@ -9,7 +9,8 @@ exists (and was made with the same base-method settings), else calibrates first 
 (``-O key=value``): ``base`` (naive), ``base_options`` ({}), ``parameterisation``
 (ramp | start_end | per_step), ``search`` (own | grid), ``grid_lo``/``grid_hi``/``grid_n``
 (0.8/1.2/50), ``calib_batch_size`` (5), ``max_images`` (own search budget; default = the 2-scalar
-grid's images / 20), ``search_options`` (own_search keywords), ``qsched_ckpt``, ``recalibrate``,
+grid's images / 20 minus the identity baseline's images), ``search_options`` (own_search
+keywords), ``qsched_ckpt``, ``recalibrate``,
 ``scorer_options`` (JAQ metric options), ``progress``. Default calibration prompts:
 ``coco2017-calib:25`` (the tail of coco2017, held out from ``coco2017:N``), ``toy-calib:25`` for
 the toy world; calibration prompts that overlap the run's evaluation prompts are refused.
@@ -443,7 +444,7 @@ _OPTION_DEFAULTS: dict[str, Any] = {
     "grid_hi": 1.2,
     "grid_n": 50,
     "calib_batch_size": 5,
-    "max_images": None,  # own search budget; None: the 2-scalar grid's images / 20 (= 125 per prompt at 50 points)
+    "max_images": None,  # own search budget; None: the 2-scalar grid's images / 20 minus the identity baseline (len(prompts))
     "search_options": {},  # own_search keyword arguments (coarse, rungs, keep, ...)
     "qsched_ckpt": None,
     "recalibrate": False,
@@ -738,7 +739,9 @@ class QSched(Method):
         search_opts = dict(self.opts["search_options"])
         if search == "own":
             ramp_grid_images = len(axis) ** 2 * len(prompts)  # the public code's grid, whatever the parameterisation
-            default_budget = max(len(prompts), min(grid_images, ramp_grid_images) // 20)
+            # the identity baseline (len(prompts) images, unless the search passes through it) is
+            # part of what a calibration costs, so it comes out of the 20x budget too
+            default_budget = max(len(prompts), min(grid_images, ramp_grid_images) // 20 - len(prompts))
             search_opts.setdefault("max_images", self.opts["max_images"] if self.opts["max_images"] is not None else default_budget)
         elif search_opts:
             raise ConfigError("search_options apply to the own search only")

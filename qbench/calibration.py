@@ -322,8 +322,8 @@ def own_search(
     is too large. ``rungs`` are prompt-prefix sizes before the full set; ``max_images`` caps the
     (point, prompt) pairs the search may use (default: none); ``starts`` is how many of the
     last rung's best points start a pattern search (a second start guards against a local optimum);
-    ``polish`` is the radius of the final neighbourhood sweep (None: as far as the budget allows); ``extend`` lets stages 3-4 leave the
-    box by that many lattice steps per side.
+    ``polish`` is the radius of the final neighbourhood sweep (None: as far as the budget allows);
+    ``extend`` lets stages 3-4 leave the box by that many lattice steps per side.
     """
     if not axes:
         raise ConfigError("own search needs at least one axis")

@@ -196,3 +196,26 @@ def test_saved_pipeline_reloads_in_plain_diffusers(tiny_model, tmp_path):
         assert np.array_equal(a, b)
     finally:
         flux.pipe.scheduler = base_sched
+
+
+def test_default_own_budget_keeps_the_whole_calibration_20x_below_the_grid(make_cfg, flux):
+    """Default budget: grid images / 20, minus the identity baseline's images, so the images the
+    checkpoint records (search + baseline) are at most the grid's / 20."""
+    from qbench.prompts import load_prompts
+
+    prompts = load_prompts("coco2017-calib:2")
+    calls = {"n": 0}
+
+    def counting(images, ps):
+        calls["n"] += len(images)
+        return brightness_scorer(images, ps)
+
+    base_sched = qs.unwrap_scheduler(flux.pipe.scheduler)
+    cfg = _cfg(make_cfg, "tiny-flux", search="own", recalibrate=True, grid_n=10)  # grid: 100 points x 2 prompts
+    m = qs.QSched(cfg, scorer=counting)
+    m.prepare(flux)
+    m.calibrate(flux, prompts)
+    flux.pipe.scheduler = base_sched
+    cal = m.ckpt["calibration"]
+    assert cal["grid"]["images"] == 200 and cal["search_options"]["max_images"] == 200 // 20 - 2
+    assert cal["images"] * 20 <= cal["grid"]["images"] and calls["n"] == cal["images_generated"] <= cal["images"]
