@@ -41,12 +41,13 @@ def test_training_phases_from_the_log():
         {"event": "start", "step": 0, "lr": 6e-4, "batch": 32},
         {"step": 20, "loss": 1.0},
         {"event": "resume", "step": 300, "lr": 6e-4, "batch": 32},  # same settings: same phase
-        {"event": "resume", "step": 500, "lr": 2e-4, "batch": 32},
+        {"event": "resume", "step": 500, "lr": 1e-4, "batch": 32},  # stopped before its first step
+        {"event": "resume", "step": 500, "lr": 2e-4, "batch": 32, "train_text_encoder": True},
         {"event": "checkpoint", "step": 900},
     ]
     assert training_phases(rows, 900) == [
-        {"from_step": 0, "lr": 6e-4, "batch": 32, "pairs": 0.0, "to_step": 500},
-        {"from_step": 500, "lr": 2e-4, "batch": 32, "pairs": 0.0, "to_step": 900},
+        {"from_step": 0, "lr": 6e-4, "batch": 32, "pairs": 0.0, "train_text_encoder": False, "to_step": 500},
+        {"from_step": 500, "lr": 2e-4, "batch": 32, "pairs": 0.0, "train_text_encoder": True, "to_step": 900},
     ]
     assert training_phases([{"event": "resume", "step": 10}], 20) == []  # old logs without settings
 

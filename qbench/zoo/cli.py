@@ -1,6 +1,6 @@
 """``qbench zoo ...``: train, ship, verify and evaluate the toy world's models.
 
-    qbench zoo train vae|clip|unet|flux [--minutes M] [--steps N] [--seed S] [--batch B] [--lr LR] [--pairs F] [--threads T]
+    qbench zoo train vae|clip|unet|flux [--minutes M] [--steps N] [--seed S] [--batch B] [--lr LR] [--pairs F] [--train-text-encoder] [--threads T]
     qbench zoo status        # training progress (work dir) and the shipped weights
     qbench zoo ship          # newest exports -> qbench/zoo/weights (fp16) + MANIFEST.json
     qbench zoo verify        # sha256 of the shipped files vs MANIFEST.json
@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int)
     t.add_argument("--lr", type=float, help="learning rate (a resumed run may lower it; the log records each phase)")
     t.add_argument("--pairs", type=float, default=0.0, help="unet/flux: fraction of two-object scenes in each batch (default 0)")
+    t.add_argument("--train-text-encoder", action="store_true",
+                   help="unet: also train the pipeline's copy of the CLIP text tower (kept on when resuming)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     sub.add_parser("status", help="training progress and shipped weights")
@@ -76,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from qbench.zoo.train_denoiser import train
 
-            out = train(args.kind, batch_size=b, pairs=args.pairs, **kw)
+            out = train(args.kind, batch_size=b, pairs=args.pairs, train_text_encoder=args.train_text_encoder, **kw)
         print(f"exported to {out}; run `qbench zoo ship` to copy it into the package")
         return 0
     if args.cmd == "status":

@@ -37,8 +37,11 @@ def training_phases(rows: list[dict], final_step: int | None) -> list[dict]:
     for r in rows:
         if r.get("event") in ("start", "resume") and "lr" in r:
             ph = {"from_step": 0 if not phases else int(r["step"]), "lr": r["lr"], "batch": r.get("batch"),
-                  "pairs": r.get("pairs", 0.0)}
-            if phases and all(phases[-1][k] == ph[k] for k in ("lr", "batch", "pairs")):
+                  "pairs": r.get("pairs", 0.0), "train_text_encoder": bool(r.get("train_text_encoder", False))}
+            if phases and phases[-1]["from_step"] == ph["from_step"]:
+                phases[-1] = ph if len(phases) > 1 else dict(ph, from_step=0)  # a run stopped before its first step
+                continue
+            if phases and all(phases[-1][k] == ph[k] for k in ("lr", "batch", "pairs", "train_text_encoder")):
                 continue
             phases.append(ph)
     for a, b in zip(phases, phases[1:] + [None]):
@@ -60,7 +63,8 @@ def training_record(kind: str) -> dict:
     if phases:
         reproduce = " && ".join(
             f"qbench zoo train {kind} --steps {ph['to_step']} --lr {ph['lr']:g}" + (f" --batch {ph['batch']}" if ph["batch"] else "")
-            + (f" --pairs {ph['pairs']:g}" if ph["pairs"] else "") + " --minutes 100000" for ph in phases)
+            + (f" --pairs {ph['pairs']:g}" if ph["pairs"] else "")
+            + (" --train-text-encoder" if ph["train_text_encoder"] else "") + " --minutes 100000" for ph in phases)
     else:
         reproduce = f"qbench zoo train {kind} --steps {final} --minutes 100000"
     return {

@@ -107,6 +107,7 @@ def loss_fn(kind, model, t5, vae, te, tok, x, caps, rng, seed, step):
     with torch.no_grad():
         z = vae.encode(x).latent_dist.mean * vae.config.scaling_factor
         ids = tok(caps, padding="max_length", max_length=MAX_LEN, truncation=True, return_tensors="pt").input_ids
+    with torch.set_grad_enabled(any(p.requires_grad for p in te.parameters())):
         te_out = te(ids)
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
     noise = torch.randn(z.shape, generator=g)
@@ -161,7 +162,10 @@ def export(kind, model, t5, vae, te, tok, out: str) -> None:
 
 def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0, batch_size: int = 32,
           lr: float = 6e-4, threads: int = 1, out: str | None = None, ckpt_every_s: float = 180.0,
-          pairs: float = 0.0) -> str:
+          pairs: float = 0.0, train_text_encoder: bool = False) -> str:
+    """Train (or resume) one denoiser. ``train_text_encoder`` (unet only): from now on, also train
+    the pipeline's own copy of the CLIP text tower (the toy CLIP used by the metrics is unchanged);
+    once a run has trained it, resumes keep training it."""
     import torch
 
     if kind not in ("unet", "flux"):
@@ -172,22 +176,46 @@ def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0,
     ckpt_path, log_path = os.path.join(wd, "ckpt.pt"), os.path.join(wd, "log.jsonl")
     out = out or os.path.join(wd, "export")
     model, t5 = build(kind, te)
-    params = list(model.parameters()) + (list(t5.parameters()) if t5 is not None else [])
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    ema, ema_t5 = common.EMA(model, 0.999), (common.EMA(t5, 0.999) if t5 is not None else None)
     if not 0.0 <= pairs <= 1.0:
         raise ValueError(f"pairs must be a fraction in [0, 1], got {pairs}")
-    st, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema, lr=lr, batch=batch_size, pairs=pairs)
+    if train_text_encoder and kind != "unet":
+        raise ValueError("train_text_encoder is for the unet (flux trains its T5 encoder already)")
+    prev = common.load_ckpt(ckpt_path)
+    had_te = prev is not None and "te" in prev
+    del prev
+    train_te = train_text_encoder or had_te
+    params = list(model.parameters()) + (list(t5.parameters()) if t5 is not None else [])
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    if had_te:  # the checkpoint's optimizer has the text encoder's parameter group
+        opt.add_param_group({"params": list(te.parameters())})
+    ema, ema_t5 = common.EMA(model, 0.999), (common.EMA(t5, 0.999) if t5 is not None else None)
+    st, step, elapsed = common.resume(ckpt_path, log_path, model, opt, ema, lr=lr, batch=batch_size, pairs=pairs,
+                                      train_text_encoder=train_te)
     if st is not None and t5 is not None:
         t5.load_state_dict(st["t5"]); ema_t5.model.load_state_dict(st["ema_t5"])
+    ema_te = None
+    if train_te:
+        if had_te:
+            te.load_state_dict(st["te"])
+        te.requires_grad_(True)
+        te.train()
+        ema_te = common.EMA(te, 0.999)
+        if had_te:
+            ema_te.model.load_state_dict(st["ema_te"])
+        else:
+            opt.add_param_group({"params": list(te.parameters())})
+        params = params + list(te.parameters())
     t0 = time.time() - elapsed
     last_ck = time.time()
 
     def checkpoint():
         extra = {"t5": t5.state_dict(), "ema_t5": ema_t5.model.state_dict()} if t5 is not None else {}
+        if ema_te is not None:
+            extra.update(te=te.state_dict(), ema_te=ema_te.model.state_dict())
         common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
                          step=step, elapsed=time.time() - t0, **extra)
-        export(kind, ema.model, ema_t5.model if t5 is not None else None, vae, te, tok, out)
+        export(kind, ema.model, ema_t5.model if t5 is not None else None, vae,
+               ema_te.model if ema_te is not None else te, tok, out)
         common.log(log_path, event="checkpoint", step=step, elapsed=round(time.time() - t0, 1))
 
     model.train()
@@ -204,6 +232,8 @@ def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0,
         ema.update(model, step)
         if t5 is not None:
             ema_t5.update(t5, step)
+        if ema_te is not None:
+            ema_te.update(te, step)
         step += 1
         if step % 20 == 0:
             common.log(log_path, step=step, loss=round(loss.item(), 5), elapsed=round(time.time() - t0, 1))
