@@ -180,3 +180,38 @@ def to_markdown(result: dict[str, Any]) -> str:
             + (f", z={st['z']:+.1f}" if "z" in st else "") + ")" for st in c["steps"])
         lines.append(f"- {c['metric']}: {'monotone' if c['all_worse'] else 'not monotone'} — {steps}")
     return "\n".join(lines) + "\n"
+
+
+# -- regression baseline (tests/test_regression_toy.py) --------------------------------------------
+BASELINE_N = 32
+BASELINE_BITS = ("W8A8", "W4A8")
+#: how much worse than the committed baseline a metric may get before the regression test fails
+#: (a few images may change on another CPU's float rounding; a real regression moves far more)
+TOLERANCE = {"psnr": ("abs", -1.0), "ssim": ("abs", -0.005), "toy_acc": ("abs", -0.1),
+             "jaq": ("abs", -0.02), "fd_toyclip": ("rel", 1.15)}
+
+
+def baseline_numbers(name: str, n: int = BASELINE_N, bits: tuple[str, ...] = BASELINE_BITS) -> dict[str, Any]:
+    """The numbers the regression baseline keeps for one toy model: fp and naive at ``bits``."""
+    r = sweep(name, n=n, bits=bits, progress=False)
+    keep = ("psnr", "ssim", "toy_acc", "jaq", "fd_toyclip")
+    return {"prompts": r["prompts"], "bits": list(bits), "torch": r["torch"],
+            "summary": {k: {m: round(v[m], 6) for m in keep} for k, v in r["summary"].items()}}
+
+
+def regressions(baseline: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Every (setting, metric) that got worse than the baseline by more than ``TOLERANCE``."""
+    bad = []
+    for label, ref in baseline["summary"].items():
+        cur = current["summary"].get(label)
+        if cur is None:
+            bad.append(f"{label}: missing")
+            continue
+        for metric, (kind, tol) in TOLERANCE.items():
+            if label == "fp" and metric in ("psnr", "ssim"):
+                continue  # fp against itself
+            b, c = ref[metric], cur[metric]
+            worse = c > b * tol + 0.5 if kind == "rel" else c < b + tol
+            if worse:
+                bad.append(f"{label} {metric}: {c:.4f} vs baseline {b:.4f}")
+    return bad

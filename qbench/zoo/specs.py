@@ -7,7 +7,7 @@ TOY_METRICS = ("toy-acc", "clip", "clipiqa", "jaq", "fd-toyclip", "psnr", "ssim"
 
 TOY_LCM = ModelSpec(
     name="toy-lcm",
-    description="toy world: trained 4.2M-param UNet (v-prediction, SD DDPM schedule), LCM scheduler, 4 steps, 32 px",
+    description="toy world: trained 4.3M-param UNet (v-prediction, SD DDPM schedule), LCM scheduler, 4 steps, 32 px",
     family="toy-lcm",
     pipeline_class="StableDiffusionPipeline",
     scheduler_class="LCMScheduler",

@@ -14,3 +14,4 @@ for M in toy-lcm toy-flux; do
   $Q zoo quant-sweep --model "$M" --n 592 --json "$R/quant_$M.json" --markdown "$R/quant_$M.md"
 done
 $Q zoo eval --model toy-flux --n 148 --clipiqa-ranking > "$R/clipiqa_ranking.json"
+python "$(dirname "$0")/toy_world_md.py" "$R" > "$(dirname "$0")/../toy-world.md"
