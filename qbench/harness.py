@@ -8,7 +8,6 @@ particular method.
 """
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -159,7 +158,6 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
     say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts})")
     timings: dict[str, float] = {}
-    n_done = 0
     cache: ImageCache | None = None
     t_start = time.perf_counter()
     try:
@@ -194,7 +192,6 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             cache = ImageCache(cfg.out_dir, cfg.model, key, meta)
             t = time.perf_counter()
             images, n_gen = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})")
-            n_done = len(prompts)
             timings["generate_s"] = time.perf_counter() - t
             timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
             t = time.perf_counter()

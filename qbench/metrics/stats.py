@@ -44,6 +44,11 @@ def paired_difference(base: dict[str, float], other: dict[str, float]) -> dict[s
     keys = [k for k in other if k in base]
     if not keys:
         return None
-    d = np.array([other[k] - base[k] for k in keys], dtype=np.float64)
+    return paired_arrays([other[k] for k in keys], [base[k] for k in keys])
+
+
+def paired_arrays(values: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray) -> dict[str, float]:
+    """Mean, standard error (NaN for one pair) and count of ``values - base``, element by element."""
+    d = np.asarray(values, dtype=np.float64) - np.asarray(base, dtype=np.float64)
     se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
     return {"mean": float(d.mean()), "se": se, "n": int(d.size)}

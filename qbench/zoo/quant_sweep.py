@@ -28,10 +28,10 @@ ORDER = (("W8A8", "W4A8"), ("W4A8", "W4A4"), ("W4A8", "W2A8"))
 
 
 def paired(values: np.ndarray, base: np.ndarray) -> dict[str, float]:
-    """Mean and standard error of ``values - base`` (per prompt), as floats."""
-    d = np.asarray(values, np.float64) - np.asarray(base, np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
-    return {"mean": float(d.mean()), "se": se}
+    """Mean and standard error of ``values - base`` (per prompt): ``qbench.metrics.stats.paired_arrays``."""
+    from qbench.metrics.stats import paired_arrays
+
+    return paired_arrays(values, base)
 
 
 def monotone(summary: dict[str, dict[str, Any]], metric: str, higher_is_better: bool,
@@ -57,19 +57,16 @@ def sweep(name: str = "toy-flux", n: int = 592, bits: tuple[str, ...] = DEFAULT_
     import torch
 
     from qbench.api import MetricContext
+    from qbench.errors import ConfigError
     from qbench.metrics.fd_toyclip import FDToyClip
     from qbench.metrics.fidelity import psnr_per_image, ssim_per_image
     from qbench.metrics.jaq import JAQ
-    from qbench.models.loader import load_model
+    from qbench.models.loader import get_spec, load_model
     from qbench.prompts import load_prompts
     from qbench.quant.api import quantize_
-    from qbench.quant.spec import QuantConfig
+    from qbench.quant.spec import BitSpec, QuantConfig
     from qbench.zoo.checker import score as toy_score
     from qbench.zoo.evaluate import generate
-
-    from qbench.errors import ConfigError
-    from qbench.models.loader import get_spec
-    from qbench.quant.spec import BitSpec
 
     for b in bits:  # bad input fails before anything is loaded or generated
         BitSpec.parse(b)
