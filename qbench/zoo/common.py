@@ -68,6 +68,12 @@ def save_ckpt(path: str, **state: Any) -> None:
     os.replace(tmp, path)
 
 
+def save_training_state(path: str, model, opt, ema, step: int, elapsed: float, **extra: Any) -> None:
+    """Model, optimizer and EMA (+ ``extra``) at ``step``: what :func:`resume` restores."""
+    save_ckpt(path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(), step=step,
+              elapsed=elapsed, **extra)
+
+
 def load_ckpt(path: str):
     import torch
 

@@ -168,12 +168,10 @@ def train(steps: int = 4000, minutes: float = 8.0, seed: int = 0, batch: int = 9
                        q=round(l_q.item(), 4), acc=round(acc.item(), 3), scale=round(model.logit_scale.exp().item(), 2),
                        elapsed=round(time.time() - t0, 1))
         if time.time() - last_ck > ckpt_every_s:
-            common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
-                             step=step, elapsed=time.time() - t0)
+            common.save_training_state(ckpt_path, model, opt, ema, step, time.time() - t0)
             last_ck = time.time()
     elapsed = time.time() - t0
-    common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
-                     step=step, elapsed=elapsed)
+    common.save_training_state(ckpt_path, model, opt, ema, step, elapsed)
     out = out or os.path.join(wd, "export")
     write_model_dir(out, ema.model.state_dict())
     common.log(log_path, event="done", step=step, elapsed=round(elapsed, 1), out=out)

@@ -212,8 +212,7 @@ def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0,
         extra = {"t5": t5.state_dict(), "ema_t5": ema_t5.model.state_dict()} if t5 is not None else {}
         if ema_te is not None:
             extra.update(te=te.state_dict(), ema_te=ema_te.model.state_dict())
-        common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
-                         step=step, elapsed=time.time() - t0, **extra)
+        common.save_training_state(ckpt_path, model, opt, ema, step, time.time() - t0, **extra)
         export(kind, ema.model, ema_t5.model if t5 is not None else None, vae,
                ema_te.model if ema_te is not None else te, tok, out)
         common.log(log_path, event="checkpoint", step=step, elapsed=round(time.time() - t0, 1))

@@ -69,12 +69,10 @@ def train(steps: int = 3000, minutes: float = 6.0, seed: int = 0, batch: int = 3
             common.log(log_path, step=step, loss=round(loss.item(), 5), rec=round(l_rec.item(), 5),
                        elapsed=round(time.time() - t0, 1))
         if time.time() - last_ck > ckpt_every_s:
-            common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
-                             step=step, elapsed=time.time() - t0)
+            common.save_training_state(ckpt_path, model, opt, ema, step, time.time() - t0)
             last_ck = time.time()
     elapsed = time.time() - t0
-    common.save_ckpt(ckpt_path, model=model.state_dict(), opt=opt.state_dict(), ema=ema.model.state_dict(),
-                     step=step, elapsed=elapsed)
+    common.save_training_state(ckpt_path, model, opt, ema, step, elapsed)
     out = out or os.path.join(wd, "export")
     export(ema.model, out, seed)
     common.log(log_path, event="done", step=step, elapsed=round(elapsed, 1), out=out)
