@@ -24,6 +24,17 @@ def brightness_scorer(images, prompts):
     return [-abs(float(np.asarray(im, dtype=np.float64).mean()) - 100.0) for im in images]
 
 
+def counting_scorer():
+    """(calls, scorer): ``brightness_scorer`` that counts the images it scores in ``calls["n"]``."""
+    calls = {"n": 0}
+
+    def counting(images, prompts):
+        calls["n"] += len(images)
+        return brightness_scorer(images, prompts)
+
+    return calls, counting
+
+
 def _cfg(make_cfg, model, **opts):
     base = {"base": BASE, "grid_n": 3, "progress": False, "calib_batch_size": 2}
     base.update(opts)
@@ -49,11 +60,7 @@ def test_calibrate_store_reuse_and_errors(make_cfg, flux):
     from qbench.prompts import load_prompts
 
     prompts = load_prompts("coco2017-calib:2")
-    calls = {"n": 0}
-
-    def counting(images, ps):
-        calls["n"] += len(images)
-        return brightness_scorer(images, ps)
+    calls, counting = counting_scorer()
 
     base_sched = qs.unwrap_scheduler(flux.pipe.scheduler)
     cfg = _cfg(make_cfg, "tiny-flux", search="grid")
@@ -204,11 +211,7 @@ def test_default_own_budget_keeps_the_whole_calibration_20x_below_the_grid(make_
     from qbench.prompts import load_prompts
 
     prompts = load_prompts("coco2017-calib:2")
-    calls = {"n": 0}
-
-    def counting(images, ps):
-        calls["n"] += len(images)
-        return brightness_scorer(images, ps)
+    calls, counting = counting_scorer()
 
     base_sched = qs.unwrap_scheduler(flux.pipe.scheduler)
     cfg = _cfg(make_cfg, "tiny-flux", search="own", recalibrate=True, grid_n=10)  # grid: 100 points x 2 prompts
