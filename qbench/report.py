@@ -12,7 +12,7 @@ from typing import Any
 
 from qbench.errors import QBenchError
 from qbench.store import Store
-from qbench.tables import add_paired, compare_rows, fmt_value, meaningless
+from qbench.tables import add_paired, compare_rows, fmt_paired, fmt_value, meaningless
 
 GRID_PROMPTS = 4
 CELL = 160
@@ -78,14 +78,7 @@ def paired_markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["Paired differences to fp (same prompts and seeds; mean ± standard error over prompts; "
              "~ = within two standard errors of zero):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in prs:
-        cells = [r["method"], r["mode"] or "-", r["bits"] or "-"]
-        for n in names:
-            d = r["paired"].get(n)
-            if d is None:
-                cells.append("-")
-                continue
-            resolved = d["se"] == d["se"] and (d["se"] == 0 or abs(d["mean"]) >= 2 * d["se"])
-            cells.append(f"{d['mean']:+.4f} ± {d['se']:.4f}" + ("" if resolved else " ~"))
+        cells = [r["method"], r["mode"] or "-", r["bits"] or "-"] + [fmt_paired(r["paired"].get(n), 4) for n in names]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -182,6 +182,19 @@ def print_compare(model: str, rows: list[dict[str, Any]], con) -> None:
         con.print(f"[yellow]note: {note}[/yellow]")
 
 
+def fmt_paired(d: dict[str, Any] | None, digits: int | None = None) -> str:
+    """One paired difference as ``+mean ± se``, marked `` ~`` when within two standard errors of
+    zero (``-`` when missing; no ``±`` when the error is unknown). Digits: 4 below 10, else 2."""
+    if d is None:
+        return "-"
+    if digits is None:
+        digits = 4 if abs(d["mean"]) < 10 else 2
+    if not math.isfinite(d["se"]):
+        return f"{d['mean']:+.{digits}f}"
+    unresolved = d["se"] > 0 and abs(d["mean"]) < 2 * d["se"]
+    return f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}" + (" ~" if unresolved else "")
+
+
 def _print_paired(model: str, rows: list[dict[str, Any]], metric_names: list[str], con) -> None:
     from rich.table import Table
 
@@ -196,16 +209,7 @@ def _print_paired(model: str, rows: list[dict[str, Any]], metric_names: list[str
         m = next(r["metrics"][n] for r in rows if n in r["metrics"])
         t.add_column(f"Δ {n} {_arrow(m)}", justify="right")
     for r in paired_rows:
-        cells = []
-        for n in names:
-            d = r["paired"].get(n)
-            if d is None:
-                cells.append("-")
-                continue
-            digits = 4 if abs(d["mean"]) < 10 else 2
-            z = d["mean"] / d["se"] if d["se"] and math.isfinite(d["se"]) and d["se"] > 0 else None
-            mark = "" if z is None or abs(z) >= 2 else " ~"  # ~: within two standard errors of zero
-            cells.append(f"{d['mean']:+.{digits}f} ± {d['se']:.{digits}f}{mark}" if math.isfinite(d["se"]) else f"{d['mean']:+.{digits}f}")
+        cells = [fmt_paired(r["paired"].get(n)) for n in names]
         t.add_row(r["method"], r["mode"] or "-", r["bits"] or "-", *cells)
     con.print(t)
     con.print("[dim]~ : within two standard errors of zero (not resolved by these prompts)[/dim]")
