@@ -51,8 +51,34 @@ VALUES: dict[str, tuple[str, ...]] = {
 }
 
 
+class _SceneBase:
+    """What single- and two-object scenes share: validation, (de)serialisation of their attributes,
+    jitter and one-attribute changes. Subclasses set ``_attributes`` and ``_values``."""
+
+    _attributes: tuple[str, ...] = ()
+    _values: dict[str, tuple[str, ...]] = {}
+
+    def __post_init__(self) -> None:
+        for a in self._attributes:
+            if getattr(self, a) not in self._values[a]:
+                raise ValueError(f"unknown {a} {getattr(self, a)!r}; choose from {self._values[a]}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        return cls(**{k: d[k] for k in cls._attributes}, dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
+
+    def with_jitter(self, rng: np.random.Generator):
+        dx, dy = rng.uniform(-JITTER, JITTER, size=2)
+        return replace(self, dx=float(dx), dy=float(dy))
+
+    def changed(self, attribute: str, rng: np.random.Generator):
+        """The same scene with one attribute set to a different value (a hard negative)."""
+        choices = [v for v in self._values[attribute] if v != getattr(self, attribute)]
+        return replace(self, **{attribute: choices[int(rng.integers(len(choices)))]})
+
+
 @dataclass(frozen=True)
-class Scene:
+class Scene(_SceneBase):
     background: str
     colour: str
     size: str
@@ -61,10 +87,8 @@ class Scene:
     dx: float = 0.0  # jitter in pixels, in [-JITTER, JITTER]
     dy: float = 0.0
 
-    def __post_init__(self) -> None:
-        for a in ATTRIBUTES:
-            if getattr(self, a) not in VALUES[a]:
-                raise ValueError(f"unknown {a} {getattr(self, a)!r}; choose from {VALUES[a]}")
+    _attributes = ATTRIBUTES
+    _values = VALUES
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -73,19 +97,6 @@ class Scene:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Scene":
-        return cls(**{k: d[k] for k in ATTRIBUTES}, dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
-
-    def with_jitter(self, rng: np.random.Generator) -> "Scene":
-        dx, dy = rng.uniform(-JITTER, JITTER, size=2)
-        return replace(self, dx=float(dx), dy=float(dy))
-
-    def changed(self, attribute: str, rng: np.random.Generator) -> "Scene":
-        """The same scene with one attribute set to a different value (a hard negative)."""
-        choices = [v for v in VALUES[attribute] if v != getattr(self, attribute)]
-        return replace(self, **{attribute: choices[int(rng.integers(len(choices)))]})
 
 
 def all_scenes() -> list[Scene]:
@@ -112,7 +123,7 @@ PAIR_SIZE = "small"  # both objects are small (10 px) at the left (x=10) and rig
 
 
 @dataclass(frozen=True)
-class PairScene:
+class PairScene(_SceneBase):
     background: str
     left_colour: str
     left_shape: str
@@ -121,12 +132,8 @@ class PairScene:
     dx: float = 0.0  # one jitter for both objects, so the 2-pixel gap between them is kept
     dy: float = 0.0
 
-    kind = "pair"
-
-    def __post_init__(self) -> None:
-        for a in PAIR_ATTRIBUTES:
-            if getattr(self, a) not in PAIR_VALUES[a]:
-                raise ValueError(f"unknown {a} {getattr(self, a)!r}; choose from {PAIR_VALUES[a]}")
+    _attributes = PAIR_ATTRIBUTES
+    _values = PAIR_VALUES
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -134,18 +141,6 @@ class PairScene:
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "pair", **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "PairScene":
-        return cls(**{k: d[k] for k in PAIR_ATTRIBUTES}, dx=float(d.get("dx", 0.0)), dy=float(d.get("dy", 0.0)))
-
-    def with_jitter(self, rng: np.random.Generator) -> "PairScene":
-        dx, dy = rng.uniform(-JITTER, JITTER, size=2)
-        return replace(self, dx=float(dx), dy=float(dy))
-
-    def changed(self, attribute: str, rng: np.random.Generator) -> "PairScene":
-        choices = [v for v in PAIR_VALUES[attribute] if v != getattr(self, attribute)]
-        return replace(self, **{attribute: choices[int(rng.integers(len(choices)))]})
 
     def objects(self) -> tuple[Scene, Scene]:
         """The two objects as single-object scenes (same background and jitter)."""
