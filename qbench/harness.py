@@ -16,7 +16,8 @@ from typing import Any, Callable
 from qbench.api import MetricContext, MetricValue, Prompt
 from qbench.config import RunConfig, stable_hash
 from qbench.errors import QBenchError, RunInterrupted
-from qbench.store import ImageCache, Store, iter_chunks
+from qbench.imagecache import ImageCache
+from qbench.store import Store, iter_chunks
 
 
 @dataclass
@@ -32,13 +33,17 @@ class RunResult:
     metrics: dict[str, dict[str, Any]]
     latency: dict[str, Any]
     memory: dict[str, Any]
-    model_bytes: int
+    model_bytes: int  # resident bytes of the denoiser (size["resident_bytes"])
     timings: dict[str, float]
     n_images: int
     n_generated: int
     images_dir: str
     provenance: dict[str, Any]
     notes: list[str] = field(default_factory=list)
+    #: denoiser sizes (``qbench.quant.api.size_report``): resident, 16-bit and deployable bytes
+    size: dict[str, Any] = field(default_factory=dict)
+    #: what a run must share with another to be compared (``comparability``)
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -73,18 +78,54 @@ def seed_for(cfg: RunConfig, prompt: Prompt) -> int:
     return cfg.seed + prompt.index
 
 
-def image_key(model, method_desc: dict[str, Any], cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    meta = {
-        "model": model.spec.name,
-        "weights": model.source,
-        "method": method_desc,
-        "steps": cfg.steps or model.spec.steps,
-        "guidance": model.spec.guidance if cfg.guidance is None else cfg.guidance,
-        "resolution": cfg.resolution or model.spec.resolution,
+def sampling_settings(model, cfg: RunConfig) -> dict[str, Any]:
+    """The resolved generation settings of a run (model defaults filled in)."""
+    spec = model.spec
+    return {
+        "steps": cfg.steps or spec.steps,
+        "guidance": spec.guidance if cfg.guidance is None else cfg.guidance,
+        "resolution": cfg.resolution or spec.resolution,
         "dtype": str(model.dtype).replace("torch.", ""),
         "device_type": model.device.split(":")[0],
+        "batch_size": cfg.batch_size,
     }
-    return stable_hash(meta), meta
+
+
+def image_key(model, method_desc: dict[str, Any], cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """Folder key of a run's images: everything but the prompts that changes pixels
+    (:mod:`qbench.imagecache`)."""
+    from qbench.imagecache import code_version, sha
+
+    spec = model.spec
+    meta = {
+        "model": spec.name,
+        "weights": model.source,
+        "weights_fingerprint": model.fingerprint,
+        "pipeline": spec.pipeline_class,
+        "scheduler": [spec.scheduler_class, spec.scheduler_config],
+        "call_kwargs": spec.call_kwargs,
+        "method": method_desc,
+        **sampling_settings(model, cfg),
+        "code": code_version(),
+    }
+    return sha(meta), meta
+
+
+def comparability(model, cfg: RunConfig, prompts: list[Prompt]) -> dict[str, Any]:
+    """What two runs must share for their numbers to be compared (and paired prompt by prompt):
+    model and weights, the prompts (spec, count, and a hash of their ids and texts), the seed and
+    the resolved sampling settings. Stored with every run as ``result["sampling"]``."""
+    from qbench.imagecache import sha
+
+    return {
+        "model": model.spec.name,
+        "weights": model.source,
+        "prompts": cfg.prompts,
+        "n_prompts": len(prompts),
+        "prompts_sha": sha([[p.id, p.text] for p in prompts]),
+        "seed": cfg.seed,
+        **sampling_settings(model, cfg),
+    }
 
 
 def generate_cached(
@@ -95,10 +136,21 @@ def generate_cached(
     progress,
     description: str,
 ) -> tuple[list, int]:
-    """Images for all prompts, generating only those missing from the cache. -> (images, n generated)."""
-    todo = [p for p in prompts if not cache.has(p.id, seed_for(cfg, p))]
-    task = progress.add_task(description, total=len(prompts), completed=len(prompts) - len(todo))
-    for chunk in iter_chunks(todo, cfg.batch_size):
+    """Images for all prompts -> (images, n generated).
+
+    The prompts are cut into consecutive batches of ``cfg.batch_size``; a batch with any image
+    missing from the cache is generated whole (images already cached are kept), so every image
+    comes from the same batch as in an uninterrupted run."""
+    from qbench.imagecache import batch_signature
+
+    batches = []
+    for chunk in iter_chunks(prompts, cfg.batch_size):
+        sig = batch_signature([(p.id, p.text, seed_for(cfg, p)) for p in chunk])
+        batches.append((chunk, sig))
+    todo = [(c, sig) for c, sig in batches if not all(cache.has(p, seed_for(cfg, p), sig) for p in c)]
+    n_todo = sum(len(c) for c, _ in todo)
+    task = progress.add_task(description, total=len(prompts), completed=len(prompts) - n_todo)
+    for chunk, sig in todo:
         images = model.generate(
             [p.text for p in chunk],
             [seed_for(cfg, p) for p in chunk],
@@ -107,9 +159,10 @@ def generate_cached(
             resolution=cfg.resolution,
         )
         for p, im in zip(chunk, images):
-            cache.save(im, p.id, seed_for(cfg, p))
+            if not cache.has(p, seed_for(cfg, p), sig):
+                cache.save(im, p, seed_for(cfg, p), sig)
         progress.advance(task, len(chunk))
-    return [cache.load(p.id, seed_for(cfg, p)) for p in prompts], len(todo)
+    return [cache.load(p, seed_for(cfg, p), sig) for chunk, sig in batches for p in chunk], n_todo
 
 
 def _resolve_metrics(cfg: RunConfig, spec) -> list[str]:
@@ -139,6 +192,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     from qbench.catalog import METHODS, METRICS
     from qbench.measure import PeakMemory, measure_latency, provenance
     from qbench.models.base import module_nbytes
+    from qbench.quant.api import size_report
     from qbench.models.loader import get_spec, load_model
     from qbench.prompts import load_prompts
 
@@ -219,6 +273,8 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             latency=latency,
             memory=memory,
             model_bytes=module_nbytes(model.denoiser),
+            size=size_report(model.denoiser),
+            sampling=comparability(model, cfg, prompts),
             timings=timings,
             n_images=len(images),
             n_generated=n_gen,

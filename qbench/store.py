@@ -1,19 +1,14 @@
-"""The results store: one embedded SQLite database (WAL mode) plus an on-disk image cache.
+"""The results store: one embedded SQLite database (WAL mode); images live in :mod:`qbench.imagecache`.
 
 * Every write is one transaction; SQLite's locking (with a generous busy timeout) makes two runs
   writing at once safe, and a crashed run leaves its row with status ``running``/``failed``/
   ``interrupted`` rather than a half-written result.
-* Images are cached as PNG under ``<out_dir>/images/<model>/<key>/`` where ``key`` hashes
-  everything that changes the pixels (model + weights source, method config, steps, guidance,
-  resolution, dtype); a file per (prompt id, seed), written atomically (temp file + rename), so
-  re-running an interrupted run regenerates only what is missing.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
 import os
-import re
 import sqlite3
 import uuid
 from typing import Any, Iterator
@@ -192,51 +187,9 @@ class _ClosingConnection:
         self._conn.close()
 
 
-# -- image cache ------------------------------------------------------------------------------------
-_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-class ImageCache:
-    def __init__(self, root: str, model: str, key: str, meta: dict[str, Any]):
-        self.dir = os.path.join(root, "images", _SAFE.sub("_", model), key)
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-        except OSError as e:
-            raise QBenchError(f"cannot create the image folder {self.dir}: {e.strerror}") from None
-        meta_path = os.path.join(self.dir, "meta.json")
-        if not os.path.exists(meta_path):
-            _atomic_write_text(meta_path, json.dumps(meta, indent=1, sort_keys=True, default=str))
-
-    def path(self, prompt_id: str, seed: int) -> str:
-        return os.path.join(self.dir, f"{_SAFE.sub('_', prompt_id)}-s{seed}.png")
-
-    def has(self, prompt_id: str, seed: int) -> bool:
-        return os.path.exists(self.path(prompt_id, seed))
-
-    def load(self, prompt_id: str, seed: int):
-        from PIL import Image
-
-        with Image.open(self.path(prompt_id, seed)) as im:
-            return im.convert("RGB")
-
-    def save(self, image, prompt_id: str, seed: int) -> str:
-        path = self.path(prompt_id, seed)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-        return path
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def iter_chunks(items: list, n: int) -> Iterator[list]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
 
 
-__all__ = ["Store", "ImageCache", "iter_chunks", "utcnow"]
+__all__ = ["Store", "iter_chunks", "utcnow"]

@@ -5,7 +5,9 @@ import pytest
 from PIL import Image
 
 from qbench.errors import QBenchError
-from qbench.store import ImageCache, Store
+from qbench.api import Prompt
+from qbench.imagecache import ImageCache
+from qbench.store import Store
 
 
 def _write_runs(path, k, n):
@@ -57,10 +59,13 @@ def test_unwritable_folder(tmp_path):
 def test_image_cache_atomic_and_keyed(tmp_path):
     c = ImageCache(str(tmp_path), "tiny/lcm", "abc", {"k": 1})
     im = Image.new("RGB", (8, 8), (1, 2, 3))
-    assert not c.has("coco2017/1/2", 42)
-    c.save(im, "coco2017/1/2", 42)
-    assert c.has("coco2017/1/2", 42) and not c.has("coco2017/1/2", 43)
-    assert c.load("coco2017/1/2", 42).getpixel((0, 0)) == (1, 2, 3)
+    p = Prompt("coco2017/1/2", "a cat", 0)
+    assert not c.has(p, 42, "b1")
+    c.save(im, p, 42, "b1")
+    assert c.has(p, 42, "b1") and not c.has(p, 43, "b1")
+    assert not c.has(p, 42, "b2"), "another batch composition is another image"
+    assert not c.has(Prompt("coco2017/1/2", "a dog", 0), 42, "b1"), "an edited prompt text is another image"
+    assert c.load(p, 42, "b1").getpixel((0, 0)) == (1, 2, 3)
     assert not list((tmp_path).rglob("*.tmp"))
 
 

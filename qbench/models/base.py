@@ -53,6 +53,9 @@ class LoadedModel:
     source: str  # where the weights came from: "hub:<id>@<rev>", "path:<dir>", "random tiny twin (seed 0)"
     device: str
     dtype: "torch.dtype"
+    #: content fingerprint of local weight files (``qbench.imagecache.weights_fingerprint``); for
+    #: hub snapshots the revision in ``source`` identifies the weights
+    fingerprint: str | None = None
 
     @property
     def denoiser(self) -> "torch.nn.Module":

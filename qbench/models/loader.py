@@ -138,7 +138,12 @@ def load_model(name: str, *, model_path: str | None = None, device: str = "auto"
         _fuse_lora(pipe, spec, where, local_only)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
-    return LoadedModel(spec=spec, pipe=pipe, source=source, device=device, dtype=torch_dtype)
+    fingerprint = None
+    if local_only and not source.startswith("hub:"):
+        from qbench.imagecache import weights_fingerprint
+
+        fingerprint = weights_fingerprint(where)
+    return LoadedModel(spec=spec, pipe=pipe, source=source, device=device, dtype=torch_dtype, fingerprint=fingerprint)
 
 
 def _fuse_lora(pipe, spec: ModelSpec, where: str, local_only: bool) -> None:

@@ -185,3 +185,50 @@ def freeze_(module: nn.Module) -> int:
             m.freeze_activations()
             n += 1
     return n
+
+
+def size_report(module: nn.Module) -> dict[str, Any]:
+    """Sizes of a (possibly quantized) module in bytes, honestly labelled.
+
+    * ``resident_bytes``: what its parameters and buffers hold in memory now (``module_nbytes``;
+      a simulate-mode layer keeps a float weight, a kernel-mode layer its packed codes);
+    * ``bytes_16bit``: the same module with every floating-point tensor at 2 bytes per element
+      (quantized layers counted at their original float shapes): the FP16/BF16 model papers
+      compare with;
+    * ``deploy_bytes``: quantized layers in the packed kernel format (codes two per byte for
+      <= 4 bits, scales, zeros; bias at 2 bytes) and every other floating tensor at 2 bytes.
+      Equal to ``bytes_16bit`` for an unquantized module. In simulate mode it is *computed* (the
+      layers are not stored that way); ``deploy_kind`` says which.
+    """
+    quant = dict(quant_layers(module))
+    inside = {id(t) for m in quant.values() for t in list(m.parameters()) + list(m.buffers())}
+    b16 = deploy = 0
+    seen: set[int] = set()
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in inside or id(t) in seen:
+            continue
+        seen.add(id(t))
+        nb = t.numel() * (2 if t.is_floating_point() else t.element_size())
+        b16 += nb
+        deploy += nb
+    modes = set()
+    for m in quant.values():
+        bias_n = 0 if m.bias is None else m.bias.numel()
+        b16 += 2 * (m.n * m.k + bias_n)
+        bias_bytes = 0 if m.bias is None else m.bias.numel() * m.bias.element_size()
+        deploy += m.packed_nbytes - bias_bytes + 2 * bias_n
+        modes.add(m.mode)
+    if not quant:
+        kind = "16-bit (no quantized layers)"
+    elif modes == {"kernel"}:
+        kind = "packed (kernel mode: the stored codes and scales, bias and other tensors counted at 16 bits)"
+    else:
+        kind = "simulated (simulate mode stores float weights: the size these layers would have in the packed kernel format)"
+    return {
+        "resident_bytes": module_nbytes(module),
+        "bytes_16bit": int(b16),
+        "deploy_bytes": int(deploy),
+        "deploy_vs_16bit": deploy / b16 if b16 else None,
+        "deploy_kind": kind,
+        "quantized_layers": len(quant),
+    }
