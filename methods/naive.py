@@ -31,65 +31,25 @@ from typing import TYPE_CHECKING, Any
 from qbench.api import Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError
-from qbench.quant.spec import QuantConfig, load_overrides
+from qbench.quant.spec import QUANT_OPTIONS, QuantConfig, load_overrides
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
     from qbench.models.base import LoadedModel
 
-_PASSTHROUGH = (
-    "group_size",
-    "include",
-    "exclude",
-    "components",
-    "layer_types",
-    "w_granularity",
-    "w_symmetric",
-    "w_clip",
-    "group_scales",
-    "a_granularity",
-    "a_symmetric",
-    "a_static",
-    "a_calib",
-)
-_BOOL = ("w_symmetric", "a_symmetric", "a_static")
-
-
-def _coerce(key: str, value: Any) -> Any:
-    """CLI options arrive as strings: ``group_size=64``, ``a_static=true``, ``include=a*,b*``."""
-    if not isinstance(value, str):
-        return value
-    v = value.strip()
-    if key == "group_size":
-        try:
-            return int(v)
-        except ValueError:
-            raise ConfigError(f"method option group_size must be an integer, got {value!r}") from None
-    if key in _BOOL:
-        if v.lower() in ("1", "true", "yes", "on"):
-            return True
-        if v.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ConfigError(f"method option {key} must be true or false, got {value!r}")
-    return v
-
-
-def build_quant_config(bits: str | None, mode: str, options: dict[str, Any], method: str = "naive") -> tuple[QuantConfig, dict[str, dict[str, Any]]]:
-    """QuantConfig for the denoiser plus per-component override maps, from RunConfig values."""
+def build_quant_config(bits: str | None, mode: str | None, options: dict[str, Any], method: str = "naive") -> tuple[QuantConfig, dict[str, dict[str, Any]]]:
+    """QuantConfig for the denoiser plus per-component override maps, from validated options
+    (:data:`qbench.quant.spec.QUANT_OPTIONS`)."""
     if not bits:
         raise ConfigError(f"method {method!r} needs --bits, e.g. --bits W4A8 (or W8A8, W4A16, W4A4, W2A8, ...)")
-    known = set(_PASSTHROUGH) | {"layers"}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ConfigError(f"unknown option(s) for method {method!r}: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    kw = {k: _coerce(k, options[k]) for k in _PASSTHROUGH if k in options}
+    kw = {k: v for k, v in options.items() if k != "layers" and v is not None}
     per_component: dict[str, dict[str, Any]] = {}
     for key, value in load_overrides(options.get("layers")).items():
         comp, sep, name = str(key).partition(":")
         if not sep:
             comp, name = "denoiser", str(key)
         per_component.setdefault(comp, {})[name] = value
-    cfg = QuantConfig(bits=bits, mode=mode, overrides=per_component.get("denoiser", {}), **kw)
+    cfg = QuantConfig(bits=bits, mode=mode or "simulate", overrides=per_component.get("denoiser", {}), **kw)
     for comp in per_component:
         if comp not in cfg.components:
             raise ConfigError(f"layer override for component {comp!r}, which is not quantized (components: {', '.join(cfg.components)})")
@@ -100,6 +60,7 @@ class Naive(Method):
     name = "naive"
     description = "round-to-nearest weights + dynamic activations (torchao conventions), simulate or real int kernels"
     uses_bits = True
+    OPTIONS = QUANT_OPTIONS
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -120,11 +81,17 @@ class Naive(Method):
         return out
 
     def _quantize(self, model: LoadedModel) -> None:
-        from qbench.quant.api import quantize_
+        from qbench.quant.api import quant_layers, quantize_
 
         for comp, mod in self._components(model).items():
             cfg = self.qconfig.replace(overrides=self._overrides.get(comp, {})) if comp != "denoiser" else self.qconfig
             self._reports[comp] = quantize_(mod, cfg)
+        if not any(quant_layers(mod) for mod in self._components(model).values()):
+            q = self.qconfig
+            raise ConfigError(
+                f"{self.name}: no layer was quantized (components {', '.join(q.components)}, layer_types {', '.join(q.layer_types)}, "
+                f"include {', '.join(q.include)}, exclude {', '.join(q.exclude) or '-'}): the run would be full precision labelled {q.bits}"
+            )
         self._prepared = True
 
     def prepare(self, model: LoadedModel) -> None:
@@ -132,8 +99,8 @@ class Naive(Method):
             self._quantize(model)
 
     @property
-    def calibration_prompts_default(self) -> str | None:
-        return "coco2017:8" if self.qconfig.a_static else None
+    def calibration_prompts_n(self) -> int:
+        return 8 if self.qconfig.a_static else 0
 
     def calibrate(self, model: LoadedModel, prompts: list[Prompt]) -> None:
         if not self.qconfig.a_static:

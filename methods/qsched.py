@@ -435,28 +435,33 @@ def apply_qsched(pipe: Any, ckpt: str | dict[str, Any] | QSchedCoefficients) -> 
 
 
 # -- the method ----------------------------------------------------------------------------------
-_OPTION_DEFAULTS: dict[str, Any] = {
-    "base": "naive",
-    "base_options": {},
-    "parameterisation": "ramp",
-    "search": "own",
-    "grid_lo": 0.8,
-    "grid_hi": 1.2,
-    "grid_n": 50,
-    "calib_batch_size": 5,
-    "max_images": None,  # own search budget; None: the 2-scalar grid's images / 20 minus the identity baseline (len(prompts))
-    "search_options": {},  # own_search keyword arguments (coarse, rungs, keep, ...)
-    "qsched_ckpt": None,
-    "recalibrate": False,
-    "scorer_options": {},  # passed to the JAQ scorer
-    "progress": True,
-}
+def _qsched_options() -> tuple:
+    from qbench.calibration import SEARCHES
+    from qbench.options import Opt
+
+    return (
+        Opt("base", "str", "naive", "the quantization method under the scheduler"),
+        Opt("base_options", "map", {}, "options of the base method"),
+        Opt("parameterisation", "str", "ramp", "coefficient schedule", choices=PARAMETERISATIONS),
+        Opt("search", "str", "own", "coefficient search", choices=SEARCHES),
+        Opt("grid_lo", "float", 0.8, "lowest coefficient of the public grid", minimum=1e-9),
+        Opt("grid_hi", "float", 1.2, "highest coefficient of the public grid", minimum=1e-9),
+        Opt("grid_n", "int", 50, "grid points per axis", minimum=1),
+        Opt("calib_batch_size", "int", 5, "images per calibration batch", minimum=1),
+        Opt("max_images", "int", None, "own-search budget (default: the 2-scalar grid's images / 20 minus the identity baseline)", minimum=1),
+        Opt("search_options", "map", {}, "own_search keyword arguments (coarse, rungs, keep, ...)"),
+        Opt("qsched_ckpt", "str", None, "a Q-Sched checkpoint JSON to use instead of the stored one"),
+        Opt("recalibrate", "bool", False, "calibrate even if a stored checkpoint exists"),
+        Opt("scorer_options", "map", {}, "options of the JAQ scorer (metric options)"),
+        Opt("progress", "bool", True, "show the calibration progress bar"),
+    )
 
 
 class QSched(Method):
     name = "qsched"
     description = "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)"
     uses_bits = True
+    OPTIONS = _qsched_options()
 
     def __init__(self, cfg: Any, *, scorer: Callable[[list[Any], list[Prompt]], Sequence[float]] | None = None):
         """``scorer`` (images, prompts) -> per-image scores replaces JAQ (tests, other objectives).
@@ -465,17 +470,10 @@ class QSched(Method):
         if cfg.bits is None:
             cfg = cfg.replace(bits=DEFAULT_BITS)
         super().__init__(cfg)
-        unknown = sorted(set(self.options) - set(_OPTION_DEFAULTS))
-        if unknown:
-            raise ConfigError(f"unknown qsched option(s): {', '.join(unknown)} (valid: {', '.join(sorted(_OPTION_DEFAULTS))})")
-        self.opts = {**_OPTION_DEFAULTS, **self.options}
-        if self.opts["parameterisation"] not in PARAMETERISATIONS:
-            raise ConfigError(f"unknown Q-Sched parameterisation {self.opts['parameterisation']!r}; expected one of {', '.join(PARAMETERISATIONS)}")
-        from qbench.calibration import SEARCHES
+        from qbench.options import parse_options
 
-        if self.opts["search"] not in SEARCHES:
-            raise ConfigError(f"unknown search {self.opts['search']!r}; expected one of {', '.join(SEARCHES)}")
-        self._coerce_options()
+        self.opts = parse_options(f"method {self.name!r}", self.OPTIONS, self.options)
+        self._check_options()
         if self.opts["base"] == "qsched":
             raise ConfigError("qsched cannot be its own base method")
         from qbench.catalog import METHODS, MODELS
@@ -486,7 +484,8 @@ class QSched(Method):
             if self.opts["grid_n"] ** n > GRID_MAX_POINTS:
                 raise ConfigError(f"a {self.opts['parameterisation']} grid has {self.opts['grid_n']}^{n} = {self.opts['grid_n'] ** n:,} points; use --search own or a smaller grid_n")
         base_cls = METHODS.get(self.opts["base"])
-        self.base: Method = base_cls(cfg.replace(method=self.opts["base"], method_options=dict(self.opts["base_options"])))
+        quantizes = {} if base_cls.uses_bits else {"bits": None, "mode": None}  # e.g. base fp: scheduler only
+        self.base: Method = base_cls(cfg.replace(method=self.opts["base"], method_options=dict(self.opts["base_options"]), **quantizes))
         self._scorer = scorer
         self._base_converted = False
         self.ckpt: dict[str, Any] | None = None
@@ -496,26 +495,13 @@ class QSched(Method):
         self.eval_overlap: int | None = None  # calibration prompts among the evaluation prompts
         self._model_name: str | None = None
         self._steps: int | None = None
+        self._calib_prompts: list[Any] = []
 
-    def _coerce_options(self) -> None:
+    def _check_options(self) -> None:
+        """Relations between options (their types are checked by ``OPTIONS``)."""
         o = self.opts
-        try:
-            o["grid_lo"], o["grid_hi"] = float(o["grid_lo"]), float(o["grid_hi"])
-            o["grid_n"], o["calib_batch_size"] = int(o["grid_n"]), int(o["calib_batch_size"])
-            if o["max_images"] is not None:
-                o["max_images"] = int(o["max_images"])
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"bad qsched numeric option: {e}") from None
-        if o["grid_n"] < 1 or o["calib_batch_size"] < 1 or (o["max_images"] is not None and o["max_images"] < 1):
-            raise ConfigError("qsched options grid_n, calib_batch_size and max_images must be >= 1")
         if not (0 < o["grid_lo"] <= o["grid_hi"]):
             raise ConfigError(f"qsched grid range must satisfy 0 < grid_lo <= grid_hi, got [{o['grid_lo']}, {o['grid_hi']}]")
-        for k in ("base_options", "search_options", "scorer_options"):
-            if not isinstance(o[k], dict):
-                raise ConfigError(f"qsched option {k} must be a mapping (JSON object), got {o[k]!r}")
-        for k in ("recalibrate", "progress"):
-            if not isinstance(o[k], bool):
-                raise ConfigError(f"qsched option {k} must be true or false, got {o[k]!r}")
 
     @classmethod
     def run_calibration(cls, cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
@@ -527,14 +513,47 @@ class QSched(Method):
     def mode(self) -> str:
         return self.base.mode
 
-    @property
-    def calibration_prompts_default(self) -> str | None:
-        from qbench.catalog import MODELS
+    CALIBRATION_PROMPTS = 25  # the public code's first 25 prompts
 
-        family = MODELS.get(self.cfg.model).family if self.cfg.model in MODELS else ""
-        if family.startswith("toy"):
-            return "toy-calib:25"  # the toy world's CALIB split (disjoint from its TEST split "toy")
-        return "coco2017-calib:25"  # the tail of coco2017: held out from the coco2017:N eval sets
+    @property
+    def calibration_prompts_n(self) -> int:
+        """25 (the public code's), or more if the base method needs more for its own calibration."""
+        return max(self.CALIBRATION_PROMPTS, self.base.calibration_prompts_n)
+
+    def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
+        """None when a checkpoint will be used; else the images the search generates (at most)."""
+        if self._peek_checkpoint() is not None:
+            return None
+        from qbench.calibration import lattice
+
+        from qbench.models.loader import get_spec
+
+        steps = self.cfg.steps or get_spec(self.cfg.model).steps
+        n = n_params(self.opts["parameterisation"], steps)
+        axis = lattice(self.opts["grid_lo"], self.opts["grid_hi"], self.opts["grid_n"])
+        grid_images = len(axis) ** n * n_prompts
+        if self.opts["search"] == "grid":
+            images = grid_images + n_prompts
+        else:
+            budget = self.opts["max_images"]
+            if budget is None:
+                budget = max(n_prompts, min(grid_images, len(axis) ** 2 * n_prompts) // 20 - n_prompts)
+            images = budget + n_prompts
+        return {"images": images, "what": f"Q-Sched {self.opts['search']} search over {n} coefficients (at most; cached scores are reused)"}
+
+    def metric_needs(self) -> list[tuple[str, dict[str, Any]]]:
+        """The JAQ scorer, when this run will calibrate (no usable checkpoint, no injected scorer)."""
+        if self._scorer is not None or self._peek_checkpoint() is not None:
+            return []
+        from qbench.metrics.jaq import JAQMetric
+        from qbench.options import parse_options
+
+        options = {**self.cfg.metric_options, **dict(self.opts["scorer_options"])}
+        from qbench.metrics.common import GLOBAL_OPTIONS
+
+        known = {o.name for o in JAQMetric.OPTIONS + GLOBAL_OPTIONS}
+        parse_options("qsched scorer (jaq)", JAQMetric.OPTIONS + GLOBAL_OPTIONS, {k: v for k, v in options.items() if k in known or k in self.opts["scorer_options"]})
+        return [("jaq", options)]
 
     def describe(self) -> dict[str, Any]:
         coeffs = None
@@ -615,12 +634,9 @@ class QSched(Method):
     def _convert_base(self, model: LoadedModel) -> None:
         if self._base_converted:
             return
-        spec = self.base.calibration_prompts_default
-        base_prompts: list[Any] = []
-        if spec is not None:
-            from qbench.prompts import load_prompts
-
-            base_prompts = load_prompts(spec)
+        base_prompts = list(self._calib_prompts[: self.base.calibration_prompts_n])
+        if self.base.calibration_prompts_n and len(base_prompts) < self.base.calibration_prompts_n:
+            raise QBenchError(f"qsched: the base method needs {self.base.calibration_prompts_n} calibration prompts, got {len(base_prompts)}")
         self.base.calibrate(model, base_prompts)
         self.base.convert(model)
         self._base_converted = True
@@ -628,6 +644,7 @@ class QSched(Method):
     def calibrate(self, model: LoadedModel, prompts: list[Prompt]) -> None:
         if self._steps is None:
             self.prepare(model)
+        self._calib_prompts = list(prompts)
         self._convert_base(model)
         if self.opts["qsched_ckpt"]:
             path = self.opts["qsched_ckpt"]
@@ -646,10 +663,7 @@ class QSched(Method):
             _say(f"qsched: stored checkpoint {path} was calibrated with other base-method settings; recalibrating")
         if not prompts:
             raise QBenchError("qsched: no checkpoint and no calibration prompts")
-        overlap = self._eval_overlap([p.id for p in prompts], [p.text for p in prompts])
-        if overlap:
-            raise QBenchError(f"qsched: {overlap} calibration prompt(s) also in the evaluation prompts {self.cfg.prompts!r}; pick held-out --calib-prompts")
-        self.eval_overlap = 0
+        self.eval_overlap = 0  # the harness refuses calibration prompts that overlap the evaluation prompts
         if not self.opts["recalibrate"]:
             _say(f"qsched: no stored checkpoint for {self.cfg.model} {self.cfg.bits} base={self.opts['base']} ({path}); calibrating first")
         self.ckpt = self.calibrate_coefficients(model, prompts)
@@ -687,7 +701,7 @@ class QSched(Method):
             model_name=model.spec.name,
             model_family=model.spec.family,
             resolution=self.cfg.resolution or model.spec.resolution,
-            prompt_set=self.cfg.calib_prompts or self.calibration_prompts_default,
+            prompt_set=self.calib_spec,
             cache_dir=os.path.join(self.cfg.out_dir, "cache"),
         )
         jaq = JAQ(ctx)
@@ -780,7 +794,7 @@ class QSched(Method):
             base_describe=self.base.describe(),
             mode=self.mode,
             calibration={
-                "prompts": self.cfg.calib_prompts or self.calibration_prompts_default,
+                "prompts": self.calib_spec,
                 "prompt_ids": [p.id for p in prompts],
                 "seed": self.cfg.seed,
                 "batch_size": int(self.opts["calib_batch_size"]),
@@ -854,7 +868,6 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
     """``qbench calibrate --method qsched``: load the model, calibrate (always; a stored checkpoint
     for the same model/bits/base is overwritten), write the checkpoint, return a summary."""
     from qbench.models.loader import load_model
-    from qbench.prompts import load_prompts
 
     if cfg.method != "qsched":
         raise ConfigError(f"this calibration is for --method qsched, got {cfg.method!r}")
@@ -867,7 +880,16 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
     opts.setdefault("progress", show_progress)
     cfg = cfg.replace(method_options=opts)
     method = QSched(cfg)
-    prompts = load_prompts(cfg.calib_prompts or method.calibration_prompts_default)
+    from qbench.preflight import calibration_prompts
+
+    prompts = calibration_prompts(cfg, method)
+    from qbench.api import MetricContext
+    from qbench.catalog import METRICS
+    from qbench.models.loader import get_spec
+
+    family = get_spec(cfg.model).family
+    for name, options in method.metric_needs():  # the JAQ scorer's weights, before the model loads
+        METRICS.get(name).preflight(MetricContext(options=options, model_family=family, cache_dir=os.path.join(cfg.out_dir, "cache")), prompts)
     model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
     method.prepare(model)
     method.calibrate(model, prompts)

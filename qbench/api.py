@@ -64,16 +64,36 @@ class MetricValue:
 
 
 class Method:
-    """Base class of quantization methods. ``fp`` is this class unchanged."""
+    """Base class of quantization methods. ``fp`` is this class unchanged.
+
+    ``OPTIONS`` declares the method's ``-O key=value`` options (:class:`qbench.options.Opt`);
+    the constructor refuses unknown or ill-typed ones, and ``--bits`` / ``--mode`` for a method
+    that does not quantize, with one :class:`~qbench.errors.ConfigError` line. ``self.options``
+    holds the options given (coerced), without defaults.
+    """
 
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
-    #: whether ``--bits`` is required / accepted
+    #: whether ``--bits`` / ``--mode`` apply (the method quantizes)
     uses_bits: ClassVar[bool] = False
+    OPTIONS: ClassVar[tuple[Any, ...]] = ()
+    #: calibration prompts taken from the model's calibration set when ``--calib-prompts`` is not
+    #: given (0: the method does not calibrate); see :attr:`calibration_prompts_n`
+    CALIBRATION_PROMPTS: ClassVar[int] = 0
 
     def __init__(self, cfg: "RunConfig"):
+        from qbench.errors import ConfigError
+        from qbench.options import parse_options
+
         self.cfg = cfg
-        self.options: dict[str, Any] = dict(cfg.method_options)
+        if not self.uses_bits:
+            if cfg.bits:
+                raise ConfigError(f"method {self.name!r} does not quantize: --bits {cfg.bits} does not apply (try --method naive)")
+            if cfg.mode:
+                raise ConfigError(f"method {self.name!r} does not quantize: --mode {cfg.mode} does not apply")
+        self.options: dict[str, Any] = parse_options(f"method {self.name!r}", self.OPTIONS, cfg.method_options, defaults=False)
+        #: the calibration prompt spec the harness resolved (recorded with calibration artefacts)
+        self.calib_spec: str | None = None
 
     # the three explicit steps -------------------------------------------------------------------
     def prepare(self, model: "LoadedModel") -> None:
@@ -92,9 +112,23 @@ class Method:
         return "none"
 
     @property
-    def calibration_prompts_default(self) -> str | None:
-        """Prompt-set spec used for calibration when ``cfg.calib_prompts`` is None (None: no calibration)."""
-        return None
+    def calibration_prompts_n(self) -> int:
+        """How many calibration prompts this configuration needs (0: it does not calibrate). The
+        harness takes the first N of the model's calibration set (held out from its evaluation
+        sets) unless ``--calib-prompts`` names others, and refuses overlap with the evaluation
+        prompts for every method."""
+        return self.CALIBRATION_PROMPTS
+
+    def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
+        """What calibration will cost before it starts, e.g. ``{"images": 1250, "what": "..."}``
+        (None: nothing to calibrate, e.g. a stored checkpoint will be used)."""
+        n = self.calibration_prompts_n
+        return {"images": n_prompts, "what": "calibration images"} if n else None
+
+    def metric_needs(self) -> list[tuple[str, dict[str, Any]]]:
+        """Metrics this method itself will run (e.g. a calibration scorer), as ``(name, metric
+        options)``: the harness preflights them with the run's metrics. Default: none."""
+        return []
 
     def describe(self) -> dict[str, Any]:
         """Everything that changes this method's images; stored with the run, keys the image cache."""
@@ -126,14 +160,28 @@ class MetricContext:
 
 
 class Metric:
+    """Base class of image metrics.
+
+    ``OPTIONS`` declares the metric's ``-M key=value`` options (:class:`qbench.options.Opt`);
+    the harness refuses options no metric of the run declares. :meth:`preflight` runs before
+    anything is loaded or generated and raises a one-line :class:`~qbench.errors.QBenchError`
+    when the metric cannot run (inapplicable prompts, a missing weights file: which, and how to
+    get it).
+    """
+
     name: ClassVar[str] = "base"
     description: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = True
     #: needs the full-precision model's images of the same prompts and seeds
     needs_fp_reference: ClassVar[bool] = False
+    OPTIONS: ClassVar[tuple[Any, ...]] = ()
 
     def __init__(self, ctx: MetricContext):
         self.ctx = ctx
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts: "list[Prompt]") -> None:
+        """Cheap checks before the run loads anything (no network is built). Default: none."""
 
     def update(self, images: "list[Image]", prompts: "list[Prompt]", references: "list[Image] | None" = None) -> None:
         raise NotImplementedError

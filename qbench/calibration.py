@@ -500,11 +500,13 @@ CALIB_HOLDOUT = 100
 
 
 def coco2017_calib() -> tuple:
-    """The LAST 100 prompts of ``coco2017`` (original indices kept, so seeds are unchanged).
-
-    Evaluation takes the first N prompts of a set (``coco2017:N``), so calibrating on the tail
-    keeps them held out for any N <= 4900; ``coco2017-calib:25`` is Q-Sched's default.
+    """The LAST 100 prompts of ``coco2017`` (original indices kept, so seeds are unchanged), minus
+    those whose caption text also occurs among the first 4900 (2 do): 98 prompts, held out from
+    ``coco2017:N`` for any N <= 4900 by position AND by text. ``coco2017-calib:25`` is Q-Sched's
+    default calibration set.
     """
     from qbench.prompts import coco2017
 
-    return tuple(coco2017()[-CALIB_HOLDOUT:])
+    allp = coco2017()
+    head = {p.text for p in allp[: len(allp) - CALIB_HOLDOUT]}
+    return tuple(p for p in allp[-CALIB_HOLDOUT:] if p.text not in head)

@@ -60,16 +60,19 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inception-weights", help="local Inception-v3 FID weights (FID metrics)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--dry-run", action="store_true", help="check everything and print what the run would do and cost (images to generate, cached, calibration); load and store nothing")
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     base: dict[str, Any] = {}
     if args.config:
         try:
-            with open(args.config) as f:
+            with open(args.config, encoding="utf-8") as f:
                 base = RunConfig.from_json(f.read()).to_dict()
         except OSError as e:
             raise ConfigError(f"cannot read config file {args.config!r}: {e.strerror}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {args.config!r} is not UTF-8 JSON text") from None
     for f in dataclasses.fields(RunConfig):
         v = getattr(args, f.name, None)
         if v is not None and f.name not in ("method_options", "metric_options"):
@@ -95,9 +98,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qbench import harness
     from qbench.tables import console, print_result
 
+    from rich.markup import escape
+
+    from qbench.preflight import plan_run, print_plan
+
     cfg = config_from_args(args)
     con = console(stderr=args.json)
-    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(f"[dim]{m}[/dim]"))
+    plan = plan_run(cfg)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(plan.summary(), indent=1, default=str))
+        else:
+            print_plan(plan, con)
+        return 0
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(f"[dim]{escape(m)}[/dim]"), plan=plan)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
@@ -225,6 +239,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _log_to_stderr() -> None:
+    """qbench's own warnings (``logging.getLogger("qbench")``) as ``qbench: warning: ...`` lines."""
+    log = logging.getLogger("qbench")
+    if not log.handlers:
+        h = logging.StreamHandler(sys.stderr)
+        h.setFormatter(logging.Formatter("qbench: %(levelname)s: %(message)s"))
+        log.addHandler(h)
+        log.propagate = False
+
+
 def quiet_libraries() -> None:
     """Silence import-time chatter of torch/torchao/bitsandbytes/diffusers that is not ours."""
     for name in ("torch.utils._pytree", "bitsandbytes", "torchao", "diffusers", "transformers", "datasets", "httpx2", "timm"):
@@ -243,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # region ~10 ms (measured on the 2-core CI machine); it must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     quiet_libraries()
+    _log_to_stderr()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +18,9 @@ from qbench.errors import ConfigError
 
 DEFAULT_MODEL = "toy-flux"  # the trained toy world: offline, seconds per run, meaningful numbers
 MODES = ("simulate", "kernel")
+DTYPES = ("float32", "float16", "bfloat16")
+MAX_SEED = 2**62  # torch generators take 64-bit seeds; prompt i uses seed + i
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass
@@ -23,7 +28,7 @@ class RunConfig:
     model: str = DEFAULT_MODEL
     method: str = "fp"
     bits: str | None = None  # e.g. "W4A8"; None for methods without quantization
-    mode: str = "simulate"  # "simulate" (fake quant) or "kernel" (real low-bit execution)
+    mode: str | None = None  # "simulate" (fake quant, the default of quantizing methods) or "kernel"
     prompts: str | None = None  # a prompt-set spec ("coco2017:8") or a file path; None: the model's default set
     calib_prompts: str | None = None  # prompts for methods that calibrate (None: the method's default)
     seed: int = 42  # prompt i of a set is generated with seed + its stable index
@@ -47,21 +52,48 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        if self.mode not in MODES:
+        """Types and ranges of every field (one :class:`ConfigError` line on the first problem)."""
+        for name in _STR_FIELDS:
+            v = getattr(self, name)
+            if v is not None and not isinstance(v, str):
+                raise ConfigError(f"{name} must be a string, got {_show(v)}")
+        for name in ("model", "method", "out_dir", "device"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must not be empty")
+        for name, lo in _INT_FIELDS.items():
+            v = getattr(self, name)
+            if v is None and name in _OPTIONAL:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{name} must be an integer, got {_show(v)}")
+            if v < lo:
+                raise ConfigError(f"{name} must be >= {lo}, got {v}")
+        if self.seed >= MAX_SEED:
+            raise ConfigError(f"seed must be < 2**62, got {self.seed}")
+        if self.guidance is not None:
+            if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
+                raise ConfigError(f"guidance must be a number, got {_show(self.guidance)}")
+            if not math.isfinite(self.guidance) or self.guidance < 0:
+                raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
+            self.guidance = float(self.guidance)
+        if self.mode is not None and self.mode not in MODES:
             raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
-        for name in ("batch_size", "latency_repeats"):
-            if int(getattr(self, name)) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.latency_warmup < 0:
-            raise ConfigError(f"latency_warmup must be >= 0, got {self.latency_warmup}")
-        if self.steps is not None and self.steps < 1:
-            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.dtype is not None and self.dtype not in DTYPES:
+            raise ConfigError(f"unsupported dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if not _DEVICE_RE.match(self.device):
+            raise ConfigError(f"unknown device {self.device!r}; expected auto, cpu, cuda, cuda:N or mps")
         if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
             raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
+        if self.metrics is not None and (not isinstance(self.metrics, list) or not all(isinstance(m, str) for m in self.metrics)):
+            raise ConfigError(f"metrics must be a list of names or a comma-separated string, got {_show(self.metrics)}")
+        for name in ("method_options", "metric_options"):
+            v = getattr(self, name)
+            if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+                raise ConfigError(f"{name} must be a mapping of option names to values, got {_show(v)}")
         if self.bits is not None:
-            self.bits = self.bits.upper()
+            self.bits = self.bits.strip().upper()
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +104,8 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a RunConfig must be a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -94,6 +128,16 @@ class RunConfig:
         import os
 
         return self.db or os.path.join(self.out_dir, "qbench.sqlite")
+
+
+_STR_FIELDS = ("model", "method", "bits", "mode", "prompts", "calib_prompts", "model_path", "device", "dtype", "out_dir", "db", "tag")
+_INT_FIELDS = {"seed": 0, "batch_size": 1, "steps": 1, "resolution": 8, "latency_warmup": 0, "latency_repeats": 1}
+_OPTIONAL = ("steps", "resolution")
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def stable_hash(obj: Any, n: int = 12) -> str:

@@ -36,3 +36,29 @@ class RunInterrupted(QBenchError):
     """Ctrl-C during a run: what was produced so far is kept."""
 
     exit_code = 130
+
+
+class ManyErrors(QBenchError):
+    """Several independent problems found by one check (see :func:`gather`)."""
+
+    def __init__(self, errors: list[QBenchError]):
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+        self.exit_code = max(e.exit_code for e in self.errors)
+
+
+def gather(*checks) -> None:
+    """Run every check (callables without arguments); raise what they raised: the one error, or
+    :class:`ManyErrors` when several failed, so a caller can report all problems at once."""
+    found: list[QBenchError] = []
+    for check in checks:
+        try:
+            check()
+        except ManyErrors as e:
+            found.extend(e.errors)
+        except QBenchError as e:
+            found.append(e)
+    if len(found) == 1:
+        raise found[0]
+    if found:
+        raise ManyErrors(found)

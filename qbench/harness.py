@@ -1,10 +1,11 @@
 """The harness: ``run(cfg) -> RunResult``.
 
-load model -> [full-precision reference images, if a metric needs them] -> method.prepare ->
-method.calibrate -> method.convert -> generate (batched, per-prompt seeds, image cache, progress
-bar) -> metrics (each network loaded once, timed apart from generation) -> latency / peak memory /
-model size -> store. Methods and metrics plug in through the registries; nothing here knows any
-particular method.
+preflight (validate everything, locate every file: :mod:`qbench.preflight`) -> load model ->
+[full-precision reference images, if a metric needs them] -> method.prepare -> method.calibrate
+-> method.convert -> generate (batched, per-prompt seeds, image cache, progress) -> latency and
+peak memory (after a flush, before any metric network is loaded) -> metrics (each network loaded
+once) -> model size -> store. Methods and metrics plug in through the registries; nothing here
+knows any particular method.
 """
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-from qbench.api import MetricContext, MetricValue, Prompt
-from qbench.config import RunConfig, stable_hash
-from qbench.errors import QBenchError, RunInterrupted
+from qbench.api import MetricValue, Prompt
+from qbench.config import RunConfig
+from qbench.errors import NonFiniteOutputError, QBenchError, RunInterrupted
 from qbench.imagecache import ImageCache
 from qbench.store import Store, iter_chunks
 
@@ -44,34 +45,11 @@ class RunResult:
     size: dict[str, Any] = field(default_factory=dict)
     #: what a run must share with another to be compared (``comparability``)
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: calibration prompts used by the method (spec and ids), empty when it does not calibrate
+    calibration: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class _NullProgress:
-    def add_task(self, *a, **k):
-        return 0
-
-    def update(self, *a, **k):
-        pass
-
-    def advance(self, *a, **k):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        pass
-
-
-def _progress(enabled: bool):
-    if not enabled:
-        return _NullProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
 
 
 def seed_for(cfg: RunConfig, prompt: Prompt) -> int:
@@ -128,26 +106,13 @@ def comparability(model, cfg: RunConfig, prompts: list[Prompt]) -> dict[str, Any
     }
 
 
-def generate_cached(
-    model,
-    cache: ImageCache,
-    prompts: list[Prompt],
-    cfg: RunConfig,
-    progress,
-    description: str,
-) -> tuple[list, int]:
+def generate_cached(model, cache: ImageCache, prompts: list[Prompt], cfg: RunConfig, progress, description: str) -> tuple[list, int]:
     """Images for all prompts -> (images, n generated).
 
-    The prompts are cut into consecutive batches of ``cfg.batch_size``; a batch with any image
-    missing from the cache is generated whole (images already cached are kept), so every image
-    comes from the same batch as in an uninterrupted run."""
-    from qbench.imagecache import batch_signature
-
-    batches = []
-    for chunk in iter_chunks(prompts, cfg.batch_size):
-        sig = batch_signature([(p.id, p.text, seed_for(cfg, p)) for p in chunk])
-        batches.append((chunk, sig))
-    todo = [(c, sig) for c, sig in batches if not all(cache.has(p, seed_for(cfg, p), sig) for p in c)]
+    A batch (:func:`batches`) with any image missing from the cache is generated whole (images
+    already cached are kept), so every image comes from the same batch as in an uninterrupted run."""
+    plan = batches(prompts, cfg)
+    todo = [(c, sig) for c, sig in plan if not all(cache.has(p, seed_for(cfg, p), sig) for p in c)]
     n_todo = sum(len(c) for c, _ in todo)
     task = progress.add_task(description, total=len(prompts), completed=len(prompts) - n_todo)
     for chunk, sig in todo:
@@ -162,19 +127,22 @@ def generate_cached(
             if not cache.has(p, seed_for(cfg, p), sig):
                 cache.save(im, p, seed_for(cfg, p), sig)
         progress.advance(task, len(chunk))
-    return [cache.load(p, seed_for(cfg, p), sig) for chunk, sig in batches for p in chunk], n_todo
+    return [cache.load(p, seed_for(cfg, p), sig) for chunk, sig in plan for p in chunk], n_todo
 
 
-def _resolve_metrics(cfg: RunConfig, spec) -> list[str]:
-    from qbench.catalog import METRICS
+def batches(prompts: list[Prompt], cfg: RunConfig) -> list[tuple[list[Prompt], str]]:
+    """The run's generation batches: consecutive chunks of ``batch_size`` prompts, each with its
+    signature (``qbench.imagecache.batch_signature``)."""
+    from qbench.imagecache import batch_signature
 
-    names = list(cfg.metrics) if cfg.metrics is not None else list(spec.default_metrics)
-    out = []
-    for n in names:
-        e = METRICS.entry(n)  # raises "unknown metric ...; did you mean"
-        if not e.meta.get("system"):
-            out.append(n)
-    return out
+    return [(c, batch_signature([(p.id, p.text, seed_for(cfg, p)) for p in c])) for c in iter_chunks(prompts, cfg.batch_size)]
+
+
+def fp_method(cfg: RunConfig):
+    """The full-precision method of the run's model (the reference images of fidelity metrics)."""
+    from qbench.catalog import METHODS
+
+    return METHODS.get("fp")(cfg.replace(method="fp", bits=None, mode=None, method_options={}))
 
 
 def _check_writable(path: str) -> None:
@@ -188,57 +156,48 @@ def _check_writable(path: str) -> None:
         raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
 
 
-def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
-    from qbench.catalog import METHODS, METRICS
-    from qbench.measure import PeakMemory, measure_latency, provenance
+def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None) -> RunResult:
+    """Run ``cfg`` end to end (see the module docstring) and store the result.
+
+    Everything is validated first (:func:`qbench.preflight.plan_run`; pass ``plan`` to reuse
+    one); a problem found there raises before anything is loaded, generated or stored."""
+    from qbench.measure import PeakMemory, flush, measure_latency, process_rss, provenance
     from qbench.models.base import module_nbytes
+    from qbench.models.loader import load_model
+    from qbench.preflight import plan_run
+    from qbench.progress import make_progress
     from qbench.quant.api import size_report
-    from qbench.models.loader import get_spec, load_model
-    from qbench.prompts import load_prompts
 
     say = log or (lambda msg: None)
-    cfg.validate()
-    # validate every name and input before any heavy work
-    spec = get_spec(cfg.model)
-    if cfg.prompts is None:
-        cfg = cfg.replace(prompts=spec.default_prompts)
-    method_cls = METHODS.get(cfg.method)
-    metric_names = _resolve_metrics(cfg, spec)
-    prompts = load_prompts(cfg.prompts)
-    method = method_cls(cfg)
+    plan = plan or plan_run(cfg)
+    cfg, method, prompts = plan.cfg, plan.method, plan.prompts
     _check_writable(cfg.out_dir)
     store = Store(cfg.db_path)
     desc = method.describe()
     run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
     say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts})")
+    if plan.calibration:
+        say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
     timings: dict[str, float] = {}
     cache: ImageCache | None = None
     t_start = time.perf_counter()
     try:
+        flush(plan.ref.device)
+        rss_before_load = process_rss()
         t = time.perf_counter()
-        model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+        model = load_model(cfg.model, ref=plan.ref)
         timings["load_s"] = time.perf_counter() - t
-        metric_classes = {n: METRICS.get(n) for n in metric_names}
-        # metric networks are built once, before any image is generated, so that missing metric
-        # weights fail in seconds rather than after the generation time is spent
-        t = time.perf_counter()
-        metric_objs = {n: c(_metric_context(cfg, model)) for n, c in metric_classes.items()}
-        timings["metric_load_s"] = time.perf_counter() - t
-        need_fp = [n for n, c in metric_classes.items() if getattr(c, "needs_fp_reference", False)]
-        with _progress(show_progress) as progress:
+        with make_progress(show_progress) as progress:
             references = None
-            if need_fp:
-                fp_desc = METHODS.get("fp")(cfg.replace(method="fp", bits=None, method_options={})).describe()
-                fp_key, fp_meta = image_key(model, fp_desc, cfg)
+            if plan.needs_fp_reference:
+                fp_key, fp_meta = image_key(model, fp_method(cfg).describe(), cfg)
                 fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
                 t = time.perf_counter()
                 references, _ = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references")
                 timings["reference_s"] = time.perf_counter() - t
             t = time.perf_counter()
             method.prepare(model)
-            calib_spec = cfg.calib_prompts or method.calibration_prompts_default
-            calib_prompts = load_prompts(calib_spec) if calib_spec else []
-            method.calibrate(model, calib_prompts)
+            method.calibrate(model, plan.calib_prompts)
             method.convert(model)
             timings["quantize_s"] = time.perf_counter() - t
             desc = method.describe()  # may now include calibrated values
@@ -248,18 +207,21 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             images, n_gen = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})")
             timings["generate_s"] = time.perf_counter() - t
             timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
+            # latency and memory before any metric network is loaded, after a flush
+            flush(model.device)
             t = time.perf_counter()
-            metrics = _compute_metrics(metric_objs, cfg, prompts, images, references, progress)
+            with PeakMemory(model.device, baseline=rss_before_load) as mem:
+                latency = measure_latency(
+                    model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                    steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
+                )
+            timings["latency_s"] = time.perf_counter() - t
+            latency["kind"] = _latency_kind(method)
+            t = time.perf_counter()
+            metrics = _compute_metrics(plan, model.device, prompts, images, references, progress)
             timings["metrics_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        with PeakMemory(model.device) as mem:
-            latency = measure_latency(
-                model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
-                steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
-            )
-        timings["latency_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
-        memory = dict(mem.result, measured_during="latency runs (batch 1)")
+        memory = dict(mem.result, measured_during="latency runs (batch 1 generation), metric networks not loaded yet")
         result = RunResult(
             run_id=run_id,
             config=cfg.to_dict(),
@@ -280,7 +242,8 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             n_generated=n_gen,
             images_dir=cache.dir,
             provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny),
-            notes=_notes(model),
+            notes=_notes(model, method),
+            calibration={"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
         )
         store.finish_run(run_id, result.to_dict(), result.metrics,
                          per_image={k: v.per_image for k, v in metrics.items() if v.per_image})
@@ -289,6 +252,11 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         kept = f"; {cache.dir} keeps the images already made" if cache else ""
         store.mark(run_id, "interrupted", "KeyboardInterrupt")
         raise RunInterrupted(f"run {run_id} interrupted{kept}; re-run the same command to resume (only missing images are generated)") from None
+    except NonFiniteOutputError as e:
+        hint = ("the quantization may be too aggressive (fewer layers or more bits)" if method.uses_bits
+                else f"the {cfg.dtype or 'native'} dtype may overflow: try --dtype float32")
+        store.mark(run_id, "failed", f"{e}; {hint}")
+        raise NonFiniteOutputError(f"{e}; {hint}") from None
     except QBenchError as e:
         store.mark(run_id, "failed", str(e))
         raise
@@ -297,35 +265,39 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         raise
 
 
-def _notes(model) -> list[str]:
+def _latency_kind(method) -> str:
+    if method.mode == "simulate":
+        return "simulate mode: float GEMMs plus quantize-dequantize (fake quantization); NOT a deployment latency"
+    if method.mode == "kernel":
+        path = (method.report() or {}).get("kernel_path") or "?"
+        return f"kernel mode: real low-bit execution ({path})"
+    return "full precision"
+
+
+def _notes(model, method=None) -> list[str]:
     notes = []
     if model.spec.is_tiny:
         notes.append("tiny twin with RANDOM weights: learned metrics are meaningless; numbers check mechanics only")
     if model.spec.family.startswith("toy"):
         notes.append("TOY WORLD: synthetic 32x32 scenes, models and CLIP trained in this repo; numbers do not transfer to real images")
+    if method is not None and method.mode == "kernel" and (model.spec.is_tiny or model.spec.family.startswith("toy")):
+        notes.append("kernel-mode latency on a tiny model is dominated by per-call activation quantization and int4 unpacking of small layers; see `qbench bench-kernels` for real GEMM shapes")
     return notes
 
 
-def _metric_context(cfg: RunConfig, model) -> MetricContext:
-    return MetricContext(
-        device=model.device,
-        options=dict(cfg.metric_options),
-        model_name=model.spec.name,
-        model_family=model.spec.family,
-        resolution=cfg.resolution or model.spec.resolution,
-        prompt_set=cfg.prompts,
-        cache_dir=os.path.join(cfg.out_dir, "cache"),
-    )
+def _compute_metrics(plan, device: str, prompts, images, references, progress) -> dict[str, MetricValue]:
+    """Build each metric (its network is loaded now, after generation and latency) and score."""
+    from qbench.catalog import METRICS
 
-
-def _compute_metrics(metric_objs, cfg: RunConfig, prompts, images, references, progress) -> dict[str, MetricValue]:
     out: dict[str, MetricValue] = {}
-    if not metric_objs:
+    if not plan.metric_names:
         return out
-    task = progress.add_task("metrics", total=len(metric_objs) * len(prompts))
-    for name, metric in metric_objs.items():
+    ctx = plan.metric_context(device)
+    task = progress.add_task("metrics", total=len(plan.metric_names) * len(prompts))
+    for name in plan.metric_names:
+        metric = METRICS.get(name)(ctx)
         metric.reset()
-        for idx in iter_chunks(list(range(len(prompts))), max(cfg.batch_size, 8)):
+        for idx in iter_chunks(list(range(len(prompts))), max(plan.cfg.batch_size, 8)):
             metric.update(
                 [images[i] for i in idx],
                 [prompts[i] for i in idx],

@@ -117,8 +117,10 @@ def batch_signature(members: list[tuple[str, str, int]]) -> str:
 class ImageCache:
     """PNG files under ``<root>/images/<model>/<key>/`` plus ``meta.json`` describing the key."""
 
-    def __init__(self, root: str, model: str, key: str, meta: dict[str, Any]):
+    def __init__(self, root: str, model: str, key: str, meta: dict[str, Any], create: bool = True):
         self.dir = os.path.join(root, "images", _SAFE.sub("_", model), key)
+        if not create:  # read-only use (counting cached images): touch nothing
+            return
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as e:

@@ -48,19 +48,59 @@ def measure_latency(model: LoadedModel, prompt: str, seed: int, *, warmup: int =
     return out
 
 
-class PeakMemory:
-    """Context manager measuring peak memory of the block (bytes)."""
+def flush(device: str) -> None:
+    """Free what can be freed before a measurement, as diffusers' benchmarks do: Python garbage,
+    the CUDA caching allocator (and its peak counters, for ``device``'s index), and on Linux the C
+    heap's free pages (``malloc_trim``), so that memory freed by earlier work does not count."""
+    import gc
 
-    def __init__(self, device: str):
+    gc.collect()
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        try:
+            import ctypes
+
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+
+
+def process_rss() -> int | None:
+    """The process's resident set now (bytes; None where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Context manager measuring peak memory of the block (bytes).
+
+    CUDA: ``torch.cuda.max_memory_allocated(device)`` after a reset, for the device's own index.
+    CPU: the process's peak resident set (VmHWM, reset through ``/proc/self/clear_refs``), and,
+    given ``baseline`` (the RSS before the model was loaded: interpreter and libraries), the peak
+    above that baseline, i.e. weights + activations + allocator slack."""
+
+    def __init__(self, device: str, baseline: int | None = None):
         self.device = device
+        self.baseline = baseline
         self.result: dict[str, Any] = {}
 
     def __enter__(self) -> "PeakMemory":
         if self.device.startswith("cuda"):
             import torch
 
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
         else:
             _reset_peak_rss()
         return self
@@ -69,11 +109,14 @@ class PeakMemory:
         if self.device.startswith("cuda"):
             import torch
 
-            torch.cuda.synchronize()
-            self.result = {"peak_bytes": int(torch.cuda.max_memory_allocated()), "kind": "cuda peak allocated"}
+            torch.cuda.synchronize(self.device)
+            self.result = {"peak_bytes": int(torch.cuda.max_memory_allocated(self.device)), "kind": f"CUDA peak allocated on {self.device}"}
         else:
             peak = _peak_rss()
             self.result = {"peak_bytes": peak, "kind": "process peak RSS (VmHWM)" + ("" if _RESET_OK else ", not resettable: whole-process peak")}
+            if self.baseline:
+                self.result["baseline_bytes"] = self.baseline
+                self.result["peak_above_baseline_bytes"] = max(0, peak - self.baseline)
 
 
 def peak_memory(device: str) -> PeakMemory:

@@ -70,14 +70,34 @@ def coco2017() -> tuple[Prompt, ...]:
 
 
 # -- user files ----------------------------------------------------------------------------------------
-def load_prompt_file(path: str) -> list[Prompt]:
+def _check_text_file(path: str) -> None:
+    """Refuse, in one line, what ``datasets`` would fail on with an opaque message."""
+    if os.path.isdir(path):
+        raise QBenchError(f"prompt file {path!r} is a folder; pass a .txt/.jsonl/.json/.csv file or a prompt set name (qbench list prompts)")
     if not os.path.isfile(path):
         raise QBenchError(f"prompt file {path!r} does not exist")
     if not os.access(path, os.R_OK):
         raise QBenchError(f"prompt file {path!r} is not readable")
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.strip():
+        raise QBenchError(f"prompt file {path!r} is empty")
+    if b"\x00" in data:
+        raise QBenchError(f"prompt file {path!r} is binary (it holds NUL bytes), not text")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise QBenchError(f"prompt file {path!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+
+
+def load_prompt_file(path: str) -> list[Prompt]:
+    """Prompts of a user file. A prompt's index (and so its seed) is its row number in the file,
+    counting empty rows, which are skipped with a warning: editing one row never shifts the seeds
+    of the others."""
     suffix = os.path.splitext(path)[1].lower()
-    if suffix not in FILE_SUFFIXES:
+    if suffix not in FILE_SUFFIXES and not os.path.isdir(path):
         raise QBenchError(f"prompt file {path!r}: unsupported type {suffix or '(none)'}; use {', '.join(FILE_SUFFIXES)}")
+    _check_text_file(path)
     import datasets
 
     datasets.disable_progress_bars()
@@ -85,25 +105,39 @@ def load_prompt_file(path: str) -> list[Prompt]:
     try:
         ds = datasets.load_dataset(builder, data_files=os.path.abspath(path), split="train")
     except Exception as e:  # datasets raises many types for malformed files; report it in one line
-        raise QBenchError(f"prompt file {path!r} could not be parsed as {builder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        cause = e.__cause__ or e
+        raise QBenchError(f"prompt file {path!r} could not be parsed as {builder}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
     base = os.path.basename(path)
+    rows: list[tuple[int, str, str]] = []  # (row, id, text)
+    empty: list[int] = []
     if builder == "text":
-        texts = [r["text"].strip() for r in ds]
-        rows = [(f"{base}:{i}", t) for i, t in enumerate(texts) if t]
+        for i, r in enumerate(ds):
+            text = " ".join(str(r["text"]).split())
+            (rows.append((i, f"{base}:{i}", text)) if text else empty.append(i))
     else:
         col = next((c for c in CAPTION_COLUMNS if c in ds.column_names), None)
         if col is None:
             raise QBenchError(f"prompt file {path!r} has no caption column; expected one of {', '.join(CAPTION_COLUMNS)} (found: {', '.join(ds.column_names)})")
         has_id = "id" in ds.column_names
-        rows = []
         for i, r in enumerate(ds):
-            text = (r[col] or "").strip() if isinstance(r[col], str) or r[col] is None else str(r[col])
-            if text:
-                rows.append((f"{base}:{r['id']}" if has_id else f"{base}:{i}", text))
-    ids = [r[0] for r in rows]
+            value = r[col]
+            if value is not None and not isinstance(value, str):
+                raise QBenchError(f"prompt file {path!r} row {i + 1}: {col!r} must be a string, got {type(value).__name__} {str(value)[:40]}")
+            text = " ".join((value or "").split())
+            if not text:
+                empty.append(i)
+                continue
+            rows.append((i, f"{base}:{r['id']}" if has_id and r["id"] is not None else f"{base}:{i}", text))
+    ids = [r[1] for r in rows]
     if len(set(ids)) != len(ids):
-        raise QBenchError(f"prompt file {path!r} has duplicate ids")
-    return [Prompt(id=pid, text=text, index=i) for i, (pid, text) in enumerate(rows)]
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise QBenchError(f"prompt file {path!r} has duplicate ids (e.g. {dup!r})")
+    if empty:
+        import logging
+
+        shown = ", ".join(str(i + 1) for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        logging.getLogger("qbench").warning(f"prompt file {path}: skipped {len(empty)} empty row(s) ({shown}); the other rows keep their row numbers (and seeds)")
+    return [Prompt(id=pid, text=text, index=row) for row, pid, text in rows]
 
 
 # -- spec parsing --------------------------------------------------------------------------------------
@@ -118,7 +152,7 @@ def _split_limit(spec: str) -> tuple[str, int | None]:
 
 
 def _looks_like_path(name: str) -> bool:
-    return os.path.sep in name or name.lower().endswith(FILE_SUFFIXES) or os.path.isfile(name)
+    return os.path.sep in name or name.lower().endswith(FILE_SUFFIXES) or os.path.exists(name)
 
 
 def load_prompts(spec: str) -> list[Prompt]:

@@ -29,7 +29,7 @@ def test_prefix_is_stable_subset():
 def test_txt_jsonl_csv(tmp_path):
     (tmp_path / "p.txt").write_text("a red bus\n\n  two cats  \n")
     p = load_prompts(str(tmp_path / "p.txt"))
-    assert [(x.id, x.text, x.index) for x in p] == [("p.txt:0", "a red bus", 0), ("p.txt:2", "two cats", 1)]
+    assert [(x.id, x.text, x.index) for x in p] == [("p.txt:0", "a red bus", 0), ("p.txt:2", "two cats", 2)]  # index = row number: seeds stay tied to rows
     (tmp_path / "p.jsonl").write_text("\n".join(json.dumps({"id": f"x{i}", "caption": f"cap {i}"}) for i in range(3)))
     p = load_prompts(str(tmp_path / "p.jsonl") + ":2")
     assert [(x.id, x.text) for x in p] == [("p.jsonl:x0", "cap 0"), ("p.jsonl:x1", "cap 1")]

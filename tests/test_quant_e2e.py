@@ -68,7 +68,7 @@ def test_naive_requires_bits_and_valid_options(make_cfg):
     Naive = METHODS.get("naive")
     with pytest.raises(ConfigError, match="needs --bits"):
         Naive(make_cfg(method="naive"))
-    with pytest.raises(ConfigError, match="unknown option"):
+    with pytest.raises(ConfigError, match="unknown method 'naive' option 'groupsize'; did you mean 'group_size'"):
         Naive(make_cfg(method="naive", bits="W4A8", method_options={"groupsize": 32}))
     with pytest.raises(ConfigError, match="bad bit spec"):
         Naive(make_cfg(method="naive", bits="W4B8"))

@@ -61,3 +61,43 @@ def test_registries_have_descriptions():
     for reg in (MODELS, METHODS, METRICS, PROMPTS):
         for e in reg:
             assert e.description.strip(), e.name
+
+
+def test_every_plugin_loads_declares_its_options_and_describes_itself(tmp_path):
+    """Walk every registry: each entry imports, each method builds from a RunConfig and describes
+    itself, each metric declares typed options and preflights on the toy world with stand-ins,
+    each model locates (offline: real models say which weights are missing, in one line)."""
+    from qbench.api import Method, Metric, MetricContext
+    from qbench.config import RunConfig
+    from qbench.errors import MissingWeightsError
+    from qbench.models.loader import locate_model
+    from qbench.options import Opt
+    from qbench.prompts import load_prompts
+
+    for e in METHODS:
+        cls = e.load()
+        assert issubclass(cls, Method) and cls.name == e.name
+        assert all(isinstance(o, Opt) for o in cls.OPTIONS)
+        cfg = RunConfig(model="toy-flux", method=e.name, bits="W4A8" if cls.uses_bits else None, out_dir=str(tmp_path))
+        m = cls(cfg)
+        d = m.describe()
+        assert d["method"] == e.name and isinstance(m.label, str) and m.mode in ("none", "simulate", "kernel")
+    prompts = load_prompts("toy:2")
+    ctx = MetricContext(options={"standin": True}, model_family="toy-flux", cache_dir=str(tmp_path))
+    for e in METRICS:
+        cls = e.load()
+        if e.meta.get("system"):
+            continue
+        assert issubclass(cls, Metric) and cls.name == e.name
+        assert all(isinstance(o, Opt) for o in cls.OPTIONS)
+        if e.name == "fid":
+            continue  # needs a reference of real images (checked in test_bad_inputs / test_metrics_fid)
+        cls.preflight(ctx, prompts)
+    for e in MODELS:
+        spec = e.load()
+        if spec.is_real:
+            with pytest.raises(MissingWeightsError, match="offline"):
+                locate_model(e.name, device="cpu")
+        else:
+            ref = locate_model(e.name, device="cpu")
+            assert ref.local_only and ref.fingerprint

@@ -27,6 +27,18 @@ from qbench.metrics import common
 DEFAULT_CLIP = ("ViT-L-14", "openai")
 
 
+def _clip_options() -> tuple:
+    from qbench.options import Opt
+
+    return (
+        Opt("clip_model", "str", None, "open_clip model name (ViT-L-14) or the path of a model-config JSON"),
+        Opt("clip_pretrained", "str", None, "open_clip pretrained tag (openai) or a local weights file"),
+    )
+
+
+CLIP_OPTIONS = _clip_options()
+
+
 def default_clip_for(ctx: MetricContext) -> tuple[str, str]:
     """Default ``(clip_model, clip_pretrained)`` for a run when the options name none.
 
@@ -53,6 +65,7 @@ def clip_spec(ctx: MetricContext) -> tuple[str, str]:
     if given_model is not None and given_pretrained is not None:
         return str(given_model), str(given_pretrained)
     if given_model is not None:
+        _model_name(str(given_model))  # an unknown model is named as such first
         raise ConfigError(f"metric option clip_model={given_model!r} needs clip_pretrained (a pretrained tag or a weights file)")
     model, pretrained = default_clip_for(ctx)
     return model, str(given_pretrained or pretrained)
@@ -88,6 +101,34 @@ def _model_name(model: str) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
+def resolve_clip(model: str, pretrained: str) -> tuple[str, dict[str, Any], str]:
+    """``(open_clip model name, provenance, pretrained argument)`` without building the model:
+    an unknown model name or tag is a :class:`ConfigError`, weights that are neither a local file
+    nor cached (offline) a :class:`MissingWeightsError` naming the option to pass."""
+    import open_clip
+
+    name, info = _model_name(model)
+    info["model"] = name
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        path = os.path.expanduser(pretrained)
+        info["pretrained"] = common.weights_provenance(path, "local file (metric option clip_pretrained)")
+        return name, info, path
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ConfigError(f"clip_pretrained={pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {', '.join(tags) or 'none'})")
+    try:
+        path = open_clip.download_pretrained(cfg)
+    except Exception as e:  # hub offline / unreachable / not cached: one clear user-facing line
+        raise MissingWeightsError(
+            f"open_clip weights {name}/{pretrained} are not cached and could not be downloaded "
+            f"({'offline' if common.is_offline() else type(e).__name__}); "
+            "pass -M clip_pretrained=/path/to/weights (and -M clip_model=NAME or a model-config JSON)"
+        ) from e
+    info["pretrained"] = common.weights_provenance(path, f"open_clip pretrained tag {pretrained!r}")
+    return name, info, pretrained
+
+
 def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedClip:
     """Build (once) an open_clip model, its eval preprocessing and tokenizer."""
     import open_clip
@@ -96,32 +137,17 @@ def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedCl
     key = (model, pretrained, device)
     if key in _CACHE:
         return _CACHE[key]
-    name, info = _model_name(model)
-    info["model"] = name
-    if os.path.isfile(os.path.expanduser(pretrained)):
-        path = os.path.expanduser(pretrained)
-        info["pretrained"] = common.weights_provenance(path, "local file (metric option clip_pretrained)")
-        arg = path
-    else:
-        cfg = open_clip.get_pretrained_cfg(name, pretrained)
-        if not cfg:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise ConfigError(f"clip_pretrained={pretrained!r} is neither a file nor a pretrained tag of {name} (tags: {', '.join(tags) or 'none'})")
-        try:
-            path = open_clip.download_pretrained(cfg)
-        except Exception as e:  # hub offline / unreachable / not cached: one clear user-facing line
-            raise MissingWeightsError(
-                f"open_clip weights {name}/{pretrained} are not cached and could not be downloaded "
-                f"({'offline' if common.is_offline() else type(e).__name__}); "
-                "pass -M clip_pretrained=/path/to/weights (and -M clip_model=NAME or a model-config JSON)"
-            ) from e
-        info["pretrained"] = common.weights_provenance(path, f"open_clip pretrained tag {pretrained!r}")
-        arg = pretrained
+    name, info, arg = resolve_clip(model, pretrained)
     clip_model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=arg, device=device)
     clip_model.eval()
     loaded = LoadedClip(clip_model, preprocess, open_clip.get_tokenizer(name), name, device, info)
     _CACHE[key] = loaded
     return loaded
+
+
+def preflight_clip(ctx: MetricContext) -> None:
+    """The checks of :func:`load_for` without building the model."""
+    resolve_clip(*clip_spec(ctx))
 
 
 def load_for(ctx: MetricContext) -> LoadedClip:

@@ -17,7 +17,7 @@ from qbench.api import MetricContext
 from qbench.errors import ConfigError
 from qbench.metrics import common
 from qbench.metrics.base import PerImageMetric
-from qbench.metrics.clip_models import LoadedClip, clip_details, load_for
+from qbench.metrics.clip_models import CLIP_OPTIONS, LoadedClip, clip_details, load_for, preflight_clip
 
 FORMULA = "100 * max(cos(E_img, E_txt), 0) per image (open_clip embeddings), mean over images"
 
@@ -81,10 +81,15 @@ class CLIPScore(PerImageMetric):
     description: ClassVar[str] = "CLIP score 100*max(cos,0) of image and prompt, open_clip (default OpenAI ViT-L/14)"
     higher_is_better: ClassVar[bool] = True
     formula: ClassVar[str] = FORMULA
+    OPTIONS = CLIP_OPTIONS
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
         self.scorer = CLIPScorer.from_context(ctx)
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        preflight_clip(ctx)
 
     def score_batch(self, images, prompts, references=None) -> np.ndarray:
         return self.scorer.score(images, [p.text for p in prompts])

@@ -86,14 +86,41 @@ def resolve_backbone(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
 _PYIQA: dict[tuple[str, str, str], Any] = {}
 
 
+def _impl(ctx: MetricContext) -> str:
+    toy = (ctx.model_family or "").startswith("toy")  # toy world: its own CLIP via open_clip
+    impl = str(common.opt(ctx, "clipiqa_impl", "open_clip" if toy else "pyiqa"))
+    if impl not in IMPLS:
+        raise ConfigError(f"unknown clipiqa_impl {impl!r}; expected one of {', '.join(IMPLS)}")
+    return impl
+
+
+def preflight_clipiqa(ctx: MetricContext) -> None:
+    """The checks of :class:`CLIPIQAScorer` without building a network."""
+    _prompt_set(str(common.opt(ctx, "clipiqa_prompts", "photo")))
+    if _impl(ctx) == "pyiqa":
+        resolve_backbone(ctx)
+    else:
+        from qbench.metrics.clip_models import preflight_clip
+
+        preflight_clip(ctx)
+
+
+def _clipiqa_options() -> tuple:
+    from qbench.metrics.clip_models import CLIP_OPTIONS
+    from qbench.options import Opt
+
+    return (
+        Opt("clipiqa_backbone", "str", None, "pyiqa CLIP-IQA backbone: a local file (TorchScript or OpenAI state dict) or an OpenAI CLIP name"),
+        Opt("clipiqa_prompts", "str", None, "antonym prompt set", choices=tuple(PROMPT_SETS)),
+        Opt("clipiqa_impl", "str", None, "implementation (pyiqa; open_clip for the toy world)", choices=tuple(IMPLS)),
+    ) + CLIP_OPTIONS
+
+
 class CLIPIQAScorer:
     """Reusable scorer: ``score(images) -> np.ndarray`` of per-image CLIP-IQA in [0, 1]."""
 
     def __init__(self, ctx: MetricContext):
-        toy = (ctx.model_family or "").startswith("toy")  # toy world: its own CLIP via open_clip
-        self.impl = str(common.opt(ctx, "clipiqa_impl", "open_clip" if toy else "pyiqa"))
-        if self.impl not in IMPLS:
-            raise ConfigError(f"unknown clipiqa_impl {self.impl!r}; expected one of {', '.join(IMPLS)}")
+        self.impl = _impl(ctx)
         self.prompts_name = str(common.opt(ctx, "clipiqa_prompts", "photo"))
         self.prompts = _prompt_set(self.prompts_name)
         self.device = common.resolve_device(ctx.device)
@@ -192,10 +219,15 @@ class CLIPIQA(PerImageMetric):
     description: ClassVar[str] = 'CLIP-IQA no-reference quality in [0,1] ("Good photo."/"Bad photo."), pyiqa (RN50) or open_clip'
     higher_is_better: ClassVar[bool] = True
     formula: ClassVar[str] = FORMULA
+    OPTIONS = _clipiqa_options()
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
         self.scorer = CLIPIQAScorer(ctx)
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        preflight_clipiqa(ctx)
 
     def score_batch(self, images, prompts, references=None) -> np.ndarray:
         return self.scorer.score(images)

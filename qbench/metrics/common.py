@@ -34,6 +34,19 @@ SIDECAR_SUFFIX = ".qbench.json"
 
 
 # -- options ------------------------------------------------------------------------------------
+def _global_options() -> tuple:
+    from qbench.options import Opt
+
+    return (
+        Opt("standin", "bool", False, "replace every learned network by a tiny random local one (numbers check mechanics only)"),
+        Opt("metric_batch_size", "int", None, "images per metric forward pass", minimum=1),
+    )
+
+
+#: options every metric reads
+GLOBAL_OPTIONS = _global_options()
+
+
 def opt(ctx: MetricContext, key: str, default: Any = None) -> Any:
     """A metric option (``RunConfig.metric_options``), ``default`` when absent or None."""
     value = (ctx.options or {}).get(key)

@@ -65,10 +65,25 @@ def common_pil(im):
     return Image.fromarray(common.to_uint8_array(im)).convert("RGB")
 
 
+def _toyclip_options() -> tuple:
+    from qbench.options import Opt
+
+    return (Opt("toy_clip_dir", "str", None, "folder of another toy CLIP (default: the shipped one)"),)
+
+
 class FDToyClip(Metric):
     name = "fd-toyclip"
     description = "toy world: Frechet distance of toy-CLIP image features, generated vs rendered ground truth of the same prompts"
     higher_is_better = False
+    OPTIONS = _toyclip_options()
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        bad = [p.id for p in prompts if not (p.meta or {}).get("scene")]
+        if bad:
+            raise QBenchError(f"fd-toyclip needs toy-world prompts with scenes ({len(bad)} of {len(prompts)} have none, e.g. {bad[0]!r}); use --prompts toy:N")
+        if len(prompts) < 2:
+            raise QBenchError(f"fd-toyclip needs at least 2 prompts (a covariance), got {len(prompts)}")
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)

@@ -317,23 +317,56 @@ class _FIDBase(Metric):
         self._size = None
 
 
+def _fid_options(with_reference: bool) -> tuple:
+    from qbench.options import Opt
+
+    out = (
+        Opt("fid_protocol", "str", None, "how images reach the Inception network", choices=tuple(PROTOCOLS)),
+        Opt("inception_weights", "str", None, "local Inception-v3 FID weights (torch-fidelity's .pth), loaded with weights_only=True"),
+    )
+    if with_reference:
+        out += (
+            Opt("fid_reference", "str", None, "real images: a folder of images or an .npz with mu/sigma"),
+            Opt("fid_ref_n", "int", None, "use the first N reference images of the folder", minimum=2),
+        )
+    return out
+
+
+def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
+    """The checks of the FID metrics without building the network."""
+    check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+    resolve_inception_weights(ctx)
+    if with_reference:
+        _reference_path(ctx)
+
+
+def _reference_path(ctx: MetricContext) -> str:
+    ref = common.opt(ctx, "fid_reference")
+    if ref is None:
+        raise ConfigError(
+            "metric 'fid' needs a reference: metric option fid_reference=PATH (a folder of real images or an .npz with mu/sigma); "
+            "'fid-fp' compares against the full-precision model instead"
+        )
+    path = os.path.expanduser(str(ref))
+    if not (os.path.isdir(path) or (os.path.isfile(path) and path.endswith(".npz"))):
+        raise ConfigError(f"fid_reference must be a folder of images or an .npz file: {path}")
+    return path
+
+
 class FID(_FIDBase):
     """FID of the generated images against real images (a folder) or stored statistics (.npz)."""
 
     name: ClassVar[str] = "fid"
     description: ClassVar[str] = "FID vs real images (metric option fid_reference: folder or .npz), Inception-v3 pool3"
+    OPTIONS = _fid_options(True)
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        preflight_fid(ctx, True)
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
-        ref = common.opt(ctx, "fid_reference")
-        if ref is None:
-            raise ConfigError(
-                "metric 'fid' needs a reference: metric option fid_reference=PATH (a folder of real images or an .npz with mu/sigma); "
-                "'fid-fp' compares against the full-precision model instead"
-            )
-        self.reference = os.path.expanduser(str(ref))
-        if not (os.path.isdir(self.reference) or (os.path.isfile(self.reference) and self.reference.endswith(".npz"))):
-            raise ConfigError(f"fid_reference must be a folder of images or an .npz file: {self.reference}")
+        self.reference = _reference_path(ctx)
         self.ref_n = common.opt_int(ctx, "fid_ref_n", None)
         self._ref: tuple[np.ndarray, np.ndarray, dict[str, Any]] | None = None
 
@@ -369,6 +402,11 @@ class FIDvsFP(_FIDBase):
     name: ClassVar[str] = "fid-fp"
     description: ClassVar[str] = "FID vs the full-precision model's images of the same prompts and seeds"
     needs_fp_reference: ClassVar[bool] = True
+    OPTIONS = _fid_options(False)
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        preflight_fid(ctx, False)
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)

@@ -134,12 +134,29 @@ def build_lpips(net: str, backbone_path: str, device: str):
     return _LPIPS_NETS[key]
 
 
+def _lpips_options() -> tuple:
+    from qbench.options import Opt
+
+    return (
+        Opt("lpips_net", "str", None, "LPIPS backbone", choices=tuple(LPIPS_BACKBONES)),
+        Opt("lpips_weights", "str", None, "local torchvision state dict of the backbone (features.* tensors)"),
+    )
+
+
 class LPIPS(PerImageMetric):
     name: ClassVar[str] = "lpips"
     description: ClassVar[str] = "LPIPS v0.1 (AlexNet) vs the full-precision model's image of the same prompt and seed"
     higher_is_better: ClassVar[bool] = False
     needs_fp_reference: ClassVar[bool] = True
     formula: ClassVar[str] = "LPIPS v0.1 distance per image (inputs scaled to [-1,1]), mean over images"
+    OPTIONS = _lpips_options()
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        net = str(common.opt(ctx, "lpips_net", "alex"))
+        if net not in LPIPS_BACKBONES:
+            raise ConfigError(f"unknown lpips_net {net!r}; expected one of {', '.join(LPIPS_BACKBONES)}")
+        resolve_lpips_weights(ctx, net)
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)

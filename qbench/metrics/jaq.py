@@ -145,11 +145,43 @@ class JAQ:
         return d
 
 
+def preflight_jaq(ctx: MetricContext) -> None:
+    """The checks of :class:`JAQ` (its terms' weights included) without building a network."""
+    if common.opt_float(ctx, "jaq_eps", DEFAULT_EPS) <= 0:
+        raise ConfigError("jaq_eps must be > 0")
+    common.opt_float(ctx, "jaq_k", DEFAULT_K)
+    _pick(ALIGNMENT_TERMS, str(common.opt(ctx, "jaq_alignment", "clip")), "alignment")
+    quality = str(common.opt(ctx, "jaq_quality", "clipiqa"))
+    _pick(QUALITY_TERMS, quality, "quality")
+    from qbench.errors import gather
+    from qbench.metrics.clip_models import preflight_clip
+    from qbench.metrics.clipiqa import preflight_clipiqa
+
+    gather(lambda: preflight_clip(ctx), *([lambda: preflight_clipiqa(ctx)] if quality == "clipiqa" else []))
+
+
+def _jaq_options() -> tuple:
+    from qbench.metrics.clipiqa import _clipiqa_options
+    from qbench.options import Opt
+
+    return (
+        Opt("jaq_k", "float", None, f"weight of the quality term (default {DEFAULT_K})"),
+        Opt("jaq_quality", "str", None, "quality term", choices=tuple(QUALITY_TERMS)),
+        Opt("jaq_alignment", "str", None, "alignment term", choices=tuple(ALIGNMENT_TERMS)),
+        Opt("jaq_eps", "float", None, f"floor of CLIPScore/100 inside the log (default {DEFAULT_EPS})", minimum=1e-300),
+    ) + _clipiqa_options()
+
+
 class JAQMetric(PerImageMetric):
     name: ClassVar[str] = "jaq"
     description: ClassVar[str] = "JAQ = log(CLIPScore/100) + k*CLIP-IQA per image (k=2), mean; reference-free, higher is better"
     higher_is_better: ClassVar[bool] = True
     formula: ClassVar[str] = FORMULA
+    OPTIONS = _jaq_options()
+
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        preflight_jaq(ctx)
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)

@@ -29,6 +29,12 @@ class ToyAcc(Metric):
         super().__init__(ctx)
         self.reset()
 
+    @classmethod
+    def preflight(cls, ctx: MetricContext, prompts) -> None:
+        bad = [p.id for p in prompts if not (p.meta or {}).get("scene")]
+        if bad:
+            raise QBenchError(f"toy-acc needs toy-world prompts with scenes ({len(bad)} of {len(prompts)} have none, e.g. {bad[0]!r}); use --prompts toy:N or toy-pair:N")
+
     def reset(self) -> None:
         self._scores: list[dict[str, int]] = []
         self._ids: list[str] = []

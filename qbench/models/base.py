@@ -34,6 +34,12 @@ class ModelSpec:
     local_dir: str | None = None  # weights shipped inside the qbench package (relative to it), e.g. the toy world
     default_metrics: tuple[str, ...] = ("psnr", "ssim")
     default_prompts: str = "coco2017:8"
+    #: prompt set that calibrating methods take their first N prompts from; held out from the
+    #: evaluation sets (``coco2017-calib`` is the tail of ``coco2017``)
+    calib_prompts: str = "coco2017-calib"
+    #: whether ``guidance`` changes the images (False for guidance-distilled models without a
+    #: guidance embedding, e.g. FLUX.1-schnell: the pipeline ignores it)
+    accepts_guidance: bool = True
     cpu_dtype: str = "float32"  # dtype used when running on CPU (fp16 matmuls are slow/unsupported there)
 
     @property
@@ -117,8 +123,7 @@ def to_pil(images: Any, prompts: list[str]) -> "list[Image]":
     bad = [i for i in range(arr.shape[0]) if not np.isfinite(arr[i]).all()]
     if bad:
         raise NonFiniteOutputError(
-            f"the model produced NaN/inf for {len(bad)} of {arr.shape[0]} images (first prompt: {prompts[bad[0]]!r}); "
-            "the quantization is likely too aggressive or the dtype overflows"
+            f"the model produced NaN/inf for {len(bad)} of {arr.shape[0]} images (first prompt: {prompts[bad[0]]!r})"
         )
     u8 = (np.clip(arr, 0.0, 1.0) * 255.0).round().astype(np.uint8)
     return [PILImage.fromarray(u8[i]) for i in range(u8.shape[0])]
@@ -145,7 +150,7 @@ def sync(device: str) -> None:
     import torch
 
     if device.startswith("cuda"):
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(device)
 
 
 def now() -> float:

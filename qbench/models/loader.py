@@ -11,7 +11,8 @@ import fcntl
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from qbench.errors import MissingWeightsError, QBenchError
 from qbench.models.base import LoadedModel, ModelSpec, cache_root
@@ -35,6 +36,10 @@ def resolve_device(device: str = "auto") -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise QBenchError(f"device {device!r} requested but CUDA is not available on this machine")
+    if device.startswith("cuda:") and int(device.split(":")[1]) >= torch.cuda.device_count():
+        raise QBenchError(f"device {device!r} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise QBenchError("device 'mps' requested but Apple MPS is not available on this machine")
     return device
 
 
@@ -120,16 +125,97 @@ def _locate(spec: ModelSpec, model_path: str | None) -> tuple[str, bool, str]:
     return snap, True, f"hub:{spec.hub_id}@{rev}"
 
 
-def load_model(name: str, *, model_path: str | None = None, device: str = "auto", dtype: str | None = None) -> LoadedModel:
-    import diffusers
+@dataclass(frozen=True)
+class ModelRef:
+    """A model located but not loaded: what the preflight checks and the image cache keys on."""
 
+    spec: ModelSpec
+    where: str  # folder or hub id
+    local_only: bool
+    source: str
+    device: str
+    dtype: "torch.dtype"
+    fingerprint: str | None
+
+
+def locate_model(name: str, *, model_path: str | None = None, device: str = "auto", dtype: str | None = None) -> ModelRef:
+    """Resolve a model's weights, device and dtype without loading it (raises one-line errors:
+    unknown model, missing weights offline, a --model-path of another pipeline class, no CUDA)."""
     spec = get_spec(name)
     device = resolve_device(device)
     torch_dtype = resolve_dtype(spec, device, dtype)
     where, local_only, source = _locate(spec, model_path)
+    fingerprint = None
+    if local_only and not source.startswith("hub:"):
+        from qbench.imagecache import weights_fingerprint
+
+        fingerprint = weights_fingerprint(where)
+    if local_only:
+        _check_pipeline_class(spec, where, model_path)
+    return ModelRef(spec, where, local_only, source, device, torch_dtype, fingerprint)
+
+
+def _check_pipeline_class(spec: ModelSpec, where: str, model_path: str | None) -> None:
+    import json
+
+    try:
+        with open(os.path.join(where, "model_index.json"), encoding="utf-8") as f:
+            found = json.load(f).get("_class_name")
+    except (OSError, ValueError, AttributeError) as e:
+        raise MissingWeightsError(f"{where}/model_index.json is unreadable: {e}") from None
+    if found and found != spec.pipeline_class:
+        how = f"--model-path {model_path}" if model_path else where
+        raise QBenchError(f"{how} holds a {found}, but model {spec.name!r} is a {spec.pipeline_class}; pass the weights of a {spec.name} model (or pick the model that matches them)")
+
+
+def scheduler_config(ref: ModelRef) -> dict[str, Any] | None:
+    """The model's scheduler config with qbench's overrides, read from disk (None for a hub id
+    that is not downloaded yet)."""
+    import json
+
+    path = os.path.join(ref.where, "scheduler", "scheduler_config.json")
+    if not ref.local_only or not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        cfg = json.load(f)
+    cfg.update(ref.spec.scheduler_config)
+    return cfg
+
+
+def check_steps(ref: ModelRef, steps: int) -> None:
+    """Refuse a step count the model's scheduler cannot run, naming its limit (instead of
+    diffusers' message about ``strength`` after the model is loaded)."""
+    import diffusers
+
+    cfg = scheduler_config(ref)
+    if cfg is None:
+        return
+    sched = getattr(diffusers, ref.spec.scheduler_class).from_config(cfg)
+
+    def ok(n: int) -> bool:
+        try:
+            sched.set_timesteps(n)
+            return True
+        except ValueError:
+            return False
+
+    if ok(steps):
+        return
+    lo, hi = 0, steps  # largest n that works: ok(lo) (or lo = 0), not ok(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    raise QBenchError(f"--steps {steps}: the {ref.spec.scheduler_class} of {ref.spec.name!r} runs at most {lo} steps")
+
+
+def load_model(name: str, *, model_path: str | None = None, device: str = "auto", dtype: str | None = None, ref: ModelRef | None = None) -> LoadedModel:
+    import diffusers
+
+    ref = ref or locate_model(name, model_path=model_path, device=device, dtype=dtype)
+    spec, where, local_only = ref.spec, ref.where, ref.local_only
     pipe_cls = getattr(diffusers, spec.pipeline_class)
     try:
-        pipe = pipe_cls.from_pretrained(where, torch_dtype=torch_dtype, local_files_only=local_only)
+        pipe = pipe_cls.from_pretrained(where, torch_dtype=ref.dtype, local_files_only=local_only)
     except OSError as e:
         raise MissingWeightsError(f"could not load {spec.name!r} from {where}: {str(e).splitlines()[0]}") from None
     sched_cls = getattr(diffusers, spec.scheduler_class)
@@ -137,13 +223,8 @@ def load_model(name: str, *, model_path: str | None = None, device: str = "auto"
     if spec.lora:
         _fuse_lora(pipe, spec, where, local_only)
     pipe.set_progress_bar_config(disable=True)
-    pipe.to(device)
-    fingerprint = None
-    if local_only and not source.startswith("hub:"):
-        from qbench.imagecache import weights_fingerprint
-
-        fingerprint = weights_fingerprint(where)
-    return LoadedModel(spec=spec, pipe=pipe, source=source, device=device, dtype=torch_dtype, fingerprint=fingerprint)
+    pipe.to(ref.device)
+    return LoadedModel(spec=spec, pipe=pipe, source=ref.source, device=ref.device, dtype=ref.dtype, fingerprint=ref.fingerprint)
 
 
 def _fuse_lora(pipe, spec: ModelSpec, where: str, local_only: bool) -> None:

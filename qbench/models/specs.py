@@ -77,6 +77,7 @@ FLUX_SCHNELL = ModelSpec(
     dtype="bfloat16",
     hub_id="black-forest-labs/FLUX.1-schnell",
     call_kwargs={"max_sequence_length": 256},
+    accepts_guidance=False,  # guidance-distilled away: no guidance embedding, FluxPipeline ignores guidance_scale
     default_metrics=_FID_DEFAULTS,
 )
 

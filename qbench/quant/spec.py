@@ -245,8 +245,14 @@ class QuantConfig:
         set_("overrides", tuple(ov))
         if self.a_static and self.a_granularity == "token":
             raise ConfigError("static (calibrated) activation quantization needs a_granularity='tensor'")
-        # resolve once so that impossible combinations fail now, not at the first layer
+        # resolve once (and every override) so that impossible combinations fail now, not at a layer
         self.resolve_spec(self.bits.w, self.bits.a)
+        for key, o in self.overrides:
+            if not o.fp:
+                try:
+                    self.resolve_spec(o.w if o.w is not None else self.bits.w, o.a if o.a_set else self.bits.a, dict(o.options))
+                except ConfigError as e:
+                    raise ConfigError(f"override for {key!r}: {e}") from None
 
     # -- resolution --------------------------------------------------------------------------------
     def resolve_spec(self, w: int, a: int | None, options: dict[str, Any] | None = None) -> LayerSpec:
@@ -254,7 +260,9 @@ class QuantConfig:
         w_gran = o.get("w_granularity") or self.w_granularity
         if w_gran is None:
             w_gran = "channel" if (w == 8 or (a is not None and a < 8)) else "group"
-        group_size = int(o.get("group_size", self.group_size)) if w_gran == "group" else None
+        group_size = o.get("group_size", self.group_size) if w_gran == "group" else None
+        if group_size is not None and (not isinstance(group_size, int) or isinstance(group_size, bool) or group_size < 2 or group_size % 2):
+            raise ConfigError(f"group_size must be an even integer >= 2 (e.g. 32, 64, 128), got {group_size!r}")
         a_sym = o.get("a_symmetric", self.a_symmetric)
         if a_sym is None:
             a_sym = not (a == 8 and w < 8)  # torchao 8da4w: asymmetric int8 tokens; int8/int4 dyn: symmetric
@@ -328,6 +336,31 @@ class QuantConfig:
             "overrides": {k: _override_repr(o) for k, o in self.overrides},
             "components": list(self.components),
         }
+
+
+def _quant_options() -> tuple:
+    from qbench.options import Opt
+
+    return (
+        Opt("group_size", "int", None, "input features per weight group (per-group weights)", minimum=2),
+        Opt("layers", "any", None, "per-layer overrides: a YAML/JSON file or a mapping `layer.name: {w: 8, a: 8} | 8 | fp16` (fnmatch keys allowed; `<component>:<name>` for other components)"),
+        Opt("include", "list", None, "fnmatch patterns of layer names to quantize (default: all)"),
+        Opt("exclude", "list", None, "fnmatch patterns of layer names to keep in floating point"),
+        Opt("components", "list", None, f"pipeline components to quantize ({', '.join(COMPONENTS)}; default denoiser)"),
+        Opt("layer_types", "list", None, f"layer types to quantize ({', '.join(LAYER_TYPES)}; default linear)"),
+        Opt("w_granularity", "str", None, "weight scale granularity", choices=("auto", "tensor", "channel", "group")),
+        Opt("w_symmetric", "bool", None, "symmetric weights (default true)"),
+        Opt("w_clip", "str", None, "weight range: min-max or MSE-optimal clipping", choices=("minmax", "mse")),
+        Opt("group_scales", "str", None, "per-group scales: float, or integer (two-level, the kernel's format)", choices=("auto", "float", "int8")),
+        Opt("a_granularity", "str", None, "activation scale granularity", choices=("token", "tensor")),
+        Opt("a_symmetric", "bool", None, "symmetric activations (default: per bit spec)"),
+        Opt("a_static", "bool", None, "static (calibrated) activation ranges instead of dynamic"),
+        Opt("a_calib", "str", None, "static activation range estimator", choices=("minmax", "percentile", "mse")),
+    )
+
+
+#: the quantizer's options (``-O key=value`` of quantizing methods), typed
+QUANT_OPTIONS = _quant_options()
 
 
 def _override_repr(o: Override) -> Any:

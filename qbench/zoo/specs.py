@@ -19,6 +19,7 @@ TOY_LCM = ModelSpec(
     dtype="float32",
     default_metrics=TOY_METRICS,
     default_prompts="toy:64",
+    calib_prompts="toy-calib",
     local_dir="zoo/weights/toy-lcm",
 )
 
@@ -37,5 +38,7 @@ TOY_FLUX = ModelSpec(
     call_kwargs={"max_sequence_length": 24},
     default_metrics=TOY_METRICS,
     default_prompts="toy:64",
+    calib_prompts="toy-calib",
+    accepts_guidance=False,
     local_dir="zoo/weights/toy-flux",
 )
