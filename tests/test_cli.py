@@ -45,7 +45,7 @@ def test_list_models_shows_real_and_twins(capsys):
         (["run", "--batch-size", "two"], "invalid int value"),
         (["run", "--mode", "fake"], "invalid choice"),
         (["run", "--option", "novalue"], "KEY=VALUE"),
-        (["show", "nosuchrun"], "no run"),
+        (["show", "nosuchrun"], "no results database"),  # nothing run yet: and nothing is created
     ],
 )
 def test_error_paths_one_line(capsys, tmp_path, argv, needle):
@@ -77,7 +77,8 @@ def test_unwritable_out_dir(capsys, tmp_path):
 
 def test_compare_without_runs(capsys, tmp_path):
     code, _, err = _run(capsys, "compare", "--out-dir", str(tmp_path))
-    assert code != 0 and "no finished runs" in _one_line_error(err)
+    assert code != 0 and "no results database" in _one_line_error(err)
+    assert list(tmp_path.iterdir()) == []  # a read creates nothing
 
 
 def test_run_compare_show_json(capsys, tmp_path):
@@ -138,5 +139,5 @@ def test_report_writes_markdown_and_grid(capsys, tmp_path):
     assert code == 0, err
     md = out.strip().splitlines()[0]
     text = open(md).read()
-    assert "| fp |" in text and "random tiny twin" in text and "grid.png" in text
+    assert "| fp (baseline) |" in text and "random tiny twin" in text and "grid.png" in text
     assert os.path.exists(os.path.join(out_dir, "report-tiny-flux-grid.png"))
