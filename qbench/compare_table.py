@@ -108,46 +108,44 @@ def _header(r: dict[str, Any]):
     return t
 
 
-def _chunks(widths: list[int], base: int | None, room: int) -> list[list[int]]:
-    """Columns (indices) per table so that each table fits ``room`` characters; the baseline
-    column starts every table."""
-    out: list[list[int]] = []
-    cur: list[int] = [base] if base is not None else []
-    used = sum(widths[i] + 3 for i in cur)
-    for i in range(len(widths)):
-        if i == base:
-            continue
-        if cur and any(j != base for j in cur) and used + widths[i] + 3 > room:
-            out.append(cur)
-            cur = [base] if base is not None else []
-            used = sum(widths[j] + 3 for j in cur)
-        cur.append(i)
-        used += widths[i] + 3
-    if cur:
-        out.append(cur)
-    return out
-
-
 def _print_compact(rows, names, marks, con) -> None:
+    """Measures down, configurations across; as many configurations per table as the console
+    width holds (measured by rich), the baseline first in every table."""
     from rich import box
+    from rich.measure import Measurement
     from rich.table import Table
     from rich.text import Text
 
     lines = _measures(rows, names, marks)
-    label_w = max(len(m) for m, _ in lines)
     widths = []
     for i, r in enumerate(rows):
         head = [short_label(r), f"run {r['run_id'][-6:]}", f"tag {r['tag']}" if r.get("tag") else ""]
         widths.append(max([len(c[i]) for _, c in lines] + [len(h) for h in head] + [min(len(r.get("options_diff") or ""), 18)]))
-    base = next((i for i, r in enumerate(rows) if r["is_baseline"]), None)
-    for cols in _chunks(widths, base, con.width - label_w - 2):
+
+    def table(cols: list[int]) -> Table:
         t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
         t.add_column("", no_wrap=True)
         for i in cols:
             t.add_column(_header(rows[i]), justify="right", width=widths[i], overflow="fold")
         for m, cells in lines:
             t.add_row(Text(m), *[Text(cells[i]) for i in cols])
-        con.print(t)
+        return t
+
+    def fits(cols: list[int]) -> bool:
+        return Measurement.get(con, con.options.update_width(10_000), table(cols)).maximum <= con.width
+
+    base = next((i for i, r in enumerate(rows) if r["is_baseline"]), None)
+    start = [base] if base is not None else []
+    cur = list(start)
+    for i in range(len(rows)):
+        if i == base:
+            continue
+        if len(cur) > len(start) and not fits(cur + [i]):
+            con.print(table(cur))
+            cur = list(start)
+        cur.append(i)
+    if cur:
+        con.print(table(cur))
 
 
 def _print_natural(table, con) -> None:
