@@ -150,6 +150,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             if "ambiguous" in str(e) or "only finished" in str(e):
                 raise
             base_name = args.baseline
+    if base_run and args.model and base_run["model"] != args.model:
+        raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
     if args.model:
         models = [args.model]
     elif selected:

@@ -247,11 +247,12 @@ def _group_note(gi: int, members, base, first_base, first_settings, name: str, e
         unknown = [k for k in SETTINGS if s[k] is None]
         return ("settings not recorded (runs stored by an older qbench; unknown: " + ", ".join(unknown) + "): shown, never paired")
     if base is None:
+        # a command that makes the missing baseline, where the baseline is a plain method name
+        hint = "" if explicit_run or " " in name else f"; `{rerun_hint(members[0], name)}` makes one"
         if first_base is None:
-            return f"no baseline: no {name} run with these settings ({rerun_hint(members[0], name)} makes one)"
+            return f"no baseline: no {name} run with these settings{hint}"
         diff = "; ".join(settings_diff(s, first_base["sampling"])) or "same settings"
-        return (f"no baseline: the baseline {short_label(first_base)} {first_base['run_id'][-6:]} has other settings ({diff}); "
-                f"not paired" + ("" if explicit_run else f"; `{rerun_hint(members[0], name)}` makes one"))
+        return f"no baseline: the baseline {short_label(first_base)} {first_base['run_id'][-6:]} has other settings ({diff}); not paired{hint}"
     if gi == 0:
         return None
     return "settings differ from the first table: " + ("; ".join(settings_diff(s, first_settings)) or "same settings")

@@ -244,7 +244,7 @@ def _footnotes(rows, names, con, hidden: int, unfinished: dict[str, int]) -> Non
         dim("Δ paired: this run − the baseline, prompt by prompt (same prompts and seeds): mean ± standard error; ~ within two standard errors of zero")
     if any(r["mode"] == "simulate" for r in rows):
         dim("sim: simulate mode (fake quantization: float weights rounded to the grid, float kernels)")
-    dim(f"size: deployable bytes of the denoiser; × 16-bit: its ratio to the same model at 16 bits"
+    dim("size: deployable bytes of the denoiser; × 16-bit: its ratio to the same model at 16 bits"
         + (f"; {SIM} computed for the packed format (simulate mode keeps float weights)" if any(r["size_simulated"] for r in rows) else "")
         + (f"; {OLD_SIZE} resident bytes (run stored before deployable sizes were kept)" if any(_size_mark(r) == OLD_SIZE for r in rows) else ""))
     for n in names:
