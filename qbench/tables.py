@@ -142,7 +142,7 @@ def print_runs(runs: list[dict[str, Any]], con) -> None:
         t.add_column(col, overflow="fold")
     for r in runs:
         s = (r["result"] or {}).get("sampling") or {}
-        prompts = f"{s['prompts']} ({s['n_prompts']})" if s else str(r["config"].get("prompts") or "default")
+        prompts = str(r["config"].get("prompts") or "default") if not s else s["prompts"] if str(s["prompts"]).endswith(f":{s['n_prompts']}") else f"{s['prompts']} ({s['n_prompts']})"
         label = r["label"].replace("simulate", "sim") + (f" tag {r['config']['tag']}" if r["config"].get("tag") else "")
         t.add_row(Text(r["id"]), status_text(r), Text(r["model"]), Text(label), Text(prompts))
     con.print(t)
