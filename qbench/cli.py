@@ -6,12 +6,14 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Any, Sequence
 
 from qbench.config import RunConfig
-from qbench.errors import ConfigError, QBenchError
+from qbench.errors import ConfigError, QBenchError, RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,11 +98,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 # -- commands ----------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from qbench import harness
-    from qbench.tables import console, print_result
-
-    from rich.markup import escape
-
     from qbench.preflight import plan_run, print_plan
+    from qbench.tables import console, print_result
 
     cfg = config_from_args(args)
     con = console(stderr=args.json)
@@ -111,12 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_plan(plan, con)
         return 0
-    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(f"[dim]{escape(m)}[/dim]"), plan=plan)
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         print_result(result.to_dict(), con)
-        con.print(f"[dim]stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs[/dim]")
+        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
     return 0
 
 
@@ -134,25 +133,72 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from qbench.store import Store
-    from qbench.tables import add_paired, compare_rows, console, print_compare
+def _db_path(args: argparse.Namespace) -> str:
+    return args.db or os.path.join(args.out_dir, "qbench.sqlite")
 
-    store = Store(args.db or os.path.join(args.out_dir, "qbench.sqlite"))
-    models = [args.model] if args.model else store.models()
+
+def _finished(run: dict[str, Any]) -> dict[str, Any]:
+    if run["status"] != "done":
+        raise QBenchError(f"run {run['id']} is {run['status']}: only finished runs can be compared (`qbench show {run['id'][-6:]}`)")
+    return run
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from qbench.compare import compare, make_row, matches, status_counts
+    from qbench.compare_table import print_compare
+    from qbench.store import Store
+    from qbench.tables import console
+
+    store = Store(_db_path(args), create=False)  # a read: creates nothing
+    selected = None
+    if args.runs:
+        selected = list({r["id"]: _finished(r) for r in (store.get(x) for x in args.runs.split(",") if x.strip())}.values())
+    base_run, base_name = None, None
+    if args.baseline:
+        try:
+            base_run = _finished(store.get(args.baseline))
+        except QBenchError as e:
+            if "ambiguous" in str(e) or "only finished" in str(e):
+                raise
+            base_name = args.baseline
+    if base_run and args.model and base_run["model"] != args.model:
+        raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
+    if args.model:
+        models = [args.model]
+    elif selected:
+        models = list(dict.fromkeys(r["model"] for r in selected))
+    else:
+        models = [base_run["model"]] if base_run else store.models()
     if not models:
-        raise QBenchError(f"no finished runs in {store.path}; run `qbench run` first")
-    payload = {m: compare_rows(store.runs(model=m)) for m in models}
-    for rows in payload.values():
-        add_paired(rows, store.per_image)
+        others = status_counts(store.runs(status=None))
+        more = f" ({', '.join(f'{n} {s}' for s, n in sorted(others.items()))}: `qbench runs` lists them)" if others else ""
+        raise QBenchError(f"no finished runs in {store.path}{more}; run `qbench run` first")
+    payload, extras = {}, {}
+    for m in models:
+        runs = [r for r in selected if r["model"] == m] if selected else store.runs(model=m)
+        if base_run and base_run["model"] == m and base_run["id"] not in {r["id"] for r in runs}:
+            runs.append(base_run)
+        if not runs:
+            raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
+        if base_name and not any(matches(make_row(r), base_name) for r in runs):
+            methods = sorted({r["label"] for r in runs})
+            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method or label of the {m} runs ({', '.join(methods)})")
+        rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
+                               keep_all=bool(selected))
+        payload[m] = rows
+        extras[m] = (hidden, status_counts(store.runs(model=m, status=None)) if not selected else {})
+    only = [x.strip() for x in args.metrics.split(",") if x.strip()] if args.metrics else None
+    if only:
+        have = sorted({n for rows in payload.values() for r in rows for n in r["metrics"]})
+        unknown = [n for n in only if n not in have]
+        if unknown:
+            raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
     if args.json:
         print(json.dumps(payload, indent=1, default=str))
         return 0
     con = console()
     for m in models:
-        if not payload[m]:
-            raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
-        print_compare(m, payload[m], con)
+        print_compare(m, payload[m], con, wide=args.wide, metrics=only, hidden=extras[m][0], unfinished=extras[m][1])
     return 0
 
 
@@ -160,11 +206,26 @@ def cmd_show(args: argparse.Namespace) -> int:
     from qbench.store import Store
     from qbench.tables import console, print_run
 
-    run = Store(args.db or os.path.join(args.out_dir, "qbench.sqlite")).get(args.run)
+    run = Store(_db_path(args), create=False).get(args.run)
     if args.json:
         print(json.dumps(run, indent=1, default=str))
     else:
         print_run(run, console())
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from qbench.store import Store
+    from qbench.tables import console, print_runs
+
+    store = Store(_db_path(args), create=False)
+    runs = store.runs(model=args.model, status=args.status)
+    if args.json:
+        print(json.dumps(runs, indent=1, default=str))
+        return 0
+    if not runs:
+        raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+    print_runs(runs, console())
     return 0
 
 
@@ -186,7 +247,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from qbench.report import write_report
 
-    paths = write_report(args.db or os.path.join(args.out_dir, "qbench.sqlite"), args.out_dir, model=args.model)
+    paths = write_report(_db_path(args), args.out_dir, model=args.model)
     for p in paths:
         print(p)
     return 0
@@ -208,23 +269,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--search", help="calibration search (method-specific, e.g. grid or own for qsched)")
     p.set_defaults(func=cmd_calibrate)
-    for name, helptext, func in [
-        ("compare", "table of stored runs for a model, one row per method/bit setting", cmd_compare),
-        ("report", "write a Markdown report with tables and image grids under <out-dir>/", cmd_report),
-    ]:
-        p = sub.add_parser(name, help=helptext)
-        p.add_argument("--model", help="only this model (default: every model with runs)")
-        p.add_argument("--out-dir", default="reports")
-        p.add_argument("--db")
-        if name == "compare":
-            p.add_argument("--json", action="store_true")
-        p.set_defaults(func=func)
+    p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
+    p.add_argument("--model", help="only this model (default: every model with runs)")
+    p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")
+    p.add_argument("--runs", metavar="ID,ID,...", help="compare exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
+    p.add_argument("--metrics", help="only these metrics (comma-separated)")
+    p.add_argument("--wide", action="store_true", help="one row per configuration, every measure a column (needs a wide terminal or a pipe)")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
+    p = sub.add_parser("report", help="write a Markdown report with tables and image grids under <out-dir>/")
+    p.add_argument("--model", help="only this model (default: every model with runs)")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_report)
     p = sub.add_parser("show", help="one stored run in full")
-    p.add_argument("run", help="run id (or a unique prefix)")
+    p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+    p = sub.add_parser("runs", help="every stored run with its status (done, running, stale = process gone, interrupted, failed)")
+    p.add_argument("--model")
+    p.add_argument("--status", choices=["done", "running", "stale", "interrupted", "failed"])
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_runs)
     p = sub.add_parser("list", help="registered models, methods, metrics or prompt sets")
     p.add_argument("kind", nargs="?", choices=["models", "methods", "metrics", "prompts"])
     p.add_argument("--json", action="store_true")
@@ -273,14 +345,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 0
+    restore = _stop_signals_interrupt()
     try:
         return args.func(args)
     except QBenchError as e:
-        sys.stderr.write(f"qbench: error: {e}\n")
-        return e.exit_code
+        by = f"{signal.Signals(_SIGNALLED[0]).name}: " if _SIGNALLED and isinstance(e, RunInterrupted) else ""
+        sys.stderr.write(f"qbench: error: {by}{e}\n")
+        return 128 + _SIGNALLED[0] if by else e.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("qbench: interrupted; results already stored are kept\n")
-        return 130
+        by = f" by {signal.Signals(_SIGNALLED[0]).name}" if _SIGNALLED else ""
+        sys.stderr.write(f"qbench: interrupted{by}; results already stored are kept\n")
+        return 128 + (_SIGNALLED[0] if _SIGNALLED else signal.SIGINT)
+    finally:
+        for sig, handler in restore.items():
+            signal.signal(sig, handler)
+
+
+#: the stop signal received during this command (SIGTERM, SIGHUP), if any
+_SIGNALLED: list[int] = []
+
+
+def _on_stop_signal(signum: int, frame: Any) -> None:
+    """SIGTERM (``timeout``, a CI cancel, Slurm) and SIGHUP (a closed terminal) stop a command the
+    way Ctrl-C does: KeyboardInterrupt in the main thread, so a run is marked ``interrupted`` and
+    keeps its images. A second signal while that cleanup runs is ignored (kill -9 still works; the
+    run is then shown as ``stale``)."""
+    if not _SIGNALLED:
+        _SIGNALLED.append(signum)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_signals_interrupt() -> dict[int, Any]:
+    """Install :func:`_on_stop_signal` for SIGTERM and SIGHUP where they have their default action
+    (an ignored SIGHUP, as under ``nohup``, stays ignored); returns the handlers to restore."""
+    _SIGNALLED.clear()
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        sig = getattr(signal, name, None)
+        if sig is not None and signal.getsignal(sig) is signal.SIG_DFL:
+            old[sig] = signal.signal(sig, _on_stop_signal)
+    return old
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -248,9 +248,9 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         store.finish_run(run_id, result.to_dict(), result.metrics,
                          per_image={k: v.per_image for k, v in metrics.items() if v.per_image})
         return result
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         kept = f"; {cache.dir} keeps the images already made" if cache else ""
-        store.mark(run_id, "interrupted", "KeyboardInterrupt")
+        store.mark(run_id, "interrupted", str(e) or "KeyboardInterrupt")  # the CLI's SIGTERM handler names its signal
         raise RunInterrupted(f"run {run_id} interrupted{kept}; re-run the same command to resume (only missing images are generated)") from None
     except NonFiniteOutputError as e:
         hint = ("the quantization may be too aggressive (fewer layers or more bits)" if method.uses_bits

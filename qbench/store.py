@@ -3,6 +3,13 @@
 * Every write is one transaction; SQLite's locking (with a generous busy timeout) makes two runs
   writing at once safe, and a crashed run leaves its row with status ``running``/``failed``/
   ``interrupted`` rather than a half-written result.
+* Each run records the process that runs it (``owner``: host, pid, start time); a reader shows a
+  ``running`` run whose process is gone as ``stale`` (:mod:`qbench.liveness`). Nothing is written
+  for that: the stored status stays ``running``, the derived one is computed on every read.
+* ``Store(path, create=False)`` is for commands that only read: it never creates a file or a
+  folder, and refuses a missing path. Either way a file that is not a qbench results database
+  (text, random bytes, another program's SQLite database) is refused before anything is written
+  to it, with one line (:class:`~qbench.errors.QBenchError`).
 """
 from __future__ import annotations
 
@@ -10,13 +17,14 @@ import datetime as _dt
 import json
 import os
 import sqlite3
+import urllib.parse
 import uuid
 from typing import Any, Iterator
 
 from qbench.errors import QBenchError
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS runs (
+TABLES = [
+    """CREATE TABLE IF NOT EXISTS runs (
     id TEXT PRIMARY KEY,
     created TEXT NOT NULL,
     finished TEXT,
@@ -28,10 +36,11 @@ CREATE TABLE IF NOT EXISTS runs (
     mode TEXT,
     config TEXT NOT NULL,
     result TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_model ON runs(model, created);
-CREATE TABLE IF NOT EXISTS metrics (
+    error TEXT,
+    owner TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS runs_model ON runs(model, created)",
+    """CREATE TABLE IF NOT EXISTS metrics (
     run_id TEXT NOT NULL REFERENCES runs(id),
     name TEXT NOT NULL,
     value REAL,
@@ -40,15 +49,18 @@ CREATE TABLE IF NOT EXISTS metrics (
     higher_is_better INTEGER,
     details TEXT,
     PRIMARY KEY (run_id, name)
-);
-CREATE TABLE IF NOT EXISTS per_image (
+)""",
+    """CREATE TABLE IF NOT EXISTS per_image (
     run_id TEXT NOT NULL REFERENCES runs(id),
     metric TEXT NOT NULL,
     prompt_id TEXT NOT NULL,
     value REAL,
     PRIMARY KEY (run_id, metric, prompt_id)
-);
-"""
+)""",
+]
+#: columns a ``runs`` table must have to be ours (``owner`` is added to older databases on write)
+RUN_COLUMNS = {"id", "created", "finished", "status", "model", "method", "label", "bits", "mode", "config", "result", "error"}
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def utcnow() -> str:
@@ -60,36 +72,86 @@ def new_run_id() -> str:
 
 
 class Store:
-    def __init__(self, path: str):
+    """The results database at ``path``; ``create=False``: read only, the database must exist.
+
+    Raises :class:`QBenchError` (one line) for a folder, a missing database (read only), a file
+    that is not SQLite, or an SQLite database without qbench's tables; the file is left untouched.
+    """
+
+    def __init__(self, path: str, create: bool = True):
         self.path = path
-        parent = os.path.dirname(os.path.abspath(path))
+        self.create = create
+        if os.path.isdir(path):
+            raise QBenchError(f"{path} is a folder, not a qbench results database")
+        if os.path.exists(path):
+            _check_sqlite_file(path)
+        elif not create:
+            raise QBenchError(f"no results database at {path}; `qbench run` creates it (or pass --out-dir / --db)")
+        else:
+            parent = os.path.dirname(os.path.abspath(path))
+            try:
+                os.makedirs(parent, exist_ok=True)
+            except OSError as e:
+                raise QBenchError(f"cannot create the results folder {parent}: {e.strerror}") from None
+            if not os.access(parent, os.W_OK):
+                raise QBenchError(f"the results folder {parent} is not writable")
         try:
-            os.makedirs(parent, exist_ok=True)
-        except OSError as e:
-            raise QBenchError(f"cannot create the results folder {parent}: {e.strerror}") from None
-        if not os.access(parent, os.W_OK):
-            raise QBenchError(f"the results folder {parent} is not writable")
-        with self._connect() as conn:
-            conn.executescript(SCHEMA)
+            with self._connect() as conn:
+                if create:
+                    self._init_schema(conn)
+                else:
+                    self._check_schema(conn, tables=_tables(conn))
+        except sqlite3.DatabaseError as e:
+            raise QBenchError(f"{path} is not a qbench results database ({e})") from None
 
     def _connect(self) -> sqlite3.Connection:
+        # mode=rw: a reader never creates the file (and, unlike mode=ro, still removes the WAL
+        # side files when it closes)
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + ("?mode=rwc" if self.create else "?mode=rw")
         try:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+            conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
         except sqlite3.Error as e:
             raise QBenchError(f"cannot open the results database {self.path}: {e}") from None
-        conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA busy_timeout=60000")
         conn.row_factory = sqlite3.Row
         return _ClosingConnection(conn)
 
+    def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        if "runs" not in tables:
+            what = "an empty database" if not tables else "an SQLite database without qbench's runs table"
+            raise QBenchError(f"{self.path} is not a qbench results database ({what})")
+        missing = RUN_COLUMNS - _columns(conn)
+        if missing:
+            raise QBenchError(f"{self.path} is not a qbench results database (its runs table lacks {', '.join(sorted(missing))})")
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        """Create the tables in a new (empty) database, or add the ``owner`` column to one written
+        by an older qbench; one transaction, after the database was checked to be ours."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            tables = _tables(conn)
+            if tables:
+                self._check_schema(conn, tables)
+            for stmt in TABLES:
+                conn.execute(stmt)
+            if "owner" not in _columns(conn):
+                conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("PRAGMA journal_mode=WAL")
+
     # -- writes (each one transaction) -------------------------------------------------------------
     def start_run(self, cfg: dict[str, Any], label: str, bits: str | None, mode: str) -> str:
+        from qbench.liveness import this_process
+
         run_id = new_run_id()
         with self._connect() as conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.execute(
-                "INSERT INTO runs (id, created, status, model, method, label, bits, mode, config) VALUES (?,?,?,?,?,?,?,?,?)",
-                (run_id, utcnow(), "running", cfg["model"], cfg["method"], label, bits, mode, json.dumps(cfg, sort_keys=True)),
+                "INSERT INTO runs (id, created, status, model, method, label, bits, mode, config, owner) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (run_id, utcnow(), "running", cfg["model"], cfg["method"], label, bits, mode, json.dumps(cfg, sort_keys=True), json.dumps(this_process())),
             )
             conn.execute("COMMIT")
         return run_id
@@ -128,25 +190,38 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------------
     def runs(self, model: str | None = None, status: str | None = "done") -> list[dict[str, Any]]:
+        """Runs in creation order, with their metrics; ``status`` filters on the derived status
+        (``stale``: stored as ``running`` but its process is gone; None: every run)."""
         q, args = "SELECT * FROM runs WHERE 1=1", []
         if model:
             q += " AND model=?"
             args.append(model)
         if status:
             q += " AND status=?"
-            args.append(status)
+            args.append("running" if status == "stale" else status)
         q += " ORDER BY created, id"
         with self._connect() as conn:
             rows = [self._row(conn, r) for r in conn.execute(q, args).fetchall()]
-        return rows
+        return [r for r in rows if status is None or r["status"] == status]
 
     def get(self, run_id: str) -> dict[str, Any]:
+        """The run whose id is ``run_id`` or starts or ends with it (``compare`` prints the last 6
+        characters); QBenchError when none or several match."""
+        q = run_id.strip()
+        if not q:
+            raise QBenchError("empty run id")
         with self._connect() as conn:
-            rows = conn.execute("SELECT * FROM runs WHERE id LIKE ? ORDER BY id", (run_id + "%",)).fetchall()
+            rows = conn.execute("SELECT * FROM runs WHERE id=?", (q,)).fetchall()
             if not rows:
-                raise QBenchError(f"no run {run_id!r} in {self.path}")
-            if len(rows) > 1 and rows[0]["id"] != run_id:
-                raise QBenchError(f"run id prefix {run_id!r} is ambiguous: {', '.join(r['id'] for r in rows[:5])}")
+                rows = conn.execute(
+                    "SELECT * FROM runs WHERE substr(id, 1, length(?1))=?1 OR substr(id, -length(?1))=?1 ORDER BY id", (q,)
+                ).fetchall()
+            if not rows:
+                raise QBenchError(f"no run {run_id!r} in {self.path} (`qbench runs` lists them)")
+            if len(rows) > 1:
+                ids = [r["id"] for r in rows]
+                more = f", ... ({len(ids)} in all)" if len(ids) > 4 else ""
+                raise QBenchError(f"run id {run_id!r} is ambiguous: {', '.join(ids[:4])}{more}; give more characters")
             return self._row(conn, rows[0])
 
     def per_image(self, run_id: str) -> dict[str, dict[str, float]]:
@@ -158,20 +233,55 @@ class Store:
                 out.setdefault(r["metric"], {})[r["prompt_id"]] = r["value"]
         return out
 
-    def models(self) -> list[str]:
+    def models(self, status: str | None = "done") -> list[str]:
+        """Models with at least one run (of ``status``; None: any)."""
         with self._connect() as conn:
-            return [r[0] for r in conn.execute("SELECT DISTINCT model FROM runs WHERE status='done' ORDER BY model")]
+            if status is None:
+                return [r[0] for r in conn.execute("SELECT DISTINCT model FROM runs ORDER BY model")]
+            return [r[0] for r in conn.execute("SELECT DISTINCT model FROM runs WHERE status=? ORDER BY model", (status,))]
 
     @staticmethod
     def _row(conn: sqlite3.Connection, r: sqlite3.Row) -> dict[str, Any]:
+        """A stored run as a dict; ``status`` is derived (``stale`` for a ``running`` run whose
+        process is gone) and ``status_note`` says why (or whose process runs it)."""
+        from qbench.liveness import owner_state
+
         d = dict(r)
         d["config"] = json.loads(d["config"]) if d["config"] else {}
         d["result"] = json.loads(d["result"]) if d["result"] else {}
+        d["owner"] = json.loads(d["owner"]) if d.get("owner") else None
+        d["status_note"] = None
+        if d["status"] == "running":
+            state, why = owner_state(d["owner"])
+            d["status_note"] = why
+            if state == "gone":
+                d["status"] = "stale"
+                d["status_note"] = f"{why} without finishing; re-run the same command to resume (cached images are reused)"
         d["metrics"] = {
             m["name"]: {"value": m["value"], "stderr": m["stderr"], "n": m["n"], "higher_is_better": bool(m["higher_is_better"]), "details": json.loads(m["details"] or "{}")}
             for m in conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY name", (d["id"],))
         }
         return d
+
+
+def _check_sqlite_file(path: str) -> None:
+    """Refuse, without writing to it, a file that is not an SQLite database (an empty file is a new
+    database to SQLite and is let through)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as e:
+        raise QBenchError(f"cannot read the results database {path}: {e.strerror}") from None
+    if head and head != SQLITE_MAGIC:
+        raise QBenchError(f"{path} is not a qbench results database (not an SQLite file)")
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _columns(conn: sqlite3.Connection) -> set[str]:
+    return {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
 
 
 class _ClosingConnection:

@@ -45,7 +45,7 @@ def test_list_models_shows_real_and_twins(capsys):
         (["run", "--batch-size", "two"], "invalid int value"),
         (["run", "--mode", "fake"], "invalid choice"),
         (["run", "--option", "novalue"], "KEY=VALUE"),
-        (["show", "nosuchrun"], "no run"),
+        (["show", "nosuchrun"], "no results database"),  # nothing run yet: and nothing is created
     ],
 )
 def test_error_paths_one_line(capsys, tmp_path, argv, needle):
@@ -77,7 +77,8 @@ def test_unwritable_out_dir(capsys, tmp_path):
 
 def test_compare_without_runs(capsys, tmp_path):
     code, _, err = _run(capsys, "compare", "--out-dir", str(tmp_path))
-    assert code != 0 and "no finished runs" in _one_line_error(err)
+    assert code != 0 and "no results database" in _one_line_error(err)
+    assert list(tmp_path.iterdir()) == []  # a read creates nothing
 
 
 def test_run_compare_show_json(capsys, tmp_path):
@@ -138,5 +139,53 @@ def test_report_writes_markdown_and_grid(capsys, tmp_path):
     assert code == 0, err
     md = out.strip().splitlines()[0]
     text = open(md).read()
-    assert "| fp |" in text and "random tiny twin" in text and "grid.png" in text
+    assert "| fp (baseline) |" in text and "random tiny twin" in text and "grid.png" in text
     assert os.path.exists(os.path.join(out_dir, "report-tiny-flux-grid.png"))
+
+
+def _start_run_and_wait_for_images(out_dir, n_png=2):
+    """A `qbench run` subprocess on 40 tiny-lcm prompts, returned once ``n_png`` images exist."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    argv = [sys.executable, "-m", "qbench.cli", "run", "--model", "tiny-lcm", "--prompts", "coco2017:40", "--batch-size", "1", "--out-dir", str(out_dir),
+            "--metrics", "", "--no-progress", "--latency-repeats", "1", "--latency-warmup", "0"]
+    # a child started from a background job may inherit SIGINT/SIGTERM handlers; give it the defaults
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: [signal.signal(s, signal.SIG_DFL) for s in (signal.SIGINT, signal.SIGTERM)])
+    deadline = time.time() + 240
+    while time.time() < deadline and len(list(out_dir.rglob("*.png"))) < n_png:
+        time.sleep(0.5)
+        assert proc.poll() is None, proc.communicate()
+    return proc
+
+
+def test_sigterm_marks_the_run_interrupted_and_keeps_images(tmp_path):
+    """What `timeout`, a CI cancel or Slurm send: handled like Ctrl-C, exit 128 + 15."""
+    out_dir = tmp_path / "r"
+    proc = _start_run_and_wait_for_images(out_dir)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    line = _one_line_error(err)
+    assert "SIGTERM" in line and "interrupted" in line and "resume" in line
+    assert 2 <= len(list(out_dir.rglob("*.png"))) < 40
+    from qbench.store import Store
+
+    (run,) = Store(str(out_dir / "qbench.sqlite")).runs(status=None)
+    assert run["status"] == "interrupted" and run["error"] == "SIGTERM"
+
+
+def test_killed_run_is_shown_as_stale(capsys, monkeypatch, tmp_path):
+    """kill -9 leaves the stored status `running`; readers see that its process is gone."""
+    out_dir = tmp_path / "r"
+    proc = _start_run_and_wait_for_images(out_dir, n_png=1)
+    proc.kill()
+    proc.communicate(timeout=60)
+    monkeypatch.setenv("COLUMNS", "120")
+    code, out, _ = _run(capsys, "runs", "--out-dir", str(out_dir))
+    assert code == 0 and "stale" in out and "has exited without finishing" in out.replace("\n", " ")
+    code, out, _ = _run(capsys, "runs", "--out-dir", str(out_dir), "--status", "stale", "--json")
+    (run,) = json.loads(out)
+    code, out, _ = _run(capsys, "show", run["id"][-6:], "--out-dir", str(out_dir))
+    assert code == 0 and "status: stale" in out
+    code, _, err = _run(capsys, "compare", "--out-dir", str(out_dir))
+    assert code != 0 and "1 stale" in _one_line_error(err)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qbench.metrics.stats import paired_difference
-from qbench.tables import add_paired
+from qbench.compare import pair
 
 
 def test_paired_difference_cancels_prompt_spread():
@@ -24,30 +24,27 @@ def test_paired_difference_cancels_prompt_spread():
     assert one["mean"] == 2.0 and one["n"] == 1 and math.isnan(one["se"])
 
 
-def _row(method, run_id, sampling, metrics):
-    return {"method": method, "run_id": run_id, "sampling": sampling, "metrics": metrics}
+def _row(method, run_id, metrics):
+    return {"method": method, "run_id": run_id, "metrics": metrics}
 
 
-def test_add_paired_pairs_only_runs_sampled_like_fp():
-    same = {"prompts": "toy:4", "seed": 42, "steps": 4, "guidance": None, "resolution": None, "model_path": None}
-    rows = [
-        _row("fp", "f", same, {"jaq": {}, "psnr": {"details": {"reference": "full-precision model, same prompts and seeds"}}}),
-        _row("naive", "a", same, {"jaq": {}, "psnr": {"details": {"reference": "full-precision model, same prompts and seeds"}}}),
-        _row("naive", "b", dict(same, seed=7), {"jaq": {}}),
-    ]
+def test_pair_differences_to_the_baseline_skip_metrics_already_relative_to_fp():
+    ref = {"details": {"reference": "full-precision model, same prompts and seeds"}}
+    rows = [_row("fp", "f", {"jaq": {}, "psnr": ref}), _row("naive", "a", {"jaq": {}, "psnr": ref}), _row("naive", "b", {"jaq": {}}), _row("naive", "c", {"clip": {}})]
     scores = {
         "f": {"jaq": {"p0": 1.0, "p1": 2.0}, "psnr": {"p0": 100.0, "p1": 100.0}},
         "a": {"jaq": {"p0": 0.5, "p1": 1.0}, "psnr": {"p0": 40.0, "p1": 42.0}},
-        "b": {"jaq": {"p0": 0.0, "p1": 0.0}},
+        "b": {},
+        "c": {"clip": {"p0": 1.0}},
     }
-    add_paired(rows, scores.__getitem__)
+    pair(rows, rows[0], scores.__getitem__)
     assert rows[1]["paired"]["jaq"]["mean"] == pytest.approx(-0.75)
     assert "psnr" not in rows[1]["paired"]  # already relative to fp
-    assert "paired" not in rows[2]  # another seed: its images are not paired with fp's
-    assert "paired" not in rows[0]
-    rows2 = [_row("naive", "a", same, {"jaq": {}})]
-    add_paired(rows2, scores.__getitem__)  # no fp run: nothing to pair with
-    assert "paired" not in rows2[0]
+    assert "paired" not in rows[2] and "kept no per-prompt scores" in rows[2]["paired_note"]
+    assert "no per-prompt metric in common" in rows[3]["paired_note"]
+    assert "paired" not in rows[0] and "paired_note" not in rows[0]
+    pair(rows[1:3], rows[2], scores.__getitem__)  # a baseline without scores: nothing to pair with
+    assert "the baseline kept no per-prompt scores" in rows[1]["paired_note"]
 
 
 def test_compare_prints_paired_differences_on_the_toy_model(capsys, tmp_path):
@@ -66,4 +63,7 @@ def test_compare_prints_paired_differences_on_the_toy_model(capsys, tmp_path):
     assert naive["paired"]["jaq"]["mean"] == pytest.approx(naive["metrics"]["jaq"]["value"] - rows[0]["metrics"]["jaq"]["value"], abs=1e-9)
     assert main(["compare", "--model", "toy-flux", "--out-dir", out_dir]) == 0
     out = capsys.readouterr().out
-    assert "paired Δ vs fp" in out and "Δ jaq" in out
+    from qbench.compare_table import fmt_se
+
+    d = naive["paired"]["jaq"]
+    assert "Δ paired" in out and "jaq ↑" in out and fmt_se(d["mean"], d["se"], signed=True) in out
