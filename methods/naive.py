@@ -102,7 +102,7 @@ class Naive(Method):
     def calibration_prompts_n(self) -> int:
         return 8 if self.qconfig.a_static else 0
 
-    def calibrate(self, model: LoadedModel, prompts: list[Prompt]) -> None:
+    def calibrate(self, model: LoadedModel, prompts: list[Prompt], ctx=None) -> None:
         if not self.qconfig.a_static:
             return
         from qbench.quant.api import observe_

@@ -496,6 +496,7 @@ class QSched(Method):
         self._model_name: str | None = None
         self._steps: int | None = None
         self._calib_prompts: list[Any] = []
+        self._ctx: Any = None
 
     def _check_options(self) -> None:
         """Relations between options (their types are checked by ``OPTIONS``)."""
@@ -514,6 +515,10 @@ class QSched(Method):
         return self.base.mode
 
     CALIBRATION_PROMPTS = 25  # the public code's first 25 prompts
+
+    @property
+    def NEEDS_FP_CALIBRATION_IMAGES(self) -> bool:  # noqa: N802 - mirrors the base method's class flag
+        return bool(getattr(self.base, "NEEDS_FP_CALIBRATION_IMAGES", False))
 
     @property
     def calibration_prompts_n(self) -> int:
@@ -637,14 +642,15 @@ class QSched(Method):
         base_prompts = list(self._calib_prompts[: self.base.calibration_prompts_n])
         if self.base.calibration_prompts_n and len(base_prompts) < self.base.calibration_prompts_n:
             raise QBenchError(f"qsched: the base method needs {self.base.calibration_prompts_n} calibration prompts, got {len(base_prompts)}")
-        self.base.calibrate(model, base_prompts)
+        self.base.calibrate(model, base_prompts, self._ctx)
         self.base.convert(model)
         self._base_converted = True
 
-    def calibrate(self, model: LoadedModel, prompts: list[Prompt]) -> None:
+    def calibrate(self, model: LoadedModel, prompts: list[Prompt], ctx=None) -> None:
         if self._steps is None:
             self.prepare(model)
         self._calib_prompts = list(prompts)
+        self._ctx = ctx
         self._convert_base(model)
         if self.opts["qsched_ckpt"]:
             path = self.opts["qsched_ckpt"]

@@ -80,6 +80,9 @@ class Method:
     #: calibration prompts taken from the model's calibration set when ``--calib-prompts`` is not
     #: given (0: the method does not calibrate); see :attr:`calibration_prompts_n`
     CALIBRATION_PROMPTS: ClassVar[int] = 0
+    #: the harness generates full-precision images of the calibration prompts before ``prepare``
+    #: (``ctx.fp_images()``), e.g. for fidelity-based sensitivity
+    NEEDS_FP_CALIBRATION_IMAGES: ClassVar[bool] = False
 
     def __init__(self, cfg: "RunConfig"):
         from qbench.errors import ConfigError
@@ -99,8 +102,10 @@ class Method:
     def prepare(self, model: "LoadedModel") -> None:
         """Insert observers / wrappers. Default: nothing."""
 
-    def calibrate(self, model: "LoadedModel", prompts: "list[Prompt]") -> None:
-        """Run calibration data through the prepared model. Default: nothing."""
+    def calibrate(self, model: "LoadedModel", prompts: "list[Prompt]", ctx: Any = None) -> None:
+        """Run calibration data through the prepared model. ``ctx`` is the run's
+        :class:`qbench.calibctx.CalibrationContext` (None outside the harness: build one with
+        ``CalibrationContext.standalone``). Default: nothing."""
 
     def convert(self, model: "LoadedModel") -> None:
         """Replace modules / schedulers by their final (quantized) form. Default: nothing."""

@@ -68,6 +68,8 @@ def make_row(run: dict[str, Any]) -> dict[str, Any]:
         "label": run["label"],
         "method": run["method"],
         "bits": run.get("bits"),
+        # parameter-weighted mean bits of the denoiser's layers (a mixed map's W3.97A8)
+        "effective_bits": ((res.get("effective_bits") or {}).get("effective") or {}).get("label"),
         "mode": run.get("mode"),
         "tag": (run.get("config") or {}).get("tag"),
         "method_config": res.get("method") or {},

@@ -99,7 +99,9 @@ def _header(r: dict[str, Any]):
     from rich.text import Text
 
     t = Text(short_label(r), style="bold")
-    for extra in (r.get("options_diff"), f"tag {r['tag']}" if r.get("tag") else None):
+    eff = r.get("effective_bits")
+    eff = f"mean {eff}" if eff and eff != r.get("bits") else None
+    for extra in (eff, r.get("options_diff"), f"tag {r['tag']}" if r.get("tag") else None):
         if extra:
             t.append("\n" + extra, style="cyan")
     t.append(f"\nrun {r['run_id'][-6:]}", style="dim")

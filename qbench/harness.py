@@ -27,7 +27,7 @@ class RunResult:
     config: dict[str, Any]
     label: str
     mode: str
-    bits: str | None
+    bits: str | None  # the --bits label (e.g. W4A8); for a mixed-precision method its mean budget
     model_source: str
     method: dict[str, Any]
     method_report: dict[str, Any]
@@ -45,6 +45,9 @@ class RunResult:
     size: dict[str, Any] = field(default_factory=dict)
     #: what a run must share with another to be compared (``comparability``)
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: effective bits of the denoiser: parameter-weighted means and the per-layer map
+    #: (``qbench.quant.api.bit_map``); empty for unquantized runs
+    effective_bits: dict[str, Any] = field(default_factory=dict)
     #: calibration prompts used by the method (spec and ids), empty when it does not calibrate
     calibration: dict[str, Any] = field(default_factory=dict)
 
@@ -196,8 +199,9 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
                 references, _ = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references")
                 timings["reference_s"] = time.perf_counter() - t
             t = time.perf_counter()
+            ctx = _calibration_context(plan, model, progress, say)
             method.prepare(model)
-            method.calibrate(model, plan.calib_prompts)
+            method.calibrate(model, plan.calib_prompts, ctx)
             method.convert(model)
             timings["quantize_s"] = time.perf_counter() - t
             desc = method.describe()  # may now include calibrated values
@@ -236,6 +240,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             memory=memory,
             model_bytes=module_nbytes(model.denoiser),
             size=size_report(model.denoiser),
+            effective_bits=_bits(method, model),
             sampling=comparability(model, cfg, prompts),
             timings=timings,
             n_images=len(images),
@@ -263,6 +268,32 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     except BaseException as e:
         store.mark(run_id, "failed", f"{type(e).__name__}: {e}")
         raise
+
+
+def _calibration_context(plan, model, progress, say):
+    """The method's CalibrationContext, with full-precision images of the calibration prompts
+    generated first (the model is still full precision here) when the method asks for them."""
+    from qbench.calibctx import CalibrationContext
+
+    if not plan.calib_prompts:
+        return None
+    cfg = plan.cfg
+    fp = None
+    if getattr(plan.method, "NEEDS_FP_CALIBRATION_IMAGES", False):
+        key, meta = image_key(model, fp_method(cfg).describe(), cfg)
+        fp, _ = generate_cached(model, ImageCache(cfg.out_dir, cfg.model, key, meta), plan.calib_prompts, cfg, progress,
+                                "full-precision calibration images")
+    return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say)
+
+
+def _bits(method, model) -> dict[str, Any]:
+    from qbench.quant.api import bit_map, effective_bits
+
+    if not method.uses_bits:
+        return {}
+    layer_types = tuple(getattr(getattr(method, "qconfig", None), "layer_types", ("linear",)))
+    bm = bit_map(model.denoiser, layer_types)
+    return {"effective": effective_bits(bm), "by_layer": bm}
 
 
 def _latency_kind(method) -> str:

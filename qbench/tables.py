@@ -84,7 +84,10 @@ def print_result(res: dict[str, Any], con) -> None:
     if "per_step_s" in lat:
         ps = lat["per_step_s"]
         t.add_row("latency ↓ (s, per step)", f"{ps['median']:.4f} (IQR {ps['iqr']:.4f})", str(ps["n"]), "time between consecutive step ends")
-    t.add_row("peak memory ↓ (MiB)", _mib(res["memory"].get("peak_bytes")), "", Text(f"{res['memory'].get('kind')}, {res['memory'].get('measured_during')}"))
+    mem = res["memory"]
+    above = mem.get("peak_above_baseline_bytes")
+    extra = f"; {_mib(above)} MiB above the process before the model loaded" if above is not None else ""
+    t.add_row("peak memory ↓ (MiB)", _mib(mem.get("peak_bytes")), "", Text(f"{mem.get('kind')}, {mem.get('measured_during')}{extra}"))
     size = res.get("size") or {}
     if size.get("deploy_bytes"):
         t.add_row("denoiser size ↓ (MiB)", _mib(size["deploy_bytes"]), "", Text(f"deployable: {size.get('deploy_kind')}"))

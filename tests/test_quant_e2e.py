@@ -78,3 +78,18 @@ def test_naive_requires_bits_and_valid_options(make_cfg):
     d = m.describe()
     assert (d["method"], d["bits"], d["mode"]) == ("naive", "W4A8", "kernel")
     assert d["options"]["group_size"] == 64 and m.label == "naive W4A8 kernel"
+
+
+def test_effective_bits_of_a_mixed_map(make_cfg):
+    """A run keeps its bit label and the parameter-weighted effective bits with the whole map."""
+    from qbench.harness import run
+
+    res = run(make_cfg(model="toy-flux", prompts="toy:1", method="naive", bits="W4A8",
+                       method_options={"layers": {"proj_out": "fp16", "transformer_blocks.0.ff.net.2": 8}}), show_progress=False)
+    eff, bm = res.effective_bits["effective"], res.effective_bits["by_layer"]
+    assert res.bits == "W4A8" and bm["proj_out"] == {"w": 16, "a": 16, "params": bm["proj_out"]["params"]}
+    assert bm["transformer_blocks.0.ff.net.2"]["w"] == 8
+    want = sum(v["w"] * v["params"] for v in bm.values()) / sum(v["params"] for v in bm.values())
+    assert abs(eff["w"] - want) < 1e-12 and 4 < eff["w"] < 16 and eff["label"] == f"W{eff['w']:.2f}A{eff['a']:.2f}"
+    uniform = run(make_cfg(model="toy-flux", prompts="toy:1", method="naive", bits="W4A8"), show_progress=False)
+    assert uniform.effective_bits["effective"]["label"] == "W4A8"

@@ -232,3 +232,32 @@ def size_report(module: nn.Module) -> dict[str, Any]:
         "deploy_kind": kind,
         "quantized_layers": len(quant),
     }
+
+
+def bit_map(module: nn.Module, layer_types: tuple[str, ...] = ("linear",)) -> dict[str, dict[str, Any]]:
+    """Per-layer bits of every candidate layer of ``module``: ``{name: {"w", "a", "params"}}``
+    for each quantized layer and each float layer of ``layer_types`` (``w``/``a`` 16 when kept in
+    floating point; ``a`` 16 for weight-only). ``params`` = weight elements (N*K). Conv2d layers
+    count when quantized or when ``conv2d`` is among ``layer_types``."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, m in module.named_modules():
+        if isinstance(m, _QuantCore):
+            a = 16 if m.spec.a_bits is None else m.spec.a_bits
+            out[name] = {"w": m.spec.w_bits, "a": a, "params": int(m.n * m.k)}
+        elif name and not _is_lora_part(name) and _kind(m) in layer_types:
+            out[name] = {"w": 16, "a": 16, "params": int(m.weight.numel())}
+    return out
+
+
+def effective_bits(bits: dict[str, dict[str, Any]]) -> dict[str, float] | None:
+    """Parameter-weighted mean weight and activation bits of a :func:`bit_map` (None if empty)."""
+    total = sum(v["params"] for v in bits.values())
+    if not total:
+        return None
+    w = sum(v["w"] * v["params"] for v in bits.values()) / total
+    a = sum(v["a"] * v["params"] for v in bits.values()) / total
+    return {"w": w, "a": a, "params": total, "label": f"W{_fmt_bits(w)}A{_fmt_bits(a)}"}
+
+
+def _fmt_bits(x: float) -> str:
+    return f"{x:.0f}" if abs(x - round(x)) < 5e-4 else f"{x:.2f}"
