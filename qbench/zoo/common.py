@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from qbench.fsutil import atomic_write
 from qbench.zoo.render import Scene, render
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
@@ -63,9 +64,7 @@ class EMA:
 def save_ckpt(path: str, **state: Any) -> None:
     import torch
 
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def save_training_state(path: str, model, opt, ema, step: int, elapsed: float, **extra: Any) -> None:
