@@ -6,8 +6,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.qbench-installed
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
-# the main job: the default model, full precision vs naive W8A8 vs naive W4A8, then the comparison
+# the main job: one model, full precision vs naive W8A8 vs naive W4A8, then the comparison.
+# MODEL (default: qbench's default model) and OUT_DIR go to all four commands; RUN_ARGS (e.g.
+# RUN_ARGS="--prompts toy:8") to the three runs only, since `qbench compare` takes no run flags.
+# MODEL and OUT_DIR are read from the make command line only, never from the environment.
+MODEL   =
+OUT_DIR = reports
 RUN_ARGS ?=
+JOB_ARGS = $(if $(MODEL),--model $(MODEL)) --out-dir $(OUT_DIR)
 
 .PHONY: setup run test bench clean
 
@@ -19,10 +25,10 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(OFFLINE) $(BIN)/qbench run --method fp $(RUN_ARGS)
-	$(OFFLINE) $(BIN)/qbench run --method naive --bits W8A8 $(RUN_ARGS)
-	$(OFFLINE) $(BIN)/qbench run --method naive --bits W4A8 $(RUN_ARGS)
-	$(OFFLINE) $(BIN)/qbench compare $(RUN_ARGS)
+	$(OFFLINE) $(BIN)/qbench run $(JOB_ARGS) --method fp $(RUN_ARGS)
+	$(OFFLINE) $(BIN)/qbench run $(JOB_ARGS) --method naive --bits W8A8 $(RUN_ARGS)
+	$(OFFLINE) $(BIN)/qbench run $(JOB_ARGS) --method naive --bits W4A8 $(RUN_ARGS)
+	$(OFFLINE) $(BIN)/qbench compare $(JOB_ARGS)
 
 test: $(STAMP)
 	$(OFFLINE) $(BIN)/python -m pytest -q

@@ -84,6 +84,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from qbench.api import Method
 from qbench.errors import ConfigError, QBenchError
+from qbench.fsutil import atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
@@ -370,13 +371,7 @@ def make_checkpoint(coeffs: QSchedCoefficients, *, steps: int, **provenance: Any
 
 def save_checkpoint(path: str, ckpt: dict[str, Any]) -> str:
     validate_checkpoint(ckpt, source=path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(ckpt, f, indent=1, sort_keys=True, default=str)
-        f.write("\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(ckpt, indent=1, sort_keys=True, default=str) + "\n")
 
 
 def validate_checkpoint(ckpt: Any, source: str = "checkpoint") -> QSchedCoefficients:

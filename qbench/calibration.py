@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from qbench.errors import ConfigError, QBenchError
+from qbench.fsutil import atomic_write_text
 
 Point = tuple[float, ...]
 ComputeFn = Callable[[Point, list[int]], Sequence[float]]
@@ -115,9 +116,7 @@ class CachedObjective:
     def _load(self) -> None:
         assert self.cache_path
         if not os.path.exists(self.cache_path):
-            os.makedirs(os.path.dirname(os.path.abspath(self.cache_path)), exist_ok=True)
-            with open(self.cache_path, "w") as f:
-                f.write(json.dumps({"context": self.context}, sort_keys=True, default=str) + "\n")
+            atomic_write_text(self.cache_path, json.dumps({"context": self.context}, sort_keys=True, default=str) + "\n")
             return
         with open(self.cache_path) as f:
             lines = f.read().splitlines()
@@ -145,11 +144,9 @@ class CachedObjective:
 
     def _rewrite(self) -> None:
         assert self.cache_path
-        tmp = self.cache_path + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(json.dumps({"context": self.context}, sort_keys=True, default=str) + "\n")
-            f.writelines(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
-        os.replace(tmp, self.cache_path)
+        lines = [json.dumps({"context": self.context}, sort_keys=True, default=str)]
+        lines += [json.dumps({"k": k, "p": p, "s": s}) for (k, p), s in self._scores.items()]
+        atomic_write_text(self.cache_path, "".join(line + "\n" for line in lines))
 
     def _append(self, records: list[tuple[str, str, float]]) -> None:
         if not self.cache_path:

@@ -305,7 +305,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("bench-kernels", "qbench.quant.bench:main", "benchmark quantized vs full-precision linear layers at real GEMM shapes"),
         ("zoo", "qbench.zoo.cli:main", "the toy world: train / check the shipped toy models"),
     ]:
-        p = sub.add_parser(name, help=helptext, add_help=False)
+        # every argument, --help and other flags included, goes to the command's own parser: with
+        # no prefix character here, argparse never takes a leading "--flag" for an option of ours
+        p = sub.add_parser(name, help=helptext, add_help=False, prefix_chars="\0")
         p.add_argument("rest", nargs=argparse.REMAINDER)
         p.set_defaults(func=lambda a, _t=target: _delegate(_t, a.rest))
     return parser

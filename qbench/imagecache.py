@@ -26,6 +26,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from qbench.errors import QBenchError
+from qbench.fsutil import atomic_write, atomic_write_text
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
@@ -145,14 +146,4 @@ class ImageCache:
 
     def save(self, image, prompt: Prompt, seed: int, batch: str) -> str:
         path = self.path(prompt, seed, batch)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        image.save(tmp, format="PNG")
-        os.replace(tmp, path)
-        return path
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))

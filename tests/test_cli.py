@@ -189,3 +189,22 @@ def test_killed_run_is_shown_as_stale(capsys, monkeypatch, tmp_path):
     assert code == 0 and "status: stale" in out
     code, _, err = _run(capsys, "compare", "--out-dir", str(out_dir))
     assert code != 0 and "1 stale" in _one_line_error(err)
+
+
+@pytest.mark.parametrize("command,needle", [("zoo", "usage: qbench zoo"), ("bench-kernels", "usage: qbench bench-kernels")])
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_delegated_commands_own_their_help(capsys, command, needle, flag):
+    with pytest.raises(SystemExit) as e:  # argparse's --help exits 0 after printing
+        main([command, flag])
+    out, err = capsys.readouterr()
+    assert e.value.code == 0 and needle in out and "--" in out and not err
+
+
+def test_delegated_commands_get_leading_flags_and_give_one_line_errors(capsys):
+    code, _, err = _run(capsys, "bench-kernels", "--bits", "W9", "--only", "nothing")
+    assert code == 2 and "bad bit spec 'W9'" in _one_line_error(err)
+    with pytest.raises(SystemExit) as e:
+        main(["zoo", "train", "vae", "--pairs", "x"])
+    assert e.value.code == 2 and "invalid float value: 'x'" in _one_line_error(capsys.readouterr().err)
+    code, _, err = _run(capsys, "zoo", "train", "unet", "--pairs", "1.5")
+    assert code == 2 and "pairs must be a fraction in [0, 1]" in _one_line_error(err)

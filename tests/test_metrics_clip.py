@@ -84,13 +84,11 @@ def test_clip_scorer_is_reusable_and_checks_lengths(options, images):
         s.score(images, TEXTS[:2])
 
 
-def test_clip_weights_missing_offline_is_one_clear_error(monkeypatch, tmp_path):
+def test_clip_weights_missing_offline_is_one_clear_error(monkeypatch, empty_hf_cache):
     import huggingface_hub.constants as hfc
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hfc, "HF_HUB_OFFLINE", True)
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr(hfc, "HF_HUB_CACHE", str(tmp_path))
     with pytest.raises(MissingWeightsError, match="clip_pretrained"):
         METRICS.get("clip")(MetricContext())  # default: OpenAI ViT-L/14, not cached here
     with pytest.raises(ConfigError, match="unknown open_clip model"):

@@ -49,8 +49,7 @@ def test_pcm_lora_is_fused(tiny_model):
     assert not any("lora" in n for n in names)  # fused and unloaded: plain Linear layers remain
 
 
-def test_real_model_offline_gives_one_clear_error(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+def test_real_model_offline_gives_one_clear_error(empty_hf_cache):
     with pytest.raises(MissingWeightsError, match=r"black-forest-labs/FLUX.1-schnell.*--model-path"):
         load_model("flux-schnell", device="cpu")
 

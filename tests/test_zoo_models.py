@@ -6,6 +6,8 @@ chance, so a broken model, loader, scheduler or text encoder fails them.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -85,6 +87,50 @@ def test_zoo_cli_status_and_verify(capsys):
     assert "all files match" in capsys.readouterr().out
     assert main(["status"]) == 0
     assert "shipped:" in capsys.readouterr().out
+
+
+def test_zoo_status_skips_a_truncated_log_line(capsys, monkeypatch, tmp_path):
+    from qbench.zoo.cli import main
+    from qbench.zoo.ship import training_record
+
+    monkeypatch.setenv("QBENCH_ZOO_WORK", str(tmp_path))
+    assert main(["status"]) == 0 and "vae   not trained" in capsys.readouterr().out
+    assert not any(tmp_path.iterdir())  # status only reads: it creates no work dirs
+    (tmp_path / "vae").mkdir()
+    rows = [{"event": "start", "step": 0, "elapsed": 0.0, "lr": 1e-3, "batch": 32},
+            {"step": 25, "loss": 0.5, "elapsed": 10.0}, {"step": 50, "loss": 0.4, "elapsed": 20.0}]
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (tmp_path / "vae" / "log.jsonl").write_text(text + '{"step": 75, "lo')  # a write cut by a kill
+    assert main(["status"]) == 0
+    out, err = capsys.readouterr()
+    assert "vae   step 50, 20.0 s, resumes 0" in out and "shipped:" in out
+    assert err.count("\n") == 1 and "qbench zoo: warning: skipped 1 line(s)" in err and "line 4" in err
+    rec = training_record("vae")
+    assert rec["skipped_log_lines"] == [4] and rec["steps"] == 50
+    (tmp_path / "vae" / "log.jsonl").write_text(text)
+    assert "skipped_log_lines" not in training_record("vae")
+
+
+def test_trainers_check_arguments_before_loading_anything(monkeypatch, tmp_path):
+    from qbench.errors import ConfigError, MissingWeightsError
+    from qbench.zoo import train_clip, train_denoiser, train_vae
+
+    monkeypatch.setenv("QBENCH_ZOO_WORK", str(tmp_path))
+    for call, needle in [
+        (lambda: train_denoiser.train("flux", pairs=1.5), "pairs"),
+        (lambda: train_denoiser.train("flux", train_text_encoder=True), "train_text_encoder"),
+        (lambda: train_denoiser.train("dit"), "unknown denoiser kind"),
+        (lambda: train_denoiser.train("unet", batch_size=0), "batch"),
+        (lambda: train_vae.train(minutes=-1), "minutes"),
+        (lambda: train_clip.train(lr=float("nan")), "lr"),
+        (lambda: train_clip.train(steps=2.5), "steps"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            call()
+    # valid arguments but no trained VAE/CLIP: one clear error, not an HF traceback
+    with pytest.raises(MissingWeightsError, match=r"qbench zoo train vae"):
+        train_denoiser.train("unet", steps=1)
+    assert not any(tmp_path.iterdir())  # nothing was created
 
 
 def test_fd_toyclip_separates_ground_truth_from_wrong_images(prompts):

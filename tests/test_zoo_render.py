@@ -143,7 +143,8 @@ def test_pair_batches_keep_the_single_object_stream():
     n_pairs = sum("on the right" in c and "on the left" in c or "at the right" in c and "at the left" in c
                   or "to the right" in c and "to the left" in c for c in cm)
     assert 0 < n_pairs < 16 and xm.shape == x0.shape
-    with pytest.raises(ValueError):
-        from qbench.zoo.train_denoiser import train
+    from qbench.errors import ConfigError
+    from qbench.zoo.train_denoiser import train
 
+    with pytest.raises(ConfigError, match="pairs"):
         train("flux", pairs=1.5)

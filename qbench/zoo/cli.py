@@ -8,8 +8,9 @@
     qbench zoo quant-sweep [--model toy-flux] [--n 592] [--bits W8A8,W4A8,W4A4,W2A8] [--json F] [--markdown F]
 
 Training is resumable: re-running a ``train`` command continues from its checkpoint in
-``~/.cache/qbench/zoo-train/<kind>`` (``QBENCH_ZOO_WORK`` overrides) until ``--minutes`` of
-total training time or ``--steps`` are reached. Order: vae, clip, then unet and flux (which use
+``~/.cache/qbench/zoo-train/<kind>`` (``$QBENCH_CACHE/zoo-train`` if that is set;
+``QBENCH_ZOO_WORK`` overrides both) until ``--minutes`` of total training time or ``--steps``
+are reached. Order: vae, clip, then unet and flux (which use
 the trained VAE and CLIP text tower).
 """
 from __future__ import annotations
@@ -28,8 +29,10 @@ DEFAULTS = {  # the settings the shipped weights were trained with (see MANIFEST
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qbench zoo", description="the toy world: train / ship / verify / evaluate")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    from qbench.cli import _Parser  # one-line errors, as every other qbench command
+
+    p = _Parser(prog="qbench zoo", description="the toy world: train / ship / verify / evaluate")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     t = sub.add_parser("train", help="train (or resume) one toy model")
     t.add_argument("kind", choices=sorted(DEFAULTS))
     t.add_argument("--minutes", type=float)
@@ -88,6 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         for kind in ("vae", "clip", "unet", "flux"):
             r = training_record(kind)
             print(f"{kind:5s} " + (f"step {r['steps']}, {r['wall_time_s']} s, resumes {r['resumes']}" if r["trained"] else "not trained"))
+            bad = r.get("skipped_log_lines")
+            if bad:
+                log = os.path.join(common.work_dir(kind, create=False), "log.jsonl")
+                print(f"qbench zoo: warning: skipped {len(bad)} line(s) of {log} that are not JSON (a write cut "
+                      f"short?): line {', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}", file=sys.stderr)
         mpath = os.path.join(common.WEIGHTS_DIR, "MANIFEST.json")
         if os.path.exists(mpath):
             m = json.load(open(mpath))

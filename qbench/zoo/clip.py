@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 
+from qbench.fsutil import atomic_write_text
 from qbench.zoo.common import WEIGHTS_DIR
 
 CLIP_DIR = os.path.join(WEIGHTS_DIR, "toy-clip")
@@ -37,8 +38,5 @@ def toy_clip_spec(clip_dir: str = CLIP_DIR) -> tuple[str, str]:
     out = os.path.join(out_dir, f"{MODEL_NAME}.json")
     text = json.dumps(cfg, indent=1)
     if not os.path.isfile(out) or open(out).read() != text:
-        tmp = out + f".{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, out)
+        atomic_write_text(out, text)
     return out, weights

@@ -10,16 +10,37 @@ from typing import Any
 
 import numpy as np
 
+from qbench.errors import ConfigError
+from qbench.fsutil import atomic_write
+from qbench.models.base import cache_root
 from qbench.zoo.render import Scene, render
 
 WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
 
 
-def work_dir(name: str) -> str:
-    root = os.environ.get("QBENCH_ZOO_WORK") or os.path.join(os.path.expanduser("~"), ".cache", "qbench", "zoo-train")
-    d = os.path.join(root, name)
-    os.makedirs(d, exist_ok=True)
+def work_root() -> str:
+    """Where training keeps checkpoints, logs and exports: ``$QBENCH_ZOO_WORK``, else
+    ``<qbench cache>/zoo-train`` (the cache is ``$QBENCH_CACHE``, else ``~/.cache/qbench``)."""
+    return os.environ.get("QBENCH_ZOO_WORK") or os.path.join(cache_root(), "zoo-train")
+
+
+def work_dir(name: str, create: bool = True) -> str:
+    """``<work_root()>/<name>``, created unless ``create=False`` (readers must not create it)."""
+    d = os.path.join(work_root(), name)
+    if create:
+        os.makedirs(d, exist_ok=True)
     return d
+
+
+def check_train_args(*, steps: int, minutes: float, batch: int, lr: float, threads: int) -> None:
+    """The settings every trainer shares; raises ``ConfigError`` (one line, no traceback in the
+    CLI) before anything is loaded or created."""
+    for name, value in (("steps", steps), ("batch", batch), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, value in (("minutes", minutes), ("lr", lr)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
 
 
 def log(path: str, **fields: Any) -> None:
@@ -28,6 +49,26 @@ def log(path: str, **fields: Any) -> None:
     print(line, flush=True)
     with open(path, "a") as f:
         f.write(line + "\n")
+
+
+def read_log(path: str) -> tuple[list[dict], list[int]]:
+    """The records of a training log written by :func:`log` (one JSON object a line), and the
+    1-based numbers of the lines that are not one (a write cut by a kill or a full disk): those
+    are skipped, so that a damaged log never stops ``qbench zoo status`` or ``ship``."""
+    rows, bad = [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                bad.append(n)
+    return rows, bad
 
 
 def images_to_tensor(images):
@@ -63,9 +104,7 @@ class EMA:
 def save_ckpt(path: str, **state: Any) -> None:
     import torch
 
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def save_training_state(path: str, model, opt, ema, step: int, elapsed: float, **extra: Any) -> None:

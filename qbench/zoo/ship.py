@@ -11,6 +11,8 @@ import os
 import shutil
 import time
 
+from qbench.errors import MissingWeightsError
+from qbench.fsutil import atomic_write_text
 from qbench.zoo import common
 
 SHIPPED = {"toy-clip": "clip", "toy-lcm": "unet", "toy-flux": "flux"}
@@ -50,11 +52,12 @@ def training_phases(rows: list[dict], final_step: int | None) -> list[dict]:
 
 
 def training_record(kind: str) -> dict:
-    """Steps, wall time, resumes and settings of one model, read from its training log."""
-    path = os.path.join(common.work_dir(kind), "log.jsonl")
+    """Steps, wall time, resumes and settings of one model, read from its training log. Lines of
+    the log that are not JSON are skipped and listed under ``"skipped_log_lines"`` (1-based)."""
+    path = os.path.join(common.work_dir(kind, create=False), "log.jsonl")
     if not os.path.exists(path):
         return {"trained": False}
-    rows = [json.loads(line) for line in open(path) if line.strip()]
+    rows, bad = common.read_log(path)
     steps = [r for r in rows if "loss" in r or "i2t" in r]
     last = steps[-1] if steps else {}
     done = [r for r in rows if r.get("event") in ("done", "checkpoint")]
@@ -69,6 +72,7 @@ def training_record(kind: str) -> dict:
         reproduce = f"qbench zoo train {kind} --steps {final} --minutes 100000"
     return {
         "trained": True,
+        **({"skipped_log_lines": bad} if bad else {}),
         "steps": final,
         "wall_time_s": (done[-1] if done else last).get("elapsed"),
         "resumes": sum(1 for r in rows if r.get("event") == "resume"),
@@ -99,9 +103,9 @@ def ship(kinds=("clip", "unet", "flux")) -> dict:
     for name, kind in SHIPPED.items():
         if kind not in kinds:
             continue
-        src = os.path.join(common.work_dir(kind), "export")
+        src = os.path.join(common.work_dir(kind, create=False), "export")
         if not os.path.isdir(src):
-            raise FileNotFoundError(f"no export for {kind} in {src}; train it first")
+            raise MissingWeightsError(f"no export for {kind} in {src}; train it first (qbench zoo train {kind})")
         dst = os.path.join(common.WEIGHTS_DIR, name)
         tmp = dst + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -130,8 +134,7 @@ def write_manifest() -> dict:
         "versions": common.versions(),
         "files": dict(sorted(files.items())),
     }
-    with open(os.path.join(common.WEIGHTS_DIR, "MANIFEST.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
+    atomic_write_text(os.path.join(common.WEIGHTS_DIR, "MANIFEST.json"), json.dumps(manifest, indent=1))
     return manifest
 
 

@@ -141,6 +141,7 @@ def train(steps: int = 4000, minutes: float = 8.0, seed: int = 0, batch: int = 9
           threads: int = 1, out: str | None = None, ckpt_every_s: float = 60.0) -> str:
     import torch
 
+    common.check_train_args(steps=steps, minutes=minutes, batch=batch, lr=lr, threads=threads)
     common.setup_torch(seed, threads)
     wd = common.work_dir("clip")
     ckpt_path, log_path = os.path.join(wd, "ckpt.pt"), os.path.join(wd, "log.jsonl")

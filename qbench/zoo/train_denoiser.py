@@ -55,15 +55,23 @@ LCM_GRID = np.arange(1, 51) * 20 - 1  # LCMScheduler's original 50-step timestep
 
 
 def parts_dirs():
-    return os.path.join(common.work_dir("vae"), "export"), os.path.join(common.work_dir("clip"), "export")
+    return (os.path.join(common.work_dir("vae", create=False), "export"),
+            os.path.join(common.work_dir("clip", create=False), "export"))
 
 
 def load_parts(vae_dir: str, clip_dir: str):
-    """(vae, clip text tower as CLIPTextModel, CLIPTokenizer) — all frozen, eval mode."""
+    """(vae, clip text tower as CLIPTextModel, CLIPTokenizer) — all frozen, eval mode.
+    Raises ``MissingWeightsError`` if either export is missing (train vae and clip first)."""
     from diffusers import AutoencoderKL
 
+    from qbench.errors import MissingWeightsError
     from qbench.zoo.convert import load_toy_clip, text_tower_to_hf
     from qbench.zoo.tokenizer import load_tokenizer
+
+    for part, d, marker in (("vae", vae_dir, "config.json"), ("clip", clip_dir, "open_clip_config.json")):
+        if not os.path.isfile(os.path.join(d, marker)):
+            raise MissingWeightsError(f"the denoisers train on the toy {part}'s export, not found in {d}: "
+                                      f"run `qbench zoo train {part}` first")
 
     vae = AutoencoderKL.from_pretrained(vae_dir).eval()
     clip, _, _ = load_toy_clip(clip_dir)
@@ -168,18 +176,21 @@ def train(kind: str, steps: int = 100_000, minutes: float = 30.0, seed: int = 0,
     once a run has trained it, resumes keep training it."""
     import torch
 
-    if kind not in ("unet", "flux"):
-        raise ValueError(f"unknown denoiser kind {kind!r}; choose unet or flux")
+    from qbench.errors import ConfigError
+
+    if kind not in ("unet", "flux"):  # every argument is checked before anything is loaded
+        raise ConfigError(f"unknown denoiser kind {kind!r}; choose unet or flux")
+    common.check_train_args(steps=steps, minutes=minutes, batch=batch_size, lr=lr, threads=threads)
+    if not 0.0 <= pairs <= 1.0:
+        raise ConfigError(f"pairs must be a fraction in [0, 1], got {pairs}")
+    if train_text_encoder and kind != "unet":
+        raise ConfigError("train_text_encoder is for the unet (flux trains its T5 encoder already)")
     common.setup_torch(seed, threads)
     vae, te, tok = load_parts(*parts_dirs())
     wd = common.work_dir(kind)
     ckpt_path, log_path = os.path.join(wd, "ckpt.pt"), os.path.join(wd, "log.jsonl")
     out = out or os.path.join(wd, "export")
     model, t5 = build(kind, te)
-    if not 0.0 <= pairs <= 1.0:
-        raise ValueError(f"pairs must be a fraction in [0, 1], got {pairs}")
-    if train_text_encoder and kind != "unet":
-        raise ValueError("train_text_encoder is for the unet (flux trains its T5 encoder already)")
     prev = common.load_ckpt(ckpt_path)
     had_te = prev is not None and "te" in prev
     del prev

@@ -43,6 +43,7 @@ def train(steps: int = 3000, minutes: float = 6.0, seed: int = 0, batch: int = 3
     import torch.nn.functional as F
     from diffusers import AutoencoderKL
 
+    common.check_train_args(steps=steps, minutes=minutes, batch=batch, lr=lr, threads=threads)
     common.setup_torch(seed, threads)
     wd = common.work_dir("vae")
     ckpt_path, log_path = os.path.join(wd, "ckpt.pt"), os.path.join(wd, "log.jsonl")
