@@ -26,26 +26,12 @@ import os
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from qbench.errors import QBenchError
+from qbench.fsutil import atomic_write_text as _atomic_write
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
     from qbench.config import RunConfig
     from qbench.models.base import LoadedModel
-
-
-def _atomic_write(path: str, text: str) -> None:
-    import tempfile
-
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 class ScoreCache:
