@@ -16,7 +16,8 @@ Protocols (how an image reaches 299x299 and how it is normalised), recorded with
   align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
 
 Statistics are running float64 sums (``sum x`` and ``sum x x^T``: O(d^2) memory whatever N),
-and the distance is computed in float64 by :func:`frechet_distance`.
+and the distance is computed in float64 by :func:`qbench.metrics.frechet.frechet_terms` (round-off
+eigenvalues dropped, |FID| within float64 round-off of 0 reported as 0.0, clearly negative raises).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import numpy as np
 from qbench.api import Metric, MetricContext, MetricValue
 from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
+from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
 
 PROTOCOLS: dict[str, str] = {
     "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
@@ -50,35 +52,7 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-# -- pure math ----------------------------------------------------------------------------------
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr(sqrtm(sigma1 @ sigma2))`` for PSD matrices, computed stably in float64.
-
-    ``sigma1 @ sigma2`` is similar to the PSD matrix ``A = s1^(1/2) sigma2 s1^(1/2)`` (s1^(1/2)
-    the PSD square root of sigma1), so the trace is the sum of the square roots of A's
-    eigenvalues (tiny negative round-off eigenvalues are clipped to 0).
-    """
-    s1h = _sqrt_psd(np.asarray(sigma1, dtype=np.float64))
-    a = s1h @ np.asarray(sigma2, dtype=np.float64) @ s1h
-    w = np.linalg.eigvalsh((a + a.T) / 2)
-    return float(np.sqrt(np.clip(w, 0, None)).sum())
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))`` in float64."""
-    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ConfigError(f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
-
-
+# -- statistics ----------------------------------------------------------------------------------
 class FeatureStats:
     """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n)."""
 
@@ -297,14 +271,16 @@ class _FIDBase(Metric):
             w_h = common.to_uint8_array(images[0]).shape[1::-1]
             self._size = (int(w_h[0]), int(w_h[1]))
 
-    def _details(self, reference: dict[str, Any]) -> dict[str, Any]:
+    def _details(self, reference: dict[str, Any], terms: dict[str, Any]) -> dict[str, Any]:
         d: dict[str, Any] = {
             "network": "Inception-v3 pool3 (2048-d), TF 2015-12-05 graph as ported by torch-fidelity",
             "protocol": self.protocol,
             "protocol_description": PROTOCOLS[self.protocol],
             "resolution": list(self._size) if self._size else None,
             "reference": reference,
-            "statistics": "float64 running sums; covariance ddof=1; distance via eigh (float64)",
+            "statistics": "float64 running sums; covariance ddof=1",
+            "distance": ROUNDOFF_NOTE,
+            "distance_terms": {k: terms[k] for k in ("raw", "mean_term", "trace1", "trace2", "trace_sqrt", "tolerance", "dropped_eigenvalues", "min_eigenvalue_rel")},
             "versions": common.versions("torch", "torch-fidelity", "numpy"),
         }
         common.merge_provenance(d, "inception_weights", self.weights_info)
@@ -392,8 +368,8 @@ class FID(_FIDBase):
     def compute(self) -> MetricValue:
         mu_g, sig_g = self.gen.mean_cov()
         mu_r, sig_r, meta = self.reference_stats()
-        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
-        return MetricValue(value, None, self.gen.n, False, self._details(meta))
+        terms = frechet_terms(mu_g, sig_g, mu_r, sig_r)
+        return MetricValue(terms["value"], None, self.gen.n, False, self._details(meta, terms))
 
 
 class FIDvsFP(_FIDBase):
@@ -422,9 +398,9 @@ class FIDvsFP(_FIDBase):
     def compute(self) -> MetricValue:
         mu_g, sig_g = self.gen.mean_cov()
         mu_r, sig_r = self.ref.mean_cov()
-        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        terms = frechet_terms(mu_g, sig_g, mu_r, sig_r)
         ref = {"kind": "full-precision model images, same prompts and seeds", "n": self.ref.n}
-        return MetricValue(value, None, self.gen.n, False, self._details(ref))
+        return MetricValue(terms["value"], None, self.gen.n, False, self._details(ref, terms))
 
     def reset(self) -> None:
         super().reset()
