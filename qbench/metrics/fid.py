@@ -4,7 +4,8 @@ Network: Inception-v3 pool3 (2048-d) as ported from TensorFlow's 2015-12-05 grap
 torch-fidelity (``FeatureExtractorInceptionV3``; the same network pytorch-fid, clean-fid,
 torchmetrics and the original TF code use). Weights: metric option ``inception_weights``
 (CLI ``--inception-weights PATH``), else torch-fidelity's release file from torch's hub cache
-(downloaded when online), else :class:`MissingWeightsError`.
+(downloaded when online), else :class:`MissingWeightsError`. Either file is read with
+``torch.load(weights_only=True)`` (or safetensors), never unpickled (:func:`build_inception`).
 
 Protocols (how an image reaches 299x299 and how it is normalised), recorded with every number:
 
@@ -148,6 +149,27 @@ def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
     return path, common.weights_provenance(path, INCEPTION_URL)
 
 
+def build_inception(weights_path: str):
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` with the state dict in ``weights_path``.
+
+    The file is read by :func:`common.load_tensor_file` (``torch.load(weights_only=True)`` or
+    safetensors): torch-fidelity's own loader unpickles with ``weights_only=False``, which runs
+    any code a crafted file carries, so the dict is handed to torch-fidelity's constructor in
+    place of its URL download instead. Raises :class:`QBenchError` for a file that is not a plain
+    state dict, :class:`ConfigError` for one that is not torch-fidelity's Inception-v3 layout.
+    """
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    state = common.load_tensor_file(weights_path, "Inception-v3 (FID)", "inception_weights")
+    try:
+        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
+            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    except RuntimeError as e:  # load_state_dict: missing / unexpected keys or wrong shapes
+        raise ConfigError(f"{weights_path}: not torch-fidelity's Inception-v3 state dict ({str(e).splitlines()[0][:160]})") from None
+
+
 class InceptionFeatures:
     """Callable: images -> ``(N, 2048)`` float64 pool3 features under one protocol."""
 
@@ -158,11 +180,7 @@ class InceptionFeatures:
         self.weights_path = weights_path
         key = (os.path.realpath(weights_path), self.device)
         if key not in _NETS:
-            from torch_fidelity.feature_extractor_inceptionv3 import (
-                FeatureExtractorInceptionV3,
-            )
-
-            _NETS[key] = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_path).to(self.device)
+            _NETS[key] = build_inception(weights_path).to(self.device)
         self.net = _NETS[key]
 
     def __call__(self, images: list[Any]) -> np.ndarray:

@@ -126,14 +126,12 @@ def resolve_lpips_weights(ctx: MetricContext, net: str) -> tuple[str, dict[str, 
 
 def build_lpips(net: str, backbone_path: str, device: str):
     """torchmetrics' LPIPS with the shipped v0.1 linear heads and the backbone from ``backbone_path``."""
-    import torch
     from torchmetrics.functional.image.lpips import _LPIPS
 
     key = (net, backbone_path, device)
     if key not in _LPIPS_NETS:
         model = _LPIPS(pretrained=True, net=net, pnet_rand=True)  # random backbone, then load ours below
-        state = torch.load(backbone_path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        state = common.load_tensor_file(backbone_path, f"LPIPS backbone ({net})", "lpips_weights")
         features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         if not features:
             raise ConfigError(f"{backbone_path}: no 'features.*' tensors (expected a torchvision {LPIPS_BACKBONES[net][0]} state dict)")
