@@ -50,6 +50,8 @@ class RunResult:
     effective_bits: dict[str, Any] = field(default_factory=dict)
     #: calibration prompts used by the method (spec and ids), empty when it does not calibrate
     calibration: dict[str, Any] = field(default_factory=dict)
+    #: per tokenizer, how many prompts exceed its token limit (``qbench.models.truncation``)
+    prompt_truncation: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,6 +169,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     from qbench.measure import PeakMemory, flush, measure_latency, process_rss, provenance
     from qbench.models.base import module_nbytes
     from qbench.models.loader import load_model
+    from qbench.models.truncation import prompt_truncation
     from qbench.preflight import plan_run
     from qbench.progress import make_progress
     from qbench.quant.api import size_report
@@ -250,6 +253,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             notes=_notes(model, method),
             calibration={"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
         )
+        result.prompt_truncation = prompt_truncation(model.pipe, [p.text for p in prompts], model.spec.call_kwargs)
         store.finish_run(run_id, result.to_dict(), result.metrics,
                          per_image={k: v.per_image for k, v in metrics.items() if v.per_image})
         return result

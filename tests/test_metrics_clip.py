@@ -113,13 +113,15 @@ def test_clipiqa_pyiqa_equals_the_formula_on_pyiqa_backbone(options, backbone, i
     """pyiqa path == softmax over ("Good photo.", "Bad photo.") logits computed by hand on the same CLIP."""
     import torch
     from pyiqa.archs.clip_imports import clip
-    from pyiqa.archs.clip_model import load
+    from pyiqa.archs.clip_model import build_model
     from pyiqa.archs.constants import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
     m = METRICS.get("clipiqa")(MetricContext(options=options))
     m.update(images, prompts(TEXTS))
     v = m.compute()
-    model = load(backbone, "cpu")
+    # (pyiqa's own clip_model.load cannot read a state dict: after its torch.jit.load attempt it
+    # calls torch.load on the same, already-read file object and hits EOF)
+    model = build_model(torch.load(backbone, weights_only=True)).float()
     x = torch.from_numpy(np.stack([np.asarray(im) for im in images])).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
     with torch.no_grad():

@@ -57,6 +57,18 @@ def test_fid_fp_equals_torchmetrics_end_to_end(inception_path):
     assert m.gen.n == 0 and m.ref.n == 0
 
 
+def test_fid_of_a_set_with_itself_is_exactly_zero_with_the_standin_network(inception_path):
+    """2 images against themselves: rank-deficient covariances (the old code printed -2.61)."""
+    images = smooth_images(5, 2)
+    m = fid.FIDvsFP(MetricContext(options={"inception_weights": inception_path}))
+    m.update(images, prompts(2), images)
+    v = m.compute()
+    assert v.value == 0.0
+    t = v.details["distance_terms"]
+    assert t["trace1"] > 1.0 and t["dropped_eigenvalues"] == [2047, 2047]  # the features are not all zero
+    assert "round-off" in v.details["distance"] and "reported as 0.0" in v.details["distance"]
+
+
 def test_fid_against_folder_is_cached_and_npz_gives_the_same_value(inception_path, tmp_path):
     folder = tmp_path / "real"
     folder.mkdir()

@@ -46,17 +46,21 @@ def test_psnr_metric_matches_numpy_and_orders_damage(photo):
 
 
 def ssim_reference(x, y):
-    """Independent SSIM (Wang et al. 2004): scipy Gaussian filters (sigma 1.5, radius 5, mirror
-    borders = torch 'reflect'), per channel, mean over the full map and the channels."""
-    from scipy.ndimage import gaussian_filter
+    """Independent SSIM (Wang et al. 2004, their MATLAB ``ssim.m``): separable 11-tap Gaussian
+    (sigma 1.5) by scipy ``correlate1d``, keeping only the windows that fit inside the image
+    ('valid'), population variances; mean over the map, then the channels. uint8 in."""
+    from scipy.ndimage import correlate1d
 
+    t = np.arange(-5, 6)
+    g = np.exp(-0.5 * (t / 1.5) ** 2)
+    g /= g.sum()
+    valid = lambda z: correlate1d(correlate1d(z, g, axis=0)[5:-5], g, axis=1)[:, 5:-5]
     c1, c2 = 0.01**2, 0.03**2
     out = []
     for c in range(3):
         a, b = x[..., c] / 255.0, y[..., c] / 255.0
-        f = lambda z: gaussian_filter(z, sigma=1.5, truncate=3.5, mode="mirror")
-        ma, mb = f(a), f(b)
-        va, vb, cov = np.maximum(f(a * a) - ma**2, 0), np.maximum(f(b * b) - mb**2, 0), f(a * b) - ma * mb
+        ma, mb = valid(a), valid(b)
+        va, vb, cov = valid(a * a) - ma**2, valid(b * b) - mb**2, valid(a * b) - ma * mb
         out.append((((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))).mean())
     return float(np.mean(out))
 
@@ -65,8 +69,55 @@ def test_ssim_matches_independent_reference_and_orders_damage(photo):
     a, b = noisy(photo, 20), noisy(photo, 60)
     s = ssim_per_image([photo, a, b], [photo, photo, photo])
     assert s[0] == pytest.approx(1.0, abs=1e-9) and s[0] > s[1] > s[2]
-    assert s[1] == pytest.approx(ssim_reference(a, photo), abs=1e-6)
-    assert s[2] == pytest.approx(ssim_reference(b, photo), abs=1e-6)
+    assert s[1] == pytest.approx(ssim_reference(a, photo), abs=1e-9)
+    assert s[2] == pytest.approx(ssim_reference(b, photo), abs=1e-9)
+
+
+def ssim_pairs(n=50, seed=0):
+    """``n`` (image, reference) uint8 pairs: noise, blur, smooth fields; 11..97 px, square and not."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    sizes = [(32, 32), (11, 11), (32, 48), (64, 64), (17, 93), (97, 40), (12, 31)]
+    pairs = []
+    for i in range(n):
+        h, w = sizes[i % len(sizes)]
+        kind = i % 3
+        if kind == 0:  # random noise against random noise
+            x, y = rng.integers(0, 256, (h, w, 3)), rng.integers(0, 256, (h, w, 3))
+        else:
+            base = gaussian_filter(rng.random((h, w, 3)) * 255, sigma=(2, 2, 0)) if kind == 1 else rng.random((h, w, 3)) * 255
+            y = base
+            x = gaussian_filter(base, sigma=(rng.uniform(0.5, 2), rng.uniform(0.5, 2), 0))  # blurred copy
+            x = x + rng.normal(0, rng.uniform(0, 20), x.shape)
+        pairs.append((np.clip(np.rint(x), 0, 255).astype(np.uint8), np.clip(np.rint(y), 0, 255).astype(np.uint8)))
+    return pairs
+
+
+def test_ssim_equals_skimage_standard_settings_on_50_pairs():
+    """qbench's SSIM = skimage(gaussian_weights, sigma 1.5, population covariance, data range 1),
+    whatever torchmetrics is installed (it is not used), on 50 pairs incl. 32 px and non-square."""
+    from skimage.metrics import structural_similarity
+
+    pairs = ssim_pairs()
+    ours = np.concatenate([ssim_per_image([x], [y]) for x, y in pairs])
+    ref = np.array([structural_similarity(x / 255.0, y / 255.0, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False, data_range=1.0) for x, y in pairs])
+    indep = np.array([ssim_reference(x, y) for x, y in pairs])
+    worst, worst_indep = float(np.abs(ours - ref).max()), float(np.abs(ours - indep).max())
+    assert worst <= 1e-6, f"max |qbench - skimage| over 50 pairs = {worst:.3g}"
+    assert worst_indep <= 1e-9, f"max |qbench - independent valid-window SSIM| = {worst_indep:.3g}"
+    assert ours.min() < 0.2 and ours.max() > 0.8  # the pairs span the range: not a comparison of constants
+    with pytest.raises(ConfigError, match="at least 11x11"):
+        ssim_per_image([pairs[0][0][:10]], [pairs[0][1][:10]])
+
+
+def test_ssim_metric_records_its_convention(photo):
+    m = METRICS.get("ssim")(MetricContext())
+    m.update([noisy(photo, 20)], prompts(1), [photo])
+    d = m.compute().details
+    assert "no padded border" in d["convention"] and d["implementation"] == "skimage.metrics.structural_similarity"
+    assert d["settings"]["covariance"].startswith("population") and "scikit-image" in d["versions"]
 
 
 def test_lpips_with_standin_backbone(photo, tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from qbench.metrics.fid import (
     FeatureStats,
     check_protocol,
     frechet_distance,
+    frechet_terms,
     inception_input,
 )
 from qbench.metrics.fidelity import psnr_per_image
@@ -182,3 +183,31 @@ def test_image_range_handling():
     np.testing.assert_array_equal(common.to_uint8_array(np.transpose(img, (2, 0, 1))), img)
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):
         common.to_unit_float_array(img.astype(np.float32))  # float in [0, 255]: the mis-scaling bug
+
+
+def test_fid_of_a_set_with_itself_is_exactly_zero_at_2048_dims():
+    """Rank-deficient covariances (n=2) of random 2048-d features: the old route (eigh of
+    S1h S2 S1h, only negative eigenvalues clipped) gave -2.378 here, -0.0027 at scale 1."""
+    n, scale = 2, 30.0
+    rng = np.random.default_rng(n)
+    st = FeatureStats()
+    st.update(np.abs(rng.standard_normal((n, 2048)) * scale + 0.3))  # non-negative like pool3 features
+    mu, sigma = st.mean_cov()
+    terms = frechet_terms(mu, sigma, mu, sigma)
+    assert terms["value"] == 0.0
+    assert abs(terms["raw"]) <= 1e-14 * (terms["trace1"] + terms["trace2"])  # measured round-off, 1e5 below the snap
+    assert terms["dropped_eigenvalues"] == [2047, 2047] and terms["trace1"] > 1e5  # large features, rank 1
+
+
+def test_fid_refuses_a_negative_distance_beyond_round_off(monkeypatch):
+    from qbench.errors import QBenchError
+    from qbench.metrics import frechet
+
+    s = np.diag([1.0, 2.0, 3.0])
+    monkeypatch.setattr(frechet, "_trace_sqrt", lambda e1, e2: 6.0 + 1e-6)  # exact tr sqrtm(S S) = tr S = 6
+    with pytest.raises(QBenchError, match="negative"):
+        frechet.frechet_distance(np.zeros(3), s, np.zeros(3), s)
+    monkeypatch.setattr(frechet, "_trace_sqrt", lambda e1, e2: 6.0 + 1e-13)  # round-off sized: 0.0
+    assert frechet.frechet_distance(np.zeros(3), s, np.zeros(3), s) == 0.0
+    with pytest.raises(QBenchError, match="NaN"):
+        frechet.frechet_distance(np.zeros(3), s * np.nan, np.zeros(3), s)

@@ -153,3 +153,67 @@ def test_two_level_weight_format():
     with pytest.raises(ConfigError):
         P.two_level_weight(w, 8, 32)
     assert P.max_group_scale(2) == 64 and P.max_group_scale(3) == 32
+
+
+def _torchao_qparams_and_codes(x, block, bits, symmetric):
+    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+
+    qmin, qmax = P.qrange(bits)
+    mt = MappingType.SYMMETRIC if symmetric else MappingType.ASYMMETRIC
+    # eps: the value torchao's int8 workflow (Int8Tensor) passes; float32 scales, int32 zeros
+    s, z = choose_qparams_affine(x, mt, block, torch.int8, qmin, qmax, eps=torch.finfo(torch.float32).eps,
+                                 scale_dtype=torch.float32, zero_point_dtype=torch.int32)
+    return s, z, quantize_affine(x, block, s, z, torch.int8, qmin, qmax)
+
+
+def _near_tie_activations(rows: int, k: int, g: torch.Generator) -> torch.Tensor:
+    """Rows spanning [-1, 3] (scale 4/255, zero -64) whose other values sit within 1e-5 of a
+    half-integer code x/scale in [-3.5, 3.5]: there ``round(x/s + zero)`` (the float32 sum loses
+    the low bits of x/s) and torchao's ``round(x/s) + zero`` part ways."""
+    s = torch.tensor(4.0) / 255
+    half = torch.randint(-4, 3, (rows, k), generator=g).float() + 0.5
+    x = (half + (torch.rand(rows, k, generator=g) * 2 - 1) * 1e-5) * s
+    x[:, 0], x[:, 1] = -1.0, 3.0
+    return x
+
+
+def test_codes_scales_and_zeros_equal_torchao_primitives():
+    """Code-exact agreement with torchao's choose_qparams_affine + quantize_affine on ~8 M values:
+    per-token int8 activations (asymmetric and symmetric, random, near-tie, tiny ranges) and
+    symmetric / asymmetric int8 / int4 weights per channel and per group (exact ties included)."""
+    g = torch.Generator().manual_seed(0)
+    ties = torch.randint(-255, 256, (512, 1024), generator=g).float() / 2
+    ties[:, 0] = 127.5  # absmax 127.5: scale exactly 1, every odd entry an exact tie
+    cases = [  # (name, x, granularity, bits, symmetric)
+        ("act asym", torch.randn(1024, 1024, generator=g) * 3 + 0.5, "token", 8, False),
+        ("act asym near-ties", _near_tie_activations(1024, 1024, g), "token", 8, False),
+        ("act asym heavy tails", torch.randn(512, 1024, generator=g) ** 3, "token", 8, False),
+        ("act asym tiny ranges (eps floor)", torch.randn(64, 1024, generator=g) * 1e-6, "token", 8, False),
+        ("act sym", torch.randn(512, 1024, generator=g) * 2, "token", 8, True),
+        ("w int8 sym channel exact ties", ties, "channel", 8, True),
+        ("w int8 sym channel", torch.randn(1024, 1024, generator=g) * 0.02, "channel", 8, True),
+        ("w int4 sym channel", torch.randn(1024, 1024, generator=g) * 0.02, "channel", 4, True),
+        ("w int4 sym group 64", torch.randn(1024, 1024, generator=g) * 0.02, "group", 4, True),
+        ("w int4 asym group 128", torch.randn(1024, 1024, generator=g) * 0.02 + 0.01, "group", 4, False),
+    ]
+    differ, old_order_differs, total = {}, 0, 0
+    for name, x, gran, bits, sym in cases:
+        n, k = x.shape
+        if gran == "token":
+            s, z = P.act_qparams(x, bits, sym, "token")
+            q, block = P.quantize(x, s, z, bits), (1, k)
+        else:
+            gs = (64 if sym else 128) if gran == "group" else None
+            qw = P.quantize_weight(x, bits, symmetric=sym, granularity=gran, group_size=gs)
+            q, s, z, block = qw.q, qw.scale, qw.zero, (1, gs or k)
+        s_ao, z_ao, q_ao = _torchao_qparams_and_codes(x, block, bits, sym)
+        z_diff = int((z_ao != 0).sum()) if z is None else int((z.reshape(-1) != z_ao.reshape(-1)).sum())
+        differ[name] = (int((s.reshape(-1) != s_ao.reshape(-1)).sum()), z_diff, int((q.reshape(n, -1)[:, :k] != q_ao).sum()))
+        total += x.numel()
+        if not sym:  # the former order, round(x/s + zero), on the same qparams
+            s4, z4 = s_ao.view(n, -1, 1), z_ao.view(n, -1, 1).float()
+            old = torch.clamp(torch.round(x.view(n, -1, block[1]) * (1.0 / s4) + z4), *P.qrange(bits)).view(n, k)
+            old_order_differs += int((old != q_ao).sum())
+    assert total > 7_900_000
+    assert all(d == (0, 0, 0) for d in differ.values()), f"(scales, zeros, codes) differing from torchao: {differ}"
+    assert old_order_differs > 1000, f"the near-tie inputs must tell the two rounding orders apart ({old_order_differs} codes)"

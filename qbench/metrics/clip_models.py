@@ -6,7 +6,9 @@ Options (``RunConfig.metric_options``):
   an open_clip model-config JSON (registered with ``open_clip.add_model_config``; the model name
   becomes the file's stem);
 * ``clip_pretrained``: an open_clip pretrained tag (``openai``) or a local weights file
-  (``.safetensors`` / ``.bin`` / ``.pt`` in open_clip's state-dict layout).
+  (``.safetensors`` / ``.bin`` / ``.pt`` in open_clip's state-dict layout), checked with
+  :func:`common.load_tensor_file` (``torch.load(weights_only=True)``; pickled code or a
+  TorchScript archive is refused) and loaded by open_clip with ``weights_only=True``.
 
 Defaults come from :func:`default_clip_for`. A model is loaded once per process and device and
 shared by every metric that asks for it.
@@ -14,6 +16,7 @@ shared by every metric that asks for it.
 from __future__ import annotations
 
 import difflib
+import inspect
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +114,8 @@ def resolve_clip(model: str, pretrained: str) -> tuple[str, dict[str, Any], str]
     info["model"] = name
     if os.path.isfile(os.path.expanduser(pretrained)):
         path = os.path.expanduser(pretrained)
+        if not path.endswith(".safetensors"):  # (safetensors holds no code) refuse pickled code before open_clip reads it
+            common.load_tensor_file(path, f"open_clip weights for {name}", "clip_pretrained")
         info["pretrained"] = common.weights_provenance(path, "local file (metric option clip_pretrained)")
         return name, info, path
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
@@ -138,7 +143,8 @@ def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedCl
     if key in _CACHE:
         return _CACHE[key]
     name, info, arg = resolve_clip(model, pretrained)
-    clip_model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=arg, device=device)
+    safe = {"weights_only": True} if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters else {}
+    clip_model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=arg, device=device, **safe)
     clip_model.eval()
     loaded = LoadedClip(clip_model, preprocess, open_clip.get_tokenizer(name), name, device, info)
     _CACHE[key] = loaded

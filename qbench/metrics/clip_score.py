@@ -4,7 +4,8 @@ The same definition as torchmetrics' ``CLIPScore`` (which transformers 5 breaks)
 open_clip: default OpenAI CLIP ViT-L/14 (``clip_model`` / ``clip_pretrained`` options, see
 :mod:`qbench.metrics.clip_models`); images go through the model's own eval preprocessing
 (resize shortest side, centre crop, CLIP mean/std), prompts through its tokenizer (truncated at
-the context length, 77 tokens).
+the context length, 77 tokens incl. start/end; ``details["prompt_truncation"]`` says how many
+prompts were cut and the longest prompt's token count).
 """
 from __future__ import annotations
 
@@ -32,12 +33,26 @@ def clip_score_from_embeddings(image_emb, text_emb) -> np.ndarray:
     return 100.0 * np.maximum(cos, 0.0)
 
 
+def open_clip_token_counts(tokenizer: Any, texts: Sequence[str]) -> list[int] | None:
+    """Tokens per text before truncation, start/end tokens included, for open_clip's BPE
+    ``SimpleTokenizer`` (``encode`` + 2) or its ``HFTokenizer`` (the wrapped transformers
+    tokenizer); None for a tokenizer of another kind."""
+    from qbench.models.truncation import hf_token_counts
+
+    if hasattr(tokenizer, "encode") and hasattr(tokenizer, "sot_token_id"):
+        return [len(tokenizer.encode(t)) + 2 for t in texts]
+    if getattr(tokenizer, "tokenizer", None) is not None:
+        return hf_token_counts(tokenizer.tokenizer, texts)
+    return None
+
+
 class CLIPScorer:
     """Reusable scorer: ``score(images, texts) -> np.ndarray`` of per-image CLIP scores."""
 
     def __init__(self, clip: LoadedClip, batch_size: int = 32):
         self.clip = clip
         self.batch_size = int(batch_size)
+        self.token_counts: list[int] | None = []  # per text embedded since reset_counts(); None: unknown
 
     @classmethod
     def from_context(cls, ctx: MetricContext) -> CLIPScorer:
@@ -58,6 +73,8 @@ class CLIPScorer:
     def text_embeddings(self, texts: Sequence[str]) -> np.ndarray:
         import torch
 
+        counts = open_clip_token_counts(self.clip.tokenizer, texts)
+        self.token_counts = None if counts is None or self.token_counts is None else self.token_counts + counts
         out = []
         with torch.inference_mode():
             for i in range(0, len(texts), self.batch_size):
@@ -74,6 +91,18 @@ class CLIPScorer:
 
     def describe(self) -> dict[str, Any]:
         return {**clip_details(self.clip), "preprocess": "open_clip eval transform of the model (resize, centre crop, normalise)"}
+
+    def truncation(self) -> dict[str, Any]:
+        """How many texts embedded since :meth:`reset_counts` exceeded the context length."""
+        from qbench.models.truncation import summarize
+
+        limit = int(getattr(self.clip.tokenizer, "context_length", None) or 77)
+        if self.token_counts is None:
+            return {"limit": limit, "n_truncated": "unknown (tokenizer of another kind)"}
+        return {**summarize(self.token_counts, limit), "note": "token counts include the start and end tokens"}
+
+    def reset_counts(self) -> None:
+        self.token_counts = []
 
 
 class CLIPScore(PerImageMetric):
@@ -95,4 +124,8 @@ class CLIPScore(PerImageMetric):
         return self.scorer.score(images, [p.text for p in prompts])
 
     def describe(self) -> dict[str, Any]:
-        return {**self.scorer.describe(), "range": "[0, 100]"}
+        return {**self.scorer.describe(), "range": "[0, 100]", "prompt_truncation": self.scorer.truncation()}
+
+    def reset(self) -> None:
+        super().reset()
+        self.scorer.reset_counts()

@@ -10,8 +10,11 @@ Implementation (``clipiqa_impl``):
   pool) with the paper's antonym pair ``"Good photo." / "Bad photo."`` (``clipiqa_prompts=photo``,
   default) or pyiqa's own five-pair ensemble (``clipiqa_prompts=pyiqa``). Backbone
   (``clipiqa_backbone``): an OpenAI CLIP name (``RN50``; downloaded into torch's hub cache
-  ``clip/`` when online) or a local file - a TorchScript archive as OpenAI ships them (``RN50.pt``)
-  or a ``torch.save``'d state dict in OpenAI's layout; pyiqa rebuilds its CLIP from it.
+  ``clip/`` when online) or a local file - a state dict in OpenAI's layout (``torch.save``'d,
+  read with ``weights_only=True``, or safetensors), or one of OpenAI's own TorchScript archives
+  (``RN50.pt``). A TorchScript archive is a program, so only those whose SHA-256 OpenAI publishes
+  (in their download URLs, as listed by pyiqa) are opened, and only to read their tensors; any
+  other archive is refused. pyiqa's CLIP is rebuilt from the tensors (pyiqa never reads the file).
 * ``open_clip``: the same formula on the open_clip model of ``clip_model`` / ``clip_pretrained``
   (shared with CLIP score), through that model's eval preprocessing (resize + centre crop).
 
@@ -27,7 +30,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qbench.api import MetricContext
-from qbench.errors import ConfigError
+from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
 from qbench.metrics.base import PerImageMetric
 
@@ -81,6 +84,33 @@ def resolve_backbone(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"clipiqa_backbone {given!r} is neither a file nor an OpenAI CLIP name ({', '.join(_MODELS)})")
     path = common.fetch_weights(_MODELS[given], f"CLIP-IQA backbone {given}", "clipiqa_backbone", subdir="clip")
     return path, {**common.weights_provenance(path, _MODELS[given]), "backbone": given}
+
+
+def openai_archives() -> dict[str, str]:
+    """SHA-256 -> name of OpenAI's published CLIP TorchScript archives (the hash is the second
+    to last part of each download URL in pyiqa's ``_MODELS``, which OpenAI's ``clip.load`` checks)."""
+    from pyiqa.archs.clip_model import _MODELS
+
+    return {url.rstrip("/").split("/")[-2]: name for name, url in _MODELS.items()}
+
+
+def read_backbone(path: str) -> tuple[dict[str, Any], str]:
+    """(state dict in OpenAI's CLIP layout, how it was read) from a backbone file, running no code
+    from it: a state dict through :func:`common.load_tensor_file`; a TorchScript archive only if
+    its SHA-256 is one of :func:`openai_archives` (else :class:`QBenchError`)."""
+    if common.is_torchscript(path):
+        sha = common.file_sha256(path)
+        known = openai_archives()
+        if sha not in known:
+            raise QBenchError(
+                f"CLIP-IQA backbone: {path} is a TorchScript archive (a program) and not one of OpenAI's published CLIP archives "
+                f"(sha256 {sha[:16]}...); qbench runs no other programs. Pass a state dict instead: "
+                "torch.save(torch.jit.load(f).state_dict(), 'backbone.pt') (option clipiqa_backbone)"
+            )
+        import torch
+
+        return torch.jit.load(path, map_location="cpu").state_dict(), f"OpenAI TorchScript archive {known[sha]} (sha256 verified), tensors only"
+    return common.load_tensor_file(path, "CLIP-IQA backbone", "clipiqa_backbone"), "state dict, torch.load(weights_only=True) / safetensors"
 
 
 _PYIQA: dict[tuple[str, str, str], Any] = {}
@@ -142,20 +172,28 @@ class CLIPIQAScorer:
         path, prov = resolve_backbone(ctx)
         key = (os.path.realpath(path), self.prompts_name, self.device)
         if key not in _PYIQA:
-            import pyiqa
-            from pyiqa.archs.clip_imports import clip
+            from unittest import mock
 
-            metric = pyiqa.create_metric("clipiqa", device=torch.device(self.device), backbone=path)
+            import pyiqa
+            from pyiqa.archs import clipiqa_arch
+            from pyiqa.archs.clip_imports import clip
+            from pyiqa.archs.clip_model import build_model
+
+            state, how = read_backbone(path)
+            # pyiqa's CLIPIQA calls clip_model.load(backbone, "cpu"), which would open the file itself
+            # (torch.jit.load, then torch.load): hand it the CLIP rebuilt from the tensors read above
+            with mock.patch.object(clipiqa_arch, "load", lambda name, device="cpu", **kw: build_model(state).to(device).float()):
+                metric = pyiqa.create_metric("clipiqa", device=torch.device(self.device), backbone=path)
             flat = [t for pair in self.prompts for t in pair]
             metric.net.prompt_pairs = clip.tokenize(flat)  # pyiqa reads this attribute in forward()
-            _PYIQA[key] = metric
-        self._metric = _PYIQA[key]
+            _PYIQA[key] = (metric, how)
+        self._metric, how = _PYIQA[key]
         self.details.update(
             network="pyiqa CLIPIQA (model_type clipiqa, native resolution, pos_embedding=False)",
             preprocess="no resize; (x - OpenAI CLIP mean) / std",
             versions=common.versions("torch", "pyiqa"),
         )
-        common.merge_provenance(self.details, "clipiqa_backbone", prov)
+        common.merge_provenance(self.details, "clipiqa_backbone", {**prov, "read_as": how})
 
     def _score_pyiqa(self, images: Sequence[Any]) -> np.ndarray:
         import torch

@@ -8,6 +8,11 @@ Weights policy (one rule for every learned metric):
   :class:`~qbench.errors.MissingWeightsError` names the option that supplies the file. There is
   never a silent fallback to other (or random) weights.
 
+Loading (one rule for every weights file a user can name): :func:`load_tensor_file` reads
+safetensors, or ``torch.load(weights_only=True)`` - never a full unpickle, which runs whatever
+code a crafted file carries. TorchScript archives are programs; a metric that accepts them
+(CLIP-IQA's backbone) runs only archives whose SHA-256 is published by their maker.
+
 Provenance: a weights file may have a sidecar ``<file>.qbench.json`` (written by
 :mod:`qbench.metrics.standins` and by the toy world) whose keys are merged into a metric's
 ``details``; a sidecar with ``"meaningful": false`` marks every number made with it.
@@ -23,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from qbench.errors import ConfigError, MissingWeightsError
+from qbench.errors import ConfigError, MissingWeightsError, QBenchError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -236,3 +241,70 @@ def versions(*packages: str) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[p] = "not installed"
     return out
+
+
+def is_torchscript(path: str) -> bool:
+    """True if ``path`` is a TorchScript archive (a zip holding ``constants.pkl`` or ``code/``)."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.split("/", 1)[-1] == "constants.pkl" or "/code/" in f"/{n}" for n in z.namelist())
+
+
+def load_tensor_file(path: str, what: str, option: str) -> dict[str, torch.Tensor]:
+    """The ``name -> tensor`` dict stored in ``path`` (CPU), loaded without running code.
+
+    ``.safetensors`` through safetensors; anything else through ``torch.load(weights_only=True)``
+    (tensors, numbers, strings, dicts and lists only; a ``{"state_dict": {...}}`` wrapper is
+    unwrapped). Raises :class:`QBenchError` (one line naming ``option``) for a file that would need
+    a full unpickle (a pickled object, possibly carrying a payload), a TorchScript archive, or
+    anything that is not a dict of tensors; :class:`MissingWeightsError` if it does not exist.
+    """
+    import pickle
+
+    import torch
+
+    path = local_file(path, what, option)
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(path, device="cpu")
+        except Exception as e:  # safetensors raises its own error types on a malformed header
+            raise QBenchError(f"{what}: {path} is not a readable safetensors file ({type(e).__name__}: {_first_line(e)})") from None
+    if is_torchscript(path):
+        raise QBenchError(
+            f"{what}: {path} is a TorchScript archive, i.e. a program; qbench does not run user-supplied programs "
+            f"(option {option}). If you trust it, save its tensors: torch.save(torch.jit.load(f).state_dict(), 'weights.pt')"
+        )
+    import zipfile
+
+    try:  # torch.save's zip format is memory-mapped: checking a 1.7 GB CLIP file reads little of it
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
+        raise QBenchError(
+            f"{what}: {path} was refused by torch.load(weights_only=True) ({_load_reason(e)}); qbench reads user-supplied weights "
+            f"only as plain tensors (a state dict saved with torch.save, or safetensors), never by unpickling objects, "
+            f"which can run code (option {option})"
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise QBenchError(f"{what}: {path} does not hold a state dict (a non-empty dict of tensors) (option {option})")
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:200] if text else ""
+
+
+def _load_reason(e: BaseException) -> str:
+    """The gist of a ``torch.load`` error: the ``WeightsUnpickler error`` clause when there is one."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\.\s|\n\n|$)", text, re.S)
+    return " ".join(m.group(1).split())[:200] if m else f"{type(e).__name__}: {_first_line(e)}"

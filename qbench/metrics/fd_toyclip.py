@@ -106,7 +106,7 @@ class FDToyClip(Metric):
         self._ref.update(self.features(reference_images(prompts)))
 
     def compute(self) -> MetricValue:
-        from qbench.metrics.fid import frechet_distance
+        from qbench.metrics.fid import ROUNDOFF_NOTE, frechet_distance
 
         if self._gen.n < 2:
             raise QBenchError("fd-toyclip needs at least 2 images")
@@ -118,6 +118,7 @@ class FDToyClip(Metric):
             "features": "toy-CLIP image embedding (128-d, before normalisation)",
             "reference": f"{REF_PER_PROMPT} renders per prompt, jitter seeded by (REF_SEED={REF_SEED}, prompt index, k)",
             "n_reference": self._ref.n,
+            "distance": ROUNDOFF_NOTE,
         }
         details.update(self.features.details)
         return MetricValue(value, None, self._gen.n, False, details)

@@ -4,7 +4,8 @@ Network: Inception-v3 pool3 (2048-d) as ported from TensorFlow's 2015-12-05 grap
 torch-fidelity (``FeatureExtractorInceptionV3``; the same network pytorch-fid, clean-fid,
 torchmetrics and the original TF code use). Weights: metric option ``inception_weights``
 (CLI ``--inception-weights PATH``), else torch-fidelity's release file from torch's hub cache
-(downloaded when online), else :class:`MissingWeightsError`.
+(downloaded when online), else :class:`MissingWeightsError`. Either file is read with
+``torch.load(weights_only=True)`` (or safetensors), never unpickled (:func:`build_inception`).
 
 Protocols (how an image reaches 299x299 and how it is normalised), recorded with every number:
 
@@ -16,7 +17,8 @@ Protocols (how an image reaches 299x299 and how it is normalised), recorded with
   align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
 
 Statistics are running float64 sums (``sum x`` and ``sum x x^T``: O(d^2) memory whatever N),
-and the distance is computed in float64 by :func:`frechet_distance`.
+and the distance is computed in float64 by :func:`qbench.metrics.frechet.frechet_terms` (round-off
+eigenvalues dropped, |FID| within float64 round-off of 0 reported as 0.0, clearly negative raises).
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ import numpy as np
 from qbench.api import Metric, MetricContext, MetricValue
 from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
+from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
 
 PROTOCOLS: dict[str, str] = {
     "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
@@ -50,35 +53,7 @@ def check_protocol(protocol: str) -> str:
     return protocol
 
 
-# -- pure math ----------------------------------------------------------------------------------
-def _sqrt_psd(a: np.ndarray) -> np.ndarray:
-    w, v = np.linalg.eigh((a + a.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
-    """``tr(sqrtm(sigma1 @ sigma2))`` for PSD matrices, computed stably in float64.
-
-    ``sigma1 @ sigma2`` is similar to the PSD matrix ``A = s1^(1/2) sigma2 s1^(1/2)`` (s1^(1/2)
-    the PSD square root of sigma1), so the trace is the sum of the square roots of A's
-    eigenvalues (tiny negative round-off eigenvalues are clipped to 0).
-    """
-    s1h = _sqrt_psd(np.asarray(sigma1, dtype=np.float64))
-    a = s1h @ np.asarray(sigma2, dtype=np.float64) @ s1h
-    w = np.linalg.eigvalsh((a + a.T) / 2)
-    return float(np.sqrt(np.clip(w, 0, None)).sum())
-
-
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))`` in float64."""
-    mu1, mu2 = np.asarray(mu1, np.float64).ravel(), np.asarray(mu2, np.float64).ravel()
-    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
-        raise ConfigError(f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
-
-
+# -- statistics ----------------------------------------------------------------------------------
 class FeatureStats:
     """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n)."""
 
@@ -174,6 +149,27 @@ def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
     return path, common.weights_provenance(path, INCEPTION_URL)
 
 
+def build_inception(weights_path: str):
+    """torch-fidelity's ``FeatureExtractorInceptionV3`` with the state dict in ``weights_path``.
+
+    The file is read by :func:`common.load_tensor_file` (``torch.load(weights_only=True)`` or
+    safetensors): torch-fidelity's own loader unpickles with ``weights_only=False``, which runs
+    any code a crafted file carries, so the dict is handed to torch-fidelity's constructor in
+    place of its URL download instead. Raises :class:`QBenchError` for a file that is not a plain
+    state dict, :class:`ConfigError` for one that is not torch-fidelity's Inception-v3 layout.
+    """
+    from unittest import mock
+
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    state = common.load_tensor_file(weights_path, "Inception-v3 (FID)", "inception_weights")
+    try:
+        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
+            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    except RuntimeError as e:  # load_state_dict: missing / unexpected keys or wrong shapes
+        raise ConfigError(f"{weights_path}: not torch-fidelity's Inception-v3 state dict ({str(e).splitlines()[0][:160]})") from None
+
+
 class InceptionFeatures:
     """Callable: images -> ``(N, 2048)`` float64 pool3 features under one protocol."""
 
@@ -184,11 +180,7 @@ class InceptionFeatures:
         self.weights_path = weights_path
         key = (os.path.realpath(weights_path), self.device)
         if key not in _NETS:
-            from torch_fidelity.feature_extractor_inceptionv3 import (
-                FeatureExtractorInceptionV3,
-            )
-
-            _NETS[key] = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_path).to(self.device)
+            _NETS[key] = build_inception(weights_path).to(self.device)
         self.net = _NETS[key]
 
     def __call__(self, images: list[Any]) -> np.ndarray:
@@ -297,14 +289,16 @@ class _FIDBase(Metric):
             w_h = common.to_uint8_array(images[0]).shape[1::-1]
             self._size = (int(w_h[0]), int(w_h[1]))
 
-    def _details(self, reference: dict[str, Any]) -> dict[str, Any]:
+    def _details(self, reference: dict[str, Any], terms: dict[str, Any]) -> dict[str, Any]:
         d: dict[str, Any] = {
             "network": "Inception-v3 pool3 (2048-d), TF 2015-12-05 graph as ported by torch-fidelity",
             "protocol": self.protocol,
             "protocol_description": PROTOCOLS[self.protocol],
             "resolution": list(self._size) if self._size else None,
             "reference": reference,
-            "statistics": "float64 running sums; covariance ddof=1; distance via eigh (float64)",
+            "statistics": "float64 running sums; covariance ddof=1",
+            "distance": ROUNDOFF_NOTE,
+            "distance_terms": {k: terms[k] for k in ("raw", "mean_term", "trace1", "trace2", "trace_sqrt", "tolerance", "dropped_eigenvalues", "min_eigenvalue_rel")},
             "versions": common.versions("torch", "torch-fidelity", "numpy"),
         }
         common.merge_provenance(d, "inception_weights", self.weights_info)
@@ -392,8 +386,8 @@ class FID(_FIDBase):
     def compute(self) -> MetricValue:
         mu_g, sig_g = self.gen.mean_cov()
         mu_r, sig_r, meta = self.reference_stats()
-        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
-        return MetricValue(value, None, self.gen.n, False, self._details(meta))
+        terms = frechet_terms(mu_g, sig_g, mu_r, sig_r)
+        return MetricValue(terms["value"], None, self.gen.n, False, self._details(meta, terms))
 
 
 class FIDvsFP(_FIDBase):
@@ -422,9 +416,9 @@ class FIDvsFP(_FIDBase):
     def compute(self) -> MetricValue:
         mu_g, sig_g = self.gen.mean_cov()
         mu_r, sig_r = self.ref.mean_cov()
-        value = frechet_distance(mu_g, sig_g, mu_r, sig_r)
+        terms = frechet_terms(mu_g, sig_g, mu_r, sig_r)
         ref = {"kind": "full-precision model images, same prompts and seeds", "n": self.ref.n}
-        return MetricValue(value, None, self.gen.n, False, self._details(ref))
+        return MetricValue(terms["value"], None, self.gen.n, False, self._details(ref, terms))
 
     def reset(self) -> None:
         super().reset()

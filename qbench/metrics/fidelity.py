@@ -2,8 +2,14 @@
 
 * ``psnr``: per image ``10 log10(1 / max(MSE, 1e-10))`` on RGB in [0, 1] (so identical images
   give the cap, 100 dB, not inf); mean over images. Higher is better.
-* ``ssim``: per image, torchmetrics' SSIM (Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03,
-  data range 1) on RGB in [0, 1]; mean over images. Higher is better, max 1.
+* ``ssim``: per image, SSIM (Wang et al. 2004) as ``skimage.metrics.structural_similarity``
+  computes it with the paper's settings (``SSIM_CALL``): Gaussian window 11x11, sigma 1.5,
+  k1 0.01, k2 0.03, population (not sample) covariance, data range 1, on RGB in [0, 1] in
+  float64; the SSIM map is averaged over the windows that fit inside the image only (skimage
+  crops the 5-pixel border, as Wang et al.'s MATLAB ``ssim.m`` filters with ``'valid'``), then
+  over the 3 channels; mean over images. Higher is better, max 1. Not torchmetrics: since late
+  2024 (1.6+) it averages the map including reflect-padded borders, which on small images (on
+  32 px the border is half the map) gives a different number than its own 1.4 and than skimage.
 * ``lpips``: LPIPS v0.1 (Zhang et al. 2018) via torchmetrics: the linear heads ship inside the
   torchmetrics wheel; the backbone (``lpips_net``: ``alex`` default, ``vgg``, ``squeeze``) needs
   torchvision's ImageNet weights: ``lpips_weights=PATH`` (a torchvision state dict; only the
@@ -23,7 +29,14 @@ from qbench.metrics import common
 from qbench.metrics.base import PerImageMetric
 
 PSNR_MSE_FLOOR = 1e-10  # caps PSNR at 100 dB
-SSIM_SETTINGS = {"kernel": "gaussian", "kernel_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0}
+#: the skimage call (``structural_similarity(a, b, **SSIM_CALL)``); K1/K2 are skimage's defaults
+SSIM_CALL = {"channel_axis": -1, "gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False, "data_range": 1.0,
+             "K1": 0.01, "K2": 0.03}
+SSIM_SETTINGS = {"kernel": "gaussian", "kernel_size": 11, "sigma": 1.5, "k1": 0.01, "k2": 0.03, "data_range": 1.0,
+                 "covariance": "population (1/N)", "border": "mean over windows inside the image (5 px border cropped)"}
+SSIM_CONVENTION = ("skimage / Wang et al. 2004: Gaussian 11x11 sigma 1.5, K1 0.01, K2 0.03, population covariance, "
+                   "data range 1, float64; mean over the windows that fit inside the image (no padded border), then over RGB")
+SSIM_MIN_SIZE = 11  # the window must fit inside the image
 
 
 def _pairs(images, references, metric: str):
@@ -43,16 +56,18 @@ def psnr_per_image(images, references) -> np.ndarray:
 
 
 def ssim_per_image(images, references) -> np.ndarray:
-    """Per-image SSIM of paired RGB images (torchmetrics functional, settings ``SSIM_SETTINGS``)."""
-    import torch
-    from torchmetrics.functional.image import structural_similarity_index_measure
+    """Per-image SSIM (float64, shape ``(N,)``) of paired RGB images (``SSIM_CONVENTION``).
+
+    Images: PIL, uint8 or float in [0, 1] arrays/tensors (HxWx3 or 3xHxW), each pair the same
+    size, both sides at least ``SSIM_MIN_SIZE`` px. Calls ``skimage.metrics.structural_similarity``
+    with ``SSIM_CALL`` (~0.5 s per 1024 px image on one CPU core). Raises :class:`ConfigError`
+    for missing or mismatched references and images smaller than the window."""
+    from skimage.metrics import structural_similarity
 
     a, b = _pairs(images, references, "ssim")
-    ta = torch.from_numpy(a).permute(0, 3, 1, 2)
-    tb = torch.from_numpy(b).permute(0, 3, 1, 2)
-    s = structural_similarity_index_measure(ta, tb, gaussian_kernel=True, kernel_size=11, sigma=1.5, k1=0.01, k2=0.03,
-                                            data_range=1.0, reduction="none")
-    return s.reshape(-1).cpu().numpy().astype(np.float64)
+    if a.size and min(a.shape[1:3]) < SSIM_MIN_SIZE:
+        raise ConfigError(f"ssim: images must be at least {SSIM_MIN_SIZE}x{SSIM_MIN_SIZE} px (the Gaussian window), got {a.shape[2]}x{a.shape[1]}")
+    return np.array([structural_similarity(x, y, **SSIM_CALL) for x, y in zip(a, b)], dtype=np.float64)
 
 
 class PSNR(PerImageMetric):
@@ -74,14 +89,16 @@ class SSIM(PerImageMetric):
     description: ClassVar[str] = "SSIM vs the full-precision model's image of the same prompt and seed"
     higher_is_better: ClassVar[bool] = True
     needs_fp_reference: ClassVar[bool] = True
-    formula: ClassVar[str] = "SSIM per image (Gaussian 11, sigma 1.5, k1 .01, k2 .03, RGB in [0,1]), mean over images"
+    formula: ClassVar[str] = ("SSIM per image (Gaussian 11, sigma 1.5, k1 .01, k2 .03, population covariance, RGB in [0,1], "
+                              "mean over interior windows and channels), mean over images")
 
     def score_batch(self, images, prompts, references=None) -> np.ndarray:
         return ssim_per_image(images, references)
 
     def describe(self) -> dict[str, Any]:
         return {"reference": "full-precision model, same prompts and seeds", "settings": SSIM_SETTINGS, "range": "[-1, 1]",
-                "versions": common.versions("torchmetrics")}
+                "convention": SSIM_CONVENTION, "implementation": "skimage.metrics.structural_similarity",
+                "versions": common.versions("scikit-image")}
 
 
 LPIPS_BACKBONES = {"alex": ("alexnet", "AlexNet_Weights"), "vgg": ("vgg16", "VGG16_Weights"), "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights")}
@@ -109,14 +126,12 @@ def resolve_lpips_weights(ctx: MetricContext, net: str) -> tuple[str, dict[str, 
 
 def build_lpips(net: str, backbone_path: str, device: str):
     """torchmetrics' LPIPS with the shipped v0.1 linear heads and the backbone from ``backbone_path``."""
-    import torch
     from torchmetrics.functional.image.lpips import _LPIPS
 
     key = (net, backbone_path, device)
     if key not in _LPIPS_NETS:
         model = _LPIPS(pretrained=True, net=net, pnet_rand=True)  # random backbone, then load ours below
-        state = torch.load(backbone_path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
+        state = common.load_tensor_file(backbone_path, f"LPIPS backbone ({net})", "lpips_weights")
         features = {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")}
         if not features:
             raise ConfigError(f"{backbone_path}: no 'features.*' tensors (expected a torchvision {LPIPS_BACKBONES[net][0]} state dict)")

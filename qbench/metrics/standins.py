@@ -6,8 +6,8 @@ real weights come in, so tests and ``--metric-option standin=true`` runs exercis
 * :func:`inception_weights` - a random (BatchNorm-calibrated) state dict for torch-fidelity's
   ``FeatureExtractorInceptionV3`` (loaded via ``feature_extractor_weights_path``);
 * :func:`open_clip_model` - a tiny open_clip model config JSON + safetensors weights;
-* :func:`clipiqa_backbone` - a tiny OpenAI-layout CLIP saved as TorchScript, which pyiqa's
-  CLIP-IQA loads as its ``backbone`` path;
+* :func:`clipiqa_backbone` - a tiny OpenAI-layout CLIP state dict, from which pyiqa's CLIP-IQA
+  network is built (or the same model as TorchScript, to test that such archives are refused);
 * :func:`lpips_backbone` - random AlexNet ``features.*`` weights for LPIPS.
 
 Every file gets a sidecar ``<file>.qbench.json`` with ``"meaningful": false``, so numbers made
@@ -134,32 +134,36 @@ def open_clip_model(folder: str | None = None) -> tuple[str, str]:
     return cfg_path, weights
 
 
-def clipiqa_backbone(folder: str | None = None) -> str:
-    """Path of a tiny random CLIP in OpenAI's layout saved as TorchScript (pyiqa ``backbone``).
+def clipiqa_backbone(folder: str | None = None, torchscript: bool = False) -> str:
+    """Path of a tiny random CLIP in OpenAI's layout (pyiqa ``backbone``): a ``torch.save``'d state
+    dict, or with ``torchscript=True`` the same model traced and saved as TorchScript (the format
+    OpenAI ships ``RN50.pt`` in; qbench refuses such archives unless OpenAI publishes their hash).
 
-    pyiqa's ``clip_model.load`` reads a TorchScript archive (as OpenAI ships ``RN50.pt``) and
-    rebuilds its own CLIP from the archive's state dict; text width 64 -> 1 head, as it infers.
+    pyiqa's ``build_model`` rebuilds its own CLIP from the state dict; text width 64 -> 1 head, as
+    it infers.
     """
     import torch
     from pyiqa.archs.clip_model import CLIP
 
     folder = folder or standin_dir()
-    path = os.path.join(folder, f"clipiqa-backbone-standin-{VERSION}.pt")
+    path = os.path.join(folder, f"clipiqa-backbone-standin-{VERSION}{'-torchscript.pt' if torchscript else '.pth'}")
     if _ready(path):
         return path
     os.makedirs(folder, exist_ok=True)
     torch.manual_seed(0)
     model = CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
                  context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1).eval()
-    image = torch.rand(1, 3, 32, 32)
-    text = torch.zeros(2, 77, dtype=torch.long)
-    text[:, 0], text[:, 1] = 49406, 49407
-    with torch.no_grad():
-        traced = torch.jit.trace(model, (image, text), check_trace=False)
     tmp = path + ".tmp"
-    torch.jit.save(traced, tmp)
+    if torchscript:
+        image = torch.rand(1, 3, 32, 32)
+        text = torch.zeros(2, 77, dtype=torch.long)
+        text[:, 0], text[:, 1] = 49406, 49407
+        with torch.no_grad():
+            torch.jit.save(torch.jit.trace(model, (image, text), check_trace=False), tmp)
+    else:
+        torch.save(model.state_dict(), tmp)
     os.replace(tmp, path)
-    write_sidecar(path, _label("CLIP backbone for pyiqa CLIP-IQA", "OpenAI layout, ViT 1 layer, TorchScript"))
+    write_sidecar(path, _label("CLIP backbone for pyiqa CLIP-IQA", f"OpenAI layout, ViT 1 layer, {'TorchScript' if torchscript else 'state dict'}"))
     return path
 
 

@@ -118,7 +118,7 @@ def load_ckpt(path: str):
 
     if not os.path.exists(path):
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)  # state dicts, numbers: no unpickling of objects
 
 
 def resume(ckpt_path: str, log_path: str, model, opt, ema, **settings: Any):
