@@ -188,6 +188,20 @@ class Metric:
     def preflight(cls, ctx: MetricContext, prompts: "list[Prompt]") -> None:
         """Cheap checks before the run loads anything (no network is built). Default: none."""
 
+    # sharded runs (qbench.dist): each rank updates with its contiguous block of images; the main
+    # rank folds every rank's state, in rank order (= image order), into its own, then computes.
+    # A metric without these is computed on the main rank alone from all images (same numbers).
+    def begin_shard(self) -> None:
+        """Called once before a sharded run's updates (e.g. to start recording features)."""
+
+    def shard_state(self) -> Any:
+        """This rank's accumulated state (picklable)."""
+        raise NotImplementedError
+
+    def merge_shards(self, states: list[Any]) -> None:
+        """Replace this metric's state by the fold of ``states`` (every rank's, in rank order)."""
+        raise NotImplementedError
+
     def update(self, images: "list[Image]", prompts: "list[Prompt]", references: "list[Image] | None" = None) -> None:
         raise NotImplementedError
 

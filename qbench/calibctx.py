@@ -39,8 +39,9 @@ class ScoreCache:
     computed (the first line holds the context; a file with another context is refused; a line
     cut by a kill is dropped and recomputed)."""
 
-    def __init__(self, path: str | None, context: dict[str, Any] | None = None):
+    def __init__(self, path: str | None, context: dict[str, Any] | None = None, write: bool = True):
         self.path = path
+        self.write = write  # False on the non-main ranks of a sharded run: read the file, never write it
         self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
         self._scores: dict[tuple[str, str], float] = {}
         self.loaded = 0
@@ -50,7 +51,8 @@ class ScoreCache:
     def _load(self) -> None:
         assert self.path
         if not os.path.exists(self.path):
-            _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n")
+            if self.write:
+                _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n")
             return
         with open(self.path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -69,7 +71,7 @@ class ScoreCache:
                     break
                 raise QBenchError(f"score cache {self.path} line {n} is malformed; delete it") from None
         self.loaded = len(self._scores)
-        if len(lines) - 1 != len(self._scores):  # rewrite without the cut line
+        if self.write and len(lines) - 1 != len(self._scores):  # rewrite without the cut line
             body = "".join(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
             _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n" + body)
 
@@ -85,7 +87,7 @@ class ScoreCache:
             if not math.isfinite(s):
                 raise QBenchError(f"non-finite score for {k} / {p}")
             self._scores[(k, p)] = float(s)
-        if self.path and records:
+        if self.path and self.write and records:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps({"k": k, "p": p, "s": float(s)}) + "\n" for k, p, s in records)
                 f.flush()
@@ -98,8 +100,9 @@ class ScoreCache:
 class ArtefactStore:
     """JSON/YAML artefacts of a method under one folder, written atomically with provenance."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, write: bool = True):
         self.root = root
+        self.write = write  # False on the non-main ranks of a sharded run: saves are skipped
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -108,11 +111,14 @@ class ArtefactStore:
         payload = dict(data)
         if provenance:
             payload.setdefault("provenance", provenance)
+        if not self.write:
+            return self.path(name)
         _atomic_write(self.path(name), json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
         return self.path(name)
 
     def save_text(self, name: str, text: str) -> str:
-        _atomic_write(self.path(name), text)
+        if self.write:
+            _atomic_write(self.path(name), text)
         return self.path(name)
 
     def load_json(self, name: str) -> dict[str, Any] | None:
@@ -130,7 +136,8 @@ class CalibrationContext:
     """The calibration plumbing of one run (module docstring)."""
 
     def __init__(self, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], *, method_name: str,
-                 fp_images: list[Any] | None = None, progress: Any = None, say: Callable[[str], None] | None = None):
+                 fp_images: Sequence[Any] | None = None, progress: Any = None, say: Callable[[str], None] | None = None,
+                 dist: Any = None):
         self.model = model
         self.cfg = cfg
         self.prompts = list(prompts)
@@ -138,8 +145,26 @@ class CalibrationContext:
         self._fp = fp_images
         self._progress = progress
         self.say = say or _say
-        self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name))
+        #: this process's rank (qbench.dist.Dist) when a run is sharded, else None
+        self.dist = dist if dist is not None and getattr(dist, "enabled", False) else None
+        self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name), write=self.is_main)
         self.images_generated = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes shared files (artefacts, score caches)."""
+        return self.dist is None or self.dist.is_main
+
+    def map_batches(self, fn: Callable[[Any], Any], batches: Sequence[Any]) -> list[Any]:
+        """``[fn(b) for b in batches]``; with several ranks each computes a contiguous block of
+        the batches and every rank gets all results in order (so a search that decides from them
+        takes the same path on every rank, and each batch is generated exactly as in one
+        process)."""
+        if self.dist is None:
+            return [fn(b) for b in batches]
+        mine = self.dist.shard(list(enumerate(batches)))
+        merged = dict(x for part in self.dist.gather([(i, fn(b)) for i, b in mine]) for x in part)
+        return [merged[i] for i in range(len(batches))]
 
     @classmethod
     def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False) -> CalibrationContext:
@@ -175,8 +200,8 @@ class CalibrationContext:
         """Full-precision images of (a prefix or subset of) the calibration prompts."""
         if self._fp is None:
             raise QBenchError(f"{self.method_name}: full-precision calibration images were not prepared (set NEEDS_FP_CALIBRATION_IMAGES)")
-        by_id = {p.id: im for p, im in zip(self.prompts, self._fp)}
-        return [by_id[p.id] for p in (prompts if prompts is not None else self.prompts)]
+        pos = {p.id: i for i, p in enumerate(self.prompts)}
+        return [self._fp[pos[p.id]] for p in (prompts if prompts is not None else self.prompts)]
 
     # -- scoring and caching -----------------------------------------------------------------------
     def scorer(self, metric: str, options: dict[str, Any] | None = None) -> Callable[..., Any]:
@@ -223,7 +248,7 @@ class CalibrationContext:
             **context,
         }
         path = os.path.join(self.cfg.out_dir, "cache", self.method_name, f"{self.model.spec.name}-{name}-{sha(full)}.jsonl")
-        return ScoreCache(path, full)
+        return ScoreCache(path, full, write=self.is_main)
 
     def progress(self, what: str, total: int) -> Callable[[int], None]:
         """``advance(n)`` of a new progress task."""

@@ -36,13 +36,14 @@ def _kv(text: str) -> tuple[str, Any]:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig.__dataclass_fields__
     p.add_argument("--config", help="a RunConfig JSON file; flags given on the command line override it")
-    p.add_argument("--model", help=f"registered model name (default {d['model'].default}); see `qbench list models`")
-    p.add_argument("--method", help="registered method name (default fp); see `qbench list methods`")
-    p.add_argument("--bits", help="bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize)")
+    sweep = " (run: comma-separated or repeated values make a sweep of every combination)"
+    p.add_argument("--model", action="append", help=f"registered model name (default {d['model'].default}); see `qbench list models`{sweep}")
+    p.add_argument("--method", action="append", help=f"registered method name (default fp); see `qbench list methods`{sweep}")
+    p.add_argument("--bits", action="append", help=f"bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize){sweep}")
     p.add_argument("--mode", choices=["simulate", "kernel"], help="simulate = fake quantization; kernel = real low-bit execution")
     p.add_argument("--prompts", help="prompt spec NAME:N or a .txt/.jsonl/.csv file (default: the model's default set)")
     p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
-    p.add_argument("--seed", type=int, help="base seed; prompt i uses seed + i (default 42)")
+    p.add_argument("--seed", action="append", help=f"base seed; prompt i uses seed + i (default 42){sweep}")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float)
@@ -65,8 +66,31 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="check everything and print what the run would do and cost (images to generate, cached, calibration); load and store nothing")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+SWEEP_FLAGS = ("model", "method", "bits", "seed")
+
+
+def sweep_axes(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The values of each sweepable flag (``--bits W4A8,W8A8 --bits W2A8`` -> three)."""
+    from qbench.sweep import split_values
+
+    axes: dict[str, list[Any]] = {k: split_values(getattr(args, k, None)) for k in SWEEP_FLAGS}
+    try:
+        axes["seed"] = [int(s) for s in axes["seed"]]
+    except ValueError:
+        raise ConfigError(f"--seed takes integers, got {','.join(axes['seed'])}") from None
+    return axes
+
+
+def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
+    """The RunConfig of the flags (``single`` fixes sweepable flags to one value each)."""
     base: dict[str, Any] = {}
+    axes = sweep_axes(args)
+    for k, vals in axes.items():
+        if k in single:
+            continue
+        if len(vals) > 1:
+            raise ConfigError(f"--{k} takes one value with this command, got {', '.join(map(str, vals))}")
+        single[k] = vals[0] if vals else None
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as f:
@@ -76,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         except UnicodeDecodeError:
             raise ConfigError(f"config file {args.config!r} is not UTF-8 JSON text") from None
     for f in dataclasses.fields(RunConfig):
-        v = getattr(args, f.name, None)
+        v = single[f.name] if f.name in single else getattr(args, f.name, None)
         if v is not None and f.name not in ("method_options", "metric_options"):
             base[f.name] = v
     mo = dict(base.get("method_options", {}))
@@ -101,6 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qbench.preflight import plan_run, print_plan
     from qbench.tables import console, print_result
 
+    axes = sweep_axes(args)
+    if any(len(v) > 1 for v in axes.values()):
+        return _run_cli_sweep(args, axes)
     cfg = config_from_args(args)
     con = console(stderr=args.json)
     plan = plan_run(cfg)
@@ -111,11 +138,81 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_plan(plan, con)
         return 0
     result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
+    if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
+        return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         print_result(result.to_dict(), con)
         con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
+    return 0
+
+
+def _run_cli_sweep(args: argparse.Namespace, axes: dict[str, list[Any]]) -> int:
+    """``qbench run`` with several values of --model/--method/--bits/--seed: every combination."""
+    import itertools
+
+    from qbench.sweep import Sweep
+
+    if args.json:
+        raise ConfigError("--json prints one run; a sweep's runs are compared with `qbench compare --json` afterwards")
+    combos = itertools.product(*[axes[k] or [None] for k in SWEEP_FLAGS])
+    cells = []
+    for values in combos:
+        single = dict(zip(SWEEP_FLAGS, values))
+        if single["method"] and not _quantizes(single["method"]):
+            single["bits"] = None  # fp x {W4A8, W8A8}: one fp cell, not one per bit width
+        cfg = config_from_args(args, **single)
+        if all(c.to_dict() != cfg.to_dict() for c in cells):
+            cells.append(cfg)
+    return _sweep(Sweep("command line", cells), args)
+
+
+def _quantizes(method: str) -> bool:
+    from qbench.catalog import METHODS
+
+    return bool(METHODS.get(method).uses_bits)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from qbench.sweep import load_sweep
+
+    overrides = {k: getattr(args, k) for k in ("out_dir", "db") if getattr(args, k, None)}
+    return _sweep(load_sweep(args.file, overrides), args)
+
+
+def _sweep(sweep, args: argparse.Namespace) -> int:
+    """Run a sweep's unfinished cells, then compare every model's cells (and write the report)."""
+    from qbench.sweep import run_sweep
+    from qbench.tables import console
+
+    con = console()
+    say = lambda m: con.print(m, markup=False, highlight=False)
+    say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
+    out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
+    if args.dry_run or not (out["ran"] or out["skipped"]):
+        return 1 if out["failed"] else 0
+    ids = out["ran"] + out["skipped"]
+    cfg0 = sweep.cells[0]
+    ns = argparse.Namespace(model=None, baseline=None, runs=",".join(ids), metrics=None, wide=False,
+                            out_dir=cfg0.out_dir, db=cfg0.db, json=False)
+    cmd_compare(ns)
+    say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
+    for f in out["failed"]:
+        say(f"  failed: {f}")
+    return 1 if out["failed"] else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qbench.costs import plan_sweep
+    from qbench.sweep import load_sweep
+    from qbench.tables import console, print_plan_table
+
+    plan = plan_sweep(load_sweep(args.file), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, tflops=args.tflops)
+    if args.json:
+        print(json.dumps(plan, indent=1))
+    else:
+        print_plan_table(plan, console())
     return 0
 
 
@@ -277,6 +374,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--search", help="calibration search (method-specific, e.g. grid or own for qsched)")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("sweep", help="run every cell of a sweep file (models x methods x bits x seeds), skipping finished cells, then compare")
+    p.add_argument("file", help="sweep YAML (see sweeps/toy.yaml)")
+    p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
+    p.add_argument("--db")
+    p.add_argument("--dry-run", action="store_true", help="check every cell and list what would run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("plan", help="images, forward passes, FLOPs and estimated GPU time of every cell of a sweep (real models), before running it")
+    p.add_argument("file", help="sweep YAML (e.g. sweeps/paper.yaml)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the images are split across (default 1)")
+    p.add_argument("--gpu", default="h100", help="GPU kind for its datasheet peak: h100, h200, a100, l40s, rtx4090, a10g")
+    p.add_argument("--mfu", type=float, default=0.40, help="assumed model-FLOPs utilisation (default 0.40; measure yours)")
+    p.add_argument("--tflops", type=float, help="effective TFLOP/s per GPU (overrides --gpu and --mfu)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")

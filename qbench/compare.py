@@ -5,7 +5,7 @@
   sampling settings. It shows the latest finished run of that configuration (or, with ``--runs``,
   each named run).
 * Rows are **grouped** by the settings two runs must share for their numbers to be compared
-  (``result["sampling"]``, written by :func:`qbench.harness.comparability`): model and weights,
+  (``result["sampling"]``, written by :func:`qbench.generation.comparability`): model and weights,
   prompts (spec, count and a hash of ids and texts), seed, steps, guidance, resolution, dtype,
   device type and batch size. Each group is its own table; every group after the first says in
   one line how its settings differ from the first.

@@ -201,7 +201,7 @@ def _check_guidance(cfg: RunConfig, spec) -> None:
 
 def count_cached(plan: RunPlan) -> dict[str, Any]:
     """How many of the run's images (and FP references) are already in the image cache."""
-    from qbench.harness import batches, fp_method, image_key
+    from qbench.generation import batches, fp_method, image_key
     from qbench.imagecache import ImageCache
 
     out: dict[str, Any] = {}

@@ -173,3 +173,25 @@ def print_registry(kind: str, registry, con) -> None:
             cells.append(Text(", ".join(o["name"] for o in plugin_options(e)) or "-"))
         t.add_row(*cells)
     con.print(t)
+
+
+def print_plan_table(plan: dict, con) -> None:
+    """``qbench plan``: a row per sweep cell and the total."""
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(title=f"qbench plan — {plan['gpus']} x {plan['gpu']} at {plan['effective_tflops']:.0f} effective TFLOP/s each", title_justify="left")
+    for col in ("model", "method", "prompts", "new images", "calib images", "forwards", "TFLOP/img", "PFLOP", "GPU-h", "wall h"):
+        t.add_column(col, justify="left" if col in ("model", "method") else "right")
+
+    def cells(r: dict, bold: bool = False) -> list:
+        vals = [r.get("model", "total"), r.get("method", ""), f"{r['prompts']:,}" if "prompts" in r else "", f"{r['images']:,}",
+                f"{r['calibration_images']:,}", f"{r['forwards']:,}", f"{r['tflops_per_image']:.1f}" if "tflops_per_image" in r else "",
+                f"{r['pflops']:,.1f}", f"{r['gpu_hours']:,.1f}", f"{r['wall_h']:,.1f}"]
+        return [Text(v, style="bold" if bold else "") for v in vals]
+
+    for r in plan["cells"]:
+        t.add_row(*cells(r))
+    t.add_row(*cells(plan["total"], bold=True))
+    con.print(t)
+    con.print(Text(plan["assumptions"], style="dim"))

@@ -10,7 +10,7 @@ import pytest
 
 from qbench.cli import main
 
-TOY = ["--model", "toy-flux", "--prompts", "toy:2", "--metrics", "", "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress"]
+TOY = ["--prompts", "toy:2", "--metrics", "", "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress"]
 
 
 def _weights(name):
@@ -105,7 +105,8 @@ def test_bad_input_is_one_line_before_anything_loads(tmp_path, capsys, case):
         return a
 
     argv = [fill(a) for a in argv]
-    full = ["run", *TOY, "--out-dir", str(out_dir), *argv]
+    model = [] if "--model" in argv else ["--model", "toy-flux"]  # a repeated --model would be a sweep
+    full = ["run", *model, *TOY, "--out-dir", str(out_dir), *argv]
     before = {k: open(v, "rb").read() for k, v in files.items() if os.path.isfile(v)}
     try:
         code = main(full)
@@ -134,7 +135,7 @@ def test_several_problems_are_reported_together(tmp_path, capsys):
 
 
 def test_include_matching_nothing_is_refused_before_generation(tmp_path, capsys):
-    code = main(["run", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W4A8", "-O", "include=nomatch*"])
+    code = main(["run", "--model", "toy-flux", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W4A8", "-O", "include=nomatch*"])
     _, err = capsys.readouterr()
     assert code != 0 and "no layer" in err and "Traceback" not in err
     assert not list((tmp_path / "images").rglob("*.png")) if (tmp_path / "images").exists() else True
@@ -153,7 +154,7 @@ def test_empty_rows_keep_the_seeds_of_later_rows(tmp_path):
 
 
 def test_dry_run_stores_nothing_and_counts_cached(tmp_path, capsys):
-    argv = ["run", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W8A8", "--metrics", "psnr"]
+    argv = ["run", "--model", "toy-flux", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W8A8", "--metrics", "psnr"]
     assert main(argv + ["--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["cached"] == {"images": 0, "fp_references": 0} and plan["n_prompts"] == 2

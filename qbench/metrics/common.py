@@ -197,8 +197,9 @@ def merge_provenance(details: dict[str, Any], key: str, prov: dict[str, Any]) ->
 
 
 def write_sidecar(path: str, info: dict[str, Any]) -> None:
-    with open(path + SIDECAR_SUFFIX, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
+    from qbench.fsutil import atomic_write_text
+
+    atomic_write_text(path + SIDECAR_SUFFIX, json.dumps(info, indent=1, sort_keys=True))
 
 
 def fetch_weights(url: str, what: str, option: str, subdir: str = "checkpoints", flag: str | None = None) -> str:

@@ -97,6 +97,17 @@ class FDToyClip(Metric):
         self._gen.reset()
         self._ref.reset()
 
+    def begin_shard(self) -> None:
+        self._gen.record()
+        self._ref.record()
+
+    def shard_state(self) -> dict[str, Any]:
+        return {"gen": self._gen.log, "ref": self._ref.log}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        self._gen.replay([st["gen"] for st in states])
+        self._ref.replay([st["ref"] for st in states])
+
     def update(self, images, prompts, references=None) -> None:
         if len(images) != len(prompts):
             raise QBenchError(f"fd-toyclip: {len(images)} images for {len(prompts)} prompts")

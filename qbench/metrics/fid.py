@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -55,7 +55,13 @@ def check_protocol(protocol: str) -> str:
 
 # -- statistics ----------------------------------------------------------------------------------
 class FeatureStats:
-    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n)."""
+    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n).
+
+    Rows are summed in fixed blocks of ``BLOCK`` consecutive rows, so the float64 result depends
+    only on the sequence of rows, not on how the caller batched them: a sharded run that replays
+    every rank's features in image order (:meth:`record` / :meth:`replay`) gets bit-identical sums."""
+
+    BLOCK = 64
 
     def __init__(self, dim: int = FEATURE_DIM):
         self.dim = dim
@@ -65,6 +71,23 @@ class FeatureStats:
         self.n = 0
         self.sum = np.zeros(self.dim, dtype=np.float64)
         self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._pending: list[np.ndarray] = []
+        self._log: list[np.ndarray] | None = None
+
+    def record(self) -> None:
+        """Keep every feature array given to :meth:`update` (float32 when exact), for :meth:`replay`."""
+        self._log = []
+
+    @property
+    def log(self) -> list[np.ndarray]:
+        return list(self._log or [])
+
+    def replay(self, logs: Sequence[Sequence[np.ndarray]]) -> None:
+        """Reset, then update with every array of ``logs`` (a list per rank, in image order)."""
+        self.reset()
+        for log in logs:
+            for x in log:
+                self.update(x)
 
     def update(self, features: np.ndarray) -> None:
         x = np.asarray(features, dtype=np.float64)
@@ -72,12 +95,28 @@ class FeatureStats:
             raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
         if not np.isfinite(x).all():
             raise QBenchError("non-finite Inception features (NaN/inf in the images or the network)")
+        if self._log is not None:
+            x32 = x.astype(np.float32)
+            self._log.append(x32 if np.array_equal(x32.astype(np.float64), x) else x.copy())
         self.n += x.shape[0]
-        self.sum += x.sum(axis=0)
-        self.outer += x.T @ x
+        self._pending.append(x)
+        self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        rows = sum(p.shape[0] for p in self._pending)
+        if rows < self.BLOCK and not (final and rows):
+            return
+        x = np.concatenate(self._pending)
+        whole = x.shape[0] if final else x.shape[0] - x.shape[0] % self.BLOCK
+        for i in range(0, whole, self.BLOCK):
+            b = x[i : i + self.BLOCK]
+            self.sum += b.sum(axis=0)
+            self.outer += b.T @ b
+        self._pending = [x[whole:]] if whole < x.shape[0] else []
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and unbiased covariance (``ddof=1``, as numpy.cov, pytorch-fid, torchmetrics)."""
+        self._flush(final=True)
         if self.n < 2:
             raise QBenchError(f"FID needs at least 2 images per side, got {self.n}")
         mu = self.sum / self.n
@@ -310,6 +349,22 @@ class _FIDBase(Metric):
         self.gen.reset()
         self._size = None
 
+    # sharded runs (qbench.dist): every rank records its features, the main rank replays them
+    def begin_shard(self) -> None:
+        for s in self._stats():
+            s.record()
+
+    def shard_state(self) -> dict[str, Any]:
+        return {"size": self._size, "logs": [s.log for s in self._stats()]}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        for i, s in enumerate(self._stats()):
+            s.replay([st["logs"][i] for st in states])
+        self._size = next((st["size"] for st in states if st["size"]), None)
+
+    def _stats(self) -> list[FeatureStats]:
+        return [self.gen]
+
 
 def _fid_options(with_reference: bool) -> tuple:
     from qbench.options import Opt
@@ -423,3 +478,6 @@ class FIDvsFP(_FIDBase):
     def reset(self) -> None:
         super().reset()
         self.ref.reset()
+
+    def _stats(self) -> list[FeatureStats]:
+        return [self.gen, self.ref]

@@ -39,6 +39,13 @@ class ToyAcc(Metric):
         self._scores: list[dict[str, int]] = []
         self._ids: list[str] = []
 
+    def shard_state(self) -> dict[str, Any]:
+        return {"scores": list(self._scores), "ids": list(self._ids)}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        self._scores = [s for st in states for s in st["scores"]]
+        self._ids = [i for st in states for i in st["ids"]]
+
     def update(self, images, prompts, references=None) -> None:
         from qbench.zoo.checker import score
 
