@@ -236,7 +236,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     regs = {"models": MODELS, "methods": METHODS, "metrics": METRICS, "prompts": PROMPTS}
     kinds = [args.kind] if args.kind else list(regs)
     if args.json:
-        print(json.dumps({k: [{"name": e.name, "description": e.description, **e.meta} for e in regs[k]] for k in kinds}, indent=1, default=str))
+        from qbench.registry import plugin_options
+
+        def entry(k, e):
+            d = {"name": e.name, "description": e.description, **e.meta}
+            if k in ("methods", "metrics"):
+                d["options"] = plugin_options(e)
+            return d
+
+        print(json.dumps({k: [entry(k, e) for e in regs[k]] for k in kinds}, indent=1, default=str))
         return 0
     con = console()
     for k in kinds:

@@ -159,9 +159,17 @@ def print_registry(kind: str, registry, con) -> None:
     from rich.table import Table
     from rich.text import Text
 
+    from qbench.registry import plugin_options
+
     t = Table(title=kind, title_justify="left")
     t.add_column("name", style="bold")
     t.add_column("description")
+    with_options = kind in ("methods", "metrics")
+    if with_options:
+        t.add_column("options (" + ("-O" if kind == "methods" else "-M") + " key=value)")
     for e in registry:
-        t.add_row(Text(e.name), Text(e.description))
+        cells = [Text(e.name), Text(e.description)]
+        if with_options:
+            cells.append(Text(", ".join(o["name"] for o in plugin_options(e)) or "-"))
+        t.add_row(*cells)
     con.print(t)
