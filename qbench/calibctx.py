@@ -146,6 +146,7 @@ class CalibrationContext:
         self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name))
         self.images_generated = 0
         self._owns_progress = False
+        self._entered = 0
 
     @classmethod
     def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False,
@@ -167,13 +168,16 @@ class CalibrationContext:
         return ctx
 
     def __enter__(self) -> CalibrationContext:
-        """Starts the progress display of a standalone context (the harness's runs already)."""
-        if self._owns_progress:
+        """Starts the progress display of a standalone context (the harness's runs already);
+        re-entrant (a base method may enter the context its wrapper entered)."""
+        if self._owns_progress and self._entered == 0:
             self._progress.__enter__()
+        self._entered += 1
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self._owns_progress:
+        self._entered -= 1
+        if self._owns_progress and self._entered == 0:
             self._progress.__exit__(*exc)
 
     # -- generation ------------------------------------------------------------------------------
