@@ -72,8 +72,13 @@ class ScoreCache:
                 raise QBenchError(f"score cache {self.path} line {n} is malformed; delete it") from None
         self.loaded = len(self._scores)
         if self.write and len(lines) - 1 != len(self._scores):  # rewrite without the cut line
-            body = "".join(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
-            _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n" + body)
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The whole file again (header + every score), atomically."""
+        assert self.path
+        body = "".join(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
+        _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n" + body)
 
     def __contains__(self, key_item: tuple[str, str]) -> bool:
         return key_item in self._scores
@@ -144,11 +149,13 @@ class CalibrationContext:
         self.method_name = method_name
         self._fp = fp_images
         self._progress = progress
-        self.say = say or _say
+        self.say = say or say_stderr
         #: this process's rank (qbench.dist.Dist) when a run is sharded, else None
         self.dist = dist if dist is not None and getattr(dist, "enabled", False) else None
         self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name), write=self.is_main)
         self.images_generated = 0
+        self._owns_progress = False
+        self._entered = 0
 
     @property
     def is_main(self) -> bool:
@@ -167,11 +174,36 @@ class CalibrationContext:
         return [merged[i] for i in range(len(batches))]
 
     @classmethod
-    def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False) -> CalibrationContext:
-        """A context outside the harness (tests, ``qbench calibrate``)."""
+    def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False,
+                   fp_images: bool = False) -> CalibrationContext:
+        """A context outside the harness (tests, ``qbench calibrate``), with its own progress
+        display (started and stopped by ``with ctx:``). ``fp_images=True`` generates the model's
+        images of ``prompts`` now, in the harness's batches of ``cfg.batch_size``, as the
+        full-precision calibration images: call it before the method changes the model."""
         from qbench.progress import make_progress
 
-        return cls(model, cfg, prompts, method_name=method_name, progress=make_progress(progress))
+        bar = make_progress(progress)
+        con = getattr(bar, "console", None)  # a rich bar: messages go through its console, above the bar
+        say = (lambda msg: con.print(msg, highlight=False, markup=False, soft_wrap=True)) if con is not None else None
+        ctx = cls(model, cfg, prompts, method_name=method_name, progress=bar, say=say)
+        ctx._owns_progress = True
+        if fp_images:
+            bs = max(1, int(cfg.batch_size))
+            ctx._fp = [im for i in range(0, len(ctx.prompts), bs) for im in ctx.generate(ctx.prompts[i : i + bs])]
+        return ctx
+
+    def __enter__(self) -> CalibrationContext:
+        """Starts the progress display of a standalone context (the harness's runs already);
+        re-entrant (a base method may enter the context its wrapper entered)."""
+        if self._owns_progress and self._entered == 0:
+            self._progress.__enter__()
+        self._entered += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._entered -= 1
+        if self._owns_progress and self._entered == 0:
+            self._progress.__exit__(*exc)
 
     # -- generation ------------------------------------------------------------------------------
     @property
@@ -273,7 +305,8 @@ class CalibrationContext:
         }
 
 
-def _say(msg: str) -> None:
+def say_stderr(msg: str) -> None:
+    """A message on stderr (the default ``say`` of a context: stdout stays clean for ``--json``)."""
     from rich.console import Console
 
     Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)

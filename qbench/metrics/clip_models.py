@@ -53,8 +53,8 @@ def default_clip_for(ctx: MetricContext) -> tuple[str, str]:
         from qbench.metrics import standins
 
         return standins.open_clip_model(standins.standin_dir(ctx))
-    if (ctx.model_family or "").startswith("toy"):  # the toy world's own trained CLIP (qbench/zoo)
-        from qbench.zoo.clip import toy_clip_spec
+    if (ctx.model_family or "").startswith("toy"):  # the toy world's own trained CLIP (qbench/toyworld/clip.py)
+        from qbench.toyworld.clip import toy_clip_spec
 
         return toy_clip_spec()
     return DEFAULT_CLIP

@@ -22,7 +22,7 @@ REF_SEED = 1234
 
 
 def reference_images(prompts) -> list:
-    from qbench.zoo.render import render, scene_from_dict
+    from qbench.toyworld.render import render, scene_from_dict
 
     out = []
     for p in prompts:
@@ -40,7 +40,7 @@ class ToyClipFeatures:
 
     def __init__(self, device: str = "cpu", clip_dir: str | None = None):
         from qbench.metrics.clip_models import clip_details, load_open_clip
-        from qbench.zoo.clip import CLIP_DIR, toy_clip_spec
+        from qbench.toyworld.clip import CLIP_DIR, toy_clip_spec
 
         self.clip = load_open_clip(*toy_clip_spec(clip_dir or CLIP_DIR), device=device)
         self.details = clip_details(self.clip)

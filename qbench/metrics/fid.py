@@ -1,20 +1,12 @@
 """Fréchet Inception Distance: ``fid`` (vs real images / stored statistics) and ``fid-fp``.
 
-Network: Inception-v3 pool3 (2048-d) as ported from TensorFlow's 2015-12-05 graph by
-torch-fidelity (``FeatureExtractorInceptionV3``; the same network pytorch-fid, clean-fid,
-torchmetrics and the original TF code use). Weights: metric option ``inception_weights``
-(CLI ``--inception-weights PATH``), else torch-fidelity's release file from torch's hub cache
-(downloaded when online), else :class:`MissingWeightsError`. Either file is read with
-``torch.load(weights_only=True)`` (or safetensors), never unpickled (:func:`build_inception`).
-
-Protocols (how an image reaches 299x299 and how it is normalised), recorded with every number:
-
-* ``clean`` (default; clean-fid): each channel resized as a float image with PIL bicubic
-  (antialiased), clipped to [0, 255], no re-quantization; ``(x - 128) / 128``.
-* ``legacy_tensorflow`` (TF1 FID, torch-fidelity, torchmetrics ``FrechetInceptionDistance(
-  antialias=False)``): uint8 pixels, TF1-compatible bilinear resize, ``(x - 128) / 128``.
-* ``legacy_pytorch`` (pytorch-fid): ``torch.nn.functional.interpolate(bilinear,
-  align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
+Network and protocols: :mod:`qbench.metrics.inception` (Inception-v3 pool3, 2048-d, as ported
+by torch-fidelity; ``clean`` / ``legacy_tensorflow`` / ``legacy_pytorch`` resizing, recorded with
+every number). Weights (:func:`resolve_inception_weights`): metric option ``inception_weights``
+(CLI ``--inception-weights PATH``), else a random stand-in with ``standin=true``, else
+torch-fidelity's release file from torch's hub cache (downloaded when online), else
+:class:`MissingWeightsError`. Either file is read with ``torch.load(weights_only=True)`` (or
+safetensors), never unpickled (``inception.build_inception``).
 
 Statistics are running float64 sums (``sum x`` and ``sum x x^T``: O(d^2) memory whatever N),
 and the distance is computed in float64 by :func:`qbench.metrics.frechet.frechet_terms` (round-off
@@ -24,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,24 +25,20 @@ from qbench.api import Metric, MetricContext, MetricValue
 from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
 from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
+from qbench.metrics.inception import (  # noqa: F401 (re-exported)
+    DEFAULT_PROTOCOL,
+    FEATURE_DIM,
+    INCEPTION_SIZE,
+    PROTOCOLS,
+    InceptionFeatures,
+    build_inception,
+    check_protocol,
+    inception_input,
+)
 
-PROTOCOLS: dict[str, str] = {
-    "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
-    "legacy_tensorflow": "TF1 FID / torch-fidelity / torchmetrics(antialias=False): uint8, TF1 bilinear resize to 299x299, (x-128)/128",
-    "legacy_pytorch": "pytorch-fid: torch bilinear resize to 299x299 (align_corners=False, no antialias), 2*x/255-1",
-}
-DEFAULT_PROTOCOL = "clean"
-INCEPTION_SIZE = 299
-FEATURE_DIM = 2048
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REFERENCE_PREPROCESS = "center crop to a square, PIL bicubic resize to the generated resolution, RGB uint8"
-
-
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown FID protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    return protocol
 
 
 # -- statistics ----------------------------------------------------------------------------------
@@ -124,55 +112,6 @@ class FeatureStats:
         return mu, cov
 
 
-# -- resizing per protocol ----------------------------------------------------------------------
-def inception_input(images: Iterable[Any], protocol: str):
-    """Images -> ``N x 3 x 299 x 299`` float32 tensor, normalised as ``protocol`` prescribes."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    check_protocol(protocol)
-    arrays = [common.to_uint8_array(im) for im in images]
-    if protocol == "clean":
-        out = []
-        for a in arrays:
-            chans = [
-                np.asarray(Image.fromarray(a[..., c].astype(np.float32)).resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)).clip(0, 255)
-                for c in range(3)
-            ]
-            out.append(np.stack(chans, axis=0))
-        x = torch.from_numpy(np.stack(out).astype(np.float32))
-        return (x - 128.0) / 128.0
-    sizes = {a.shape for a in arrays}
-    if len(sizes) > 1:
-        raise ConfigError(f"images of different sizes in one batch: {sorted(sizes)}")
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
-    if protocol == "legacy_tensorflow":
-        from torch_fidelity.interpolate_compat_tensorflow import (
-            interpolate_bilinear_2d_like_tensorflow1x,
-        )
-
-        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
-        return (x - 128.0) / 128.0
-    x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-    return x / 127.5 - 1.0
-
-
-# -- the network --------------------------------------------------------------------------------
-def _pool3(net, x):
-    """torch-fidelity's Inception forward from the normalised 299x299 input to the 2048-d pool."""
-    import torch
-
-    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
-                 "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                 "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):
-        x = getattr(net, name)(x)
-    return torch.flatten(x, 1)
-
-
-_NETS: dict[tuple[str, str], Any] = {}
-
-
 def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
     """(local path, provenance) of the Inception weights for this run."""
     path = common.opt(ctx, "inception_weights")
@@ -186,51 +125,6 @@ def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
         return path, common.weights_provenance(path, "qbench stand-in (metric option standin)")
     path = common.fetch_weights(INCEPTION_URL, "Inception-v3 (FID, torch-fidelity)", "inception_weights", flag="--inception-weights")
     return path, common.weights_provenance(path, INCEPTION_URL)
-
-
-def build_inception(weights_path: str):
-    """torch-fidelity's ``FeatureExtractorInceptionV3`` with the state dict in ``weights_path``.
-
-    The file is read by :func:`common.load_tensor_file` (``torch.load(weights_only=True)`` or
-    safetensors): torch-fidelity's own loader unpickles with ``weights_only=False``, which runs
-    any code a crafted file carries, so the dict is handed to torch-fidelity's constructor in
-    place of its URL download instead. Raises :class:`QBenchError` for a file that is not a plain
-    state dict, :class:`ConfigError` for one that is not torch-fidelity's Inception-v3 layout.
-    """
-    from unittest import mock
-
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    state = common.load_tensor_file(weights_path, "Inception-v3 (FID)", "inception_weights")
-    try:
-        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
-            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    except RuntimeError as e:  # load_state_dict: missing / unexpected keys or wrong shapes
-        raise ConfigError(f"{weights_path}: not torch-fidelity's Inception-v3 state dict ({str(e).splitlines()[0][:160]})") from None
-
-
-class InceptionFeatures:
-    """Callable: images -> ``(N, 2048)`` float64 pool3 features under one protocol."""
-
-    def __init__(self, weights_path: str, protocol: str = DEFAULT_PROTOCOL, device: str = "cpu", batch_size: int = 16):
-        self.protocol = check_protocol(protocol)
-        self.device = common.resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.weights_path = weights_path
-        key = (os.path.realpath(weights_path), self.device)
-        if key not in _NETS:
-            _NETS[key] = build_inception(weights_path).to(self.device)
-        self.net = _NETS[key]
-
-    def __call__(self, images: list[Any]) -> np.ndarray:
-        import torch
-
-        feats = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = inception_input(images[i : i + self.batch_size], self.protocol).to(self.device)
-                feats.append(_pool3(self.net, x).double().cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM))
 
 
 # -- reference statistics -----------------------------------------------------------------------

@@ -64,7 +64,7 @@ def inception_weights(folder: str | None = None) -> str:
     import torch
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    from qbench.metrics.fid import _pool3
+    from qbench.metrics.inception import pool3
 
     folder = folder or standin_dir()
     path = os.path.join(folder, f"inception-standin-{VERSION}.pth")
@@ -85,7 +85,7 @@ def inception_weights(folder: str | None = None) -> str:
     net.train()
     with torch.no_grad():
         x = torch.nn.functional.interpolate(torch.rand(4, 3, 19, 19, generator=gen), size=(299, 299), mode="bilinear") * 2 - 1
-        _pool3(net, x)
+        pool3(net, x)
     net.eval()
     state = {k: v for k, v in net.state_dict().items()}
     atomic_write(path, lambda tmp: torch.save(state, tmp))

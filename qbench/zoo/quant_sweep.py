@@ -65,7 +65,7 @@ def sweep(name: str = "toy-flux", n: int = 592, bits: tuple[str, ...] = DEFAULT_
     from qbench.prompts import load_prompts
     from qbench.quant.api import quantize_
     from qbench.quant.spec import BitSpec, QuantConfig
-    from qbench.zoo.checker import score as toy_score
+    from qbench.toyworld.checker import score as toy_score
     from qbench.zoo.evaluate import generate
 
     for b in bits:  # bad input fails before anything is loaded or generated

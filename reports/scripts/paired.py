@@ -33,7 +33,7 @@ def main() -> None:
     from qbench.metrics.jaq import JAQ
     from qbench.prompts import load_prompts
     from qbench.store import _SAFE
-    from qbench.zoo.checker import score
+    from qbench.toyworld.checker import score
 
     prompts = load_prompts(a.prompts)
     cache: dict[str, dict] = {}
