@@ -154,11 +154,9 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
     for the same model/bits/base is overwritten), write the checkpoint, return a summary."""
     from qbench.methods.qsched import QSched
 
-    from qbench.api import MetricContext
     from qbench.calibctx import CalibrationContext
-    from qbench.catalog import METRICS
-    from qbench.models.loader import get_spec, load_model
-    from qbench.preflight import calibration_prompts
+    from qbench.models.loader import load_model
+    from qbench.preflight import plan_calibration
 
     if cfg.method != "qsched":
         raise ConfigError(f"this calibration is for --method qsched, got {cfg.method!r}")
@@ -171,11 +169,8 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
     opts.setdefault("progress", show_progress)
     cfg = cfg.replace(method_options=opts)
     method = QSched(cfg)
-    prompts = calibration_prompts(cfg, method)
-    family = get_spec(cfg.model).family
-    for name, options in method.metric_needs():  # the JAQ scorer's weights, before the model loads
-        METRICS.get(name).preflight(MetricContext(options=options, model_family=family, cache_dir=os.path.join(cfg.out_dir, "cache")), prompts)
-    model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    prompts, ref = plan_calibration(cfg, method)  # every problem at once, before anything loads
+    model = load_model(cfg.model, ref=ref)
     # full-precision images for a base method that asks for them, made before anything quantizes
     ctx = CalibrationContext.standalone(model, cfg, prompts, method.name, progress=bool(method.opts["progress"]),
                                         fp_images=method.NEEDS_FP_CALIBRATION_IMAGES)

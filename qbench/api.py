@@ -130,6 +130,11 @@ class Method:
         n = self.calibration_prompts_n
         return {"images": n_prompts, "what": "calibration images"} if n else None
 
+    def check_layers(self, denoiser: Any) -> None:
+        """Check layer names / patterns of the options against the denoiser's modules before
+        anything loads (``denoiser`` is built on the meta device: names and types, no weights).
+        Raise ConfigError. Default: nothing to check."""
+
     def metric_needs(self) -> list[tuple[str, dict[str, Any]]]:
         """Metrics this method itself will run (e.g. a calibration scorer), as ``(name, metric
         options)``: the harness preflights them with the run's metrics. Default: none."""

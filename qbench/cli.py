@@ -13,7 +13,7 @@ import warnings
 from typing import Any, Sequence
 
 from qbench.config import RunConfig
-from qbench.errors import ConfigError, QBenchError, RunInterrupted
+from qbench.errors import ConfigError, NoSuchRunError, QBenchError, RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -114,7 +114,7 @@ def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
         me["inception_weights"] = args.inception_weights
     base["metric_options"] = me
     try:
-        return RunConfig.from_dict(base)
+        return RunConfig.from_dict(base, validate=False)  # validated by the preflight, with everything else
     except TypeError as e:
         raise ConfigError(str(e)) from None
 
@@ -219,7 +219,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from qbench.catalog import METHODS
 
+    if not args.method:
+        with_step = sorted(e.name for e in METHODS if hasattr(e.load(), "run_calibration"))
+        raise ConfigError(f"qbench calibrate needs --method (a method with a calibration step: {', '.join(with_step)})")
     cfg = config_from_args(args)
+    cfg.validate()
     if args.search:
         cfg.method_options["search"] = args.search
     cls = METHODS.get(cfg.method)
@@ -254,9 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.baseline:
         try:
             base_run = _finished(store.get(args.baseline))
-        except QBenchError as e:
-            if "ambiguous" in str(e) or "only finished" in str(e):
-                raise
+        except NoSuchRunError:  # not a run id: a method, label or tag
             base_name = args.baseline
     if base_run and args.model and base_run["model"] != args.model:
         raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
@@ -278,10 +280,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not runs:
             raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
         if base_name and not any(matches(make_row(r), base_name) for r in runs):
-            methods = sorted({r["label"] for r in runs})
-            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method or label of the {m} runs ({', '.join(methods)})")
+            methods = sorted({r["label"] + (f" tag {r['config'].get('tag')}" if (r.get("config") or {}).get("tag") else "") for r in runs})
+            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method, label or tag of the {m} runs ({', '.join(methods)})")
         rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
-                               keep_all=bool(selected))
+                               keep_all=bool(selected), selected=bool(selected))
         payload[m] = rows
         extras[m] = (hidden, status_counts(store.runs(model=m, status=None)) if not selected else {})
     only = [x.strip() for x in args.metrics.split(",") if x.strip()] if args.metrics else None

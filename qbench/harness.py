@@ -124,12 +124,12 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         model = load_model(cfg.model, ref=ref)
         timings["load_s"] = time.perf_counter() - t
         with make_progress(show_progress and dist.is_main) as progress:
-            references = None
+            references, n_ref, fp_cache = None, 0, None
             if plan.needs_fp_reference:
                 fp_key, fp_meta = image_key(model, fp_method(cfg).describe(), cfg)
                 fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
                 t = time.perf_counter()
-                references, _ = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
+                references, n_ref = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
                 timings["reference_s"] = time.perf_counter() - t
             t = time.perf_counter()
             ctx = _calibration_context(plan, model, progress, say, dist)
@@ -141,9 +141,10 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             key, meta = image_key(model, desc, cfg)
             cache = ImageCache(cfg.out_dir, cfg.model, key, meta)
             t = time.perf_counter()
-            images, n_gen = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})", dist)
+            images, n_main = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})", dist)
+            n_gen = n_main + (n_ref if fp_cache is not None and fp_cache.dir == cache.dir else 0)  # fp: its references are its images
             timings["generate_s"] = time.perf_counter() - t
-            timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
+            timings["generate_per_image_s"] = timings["generate_s"] / n_main if n_main else float("nan")
             latency, mem = None, None
             if dist.is_main:  # latency and memory before any metric network is loaded, after a flush
                 flush(model.device)

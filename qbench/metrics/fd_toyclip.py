@@ -42,7 +42,8 @@ class ToyClipFeatures:
         from qbench.metrics.clip_models import clip_details, load_open_clip
         from qbench.toyworld.clip import CLIP_DIR, toy_clip_spec
 
-        self.clip = load_open_clip(*toy_clip_spec(clip_dir or CLIP_DIR), device=device)
+        self.clip = load_open_clip(*toy_clip_spec(clip_dir or CLIP_DIR), device=device,
+                                   origin="metric option toy_clip_dir" if clip_dir else "the toy world's shipped CLIP")
         self.details = clip_details(self.clip)
 
     def __call__(self, images) -> np.ndarray:
@@ -132,4 +133,8 @@ class FDToyClip(Metric):
             "distance": ROUNDOFF_NOTE,
         }
         details.update(self.features.details)
+        dim = int(mu1.shape[0])
+        if self._gen.n < dim:
+            details["note"] = (f"n={self._gen.n} < {dim} feature dimensions: rank-deficient covariance, biased upward and noisy; "
+                               "compare only at equal n, and prefer a few hundred images")
         return MetricValue(value, None, self._gen.n, False, details)

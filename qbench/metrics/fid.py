@@ -278,7 +278,11 @@ def _fid_options(with_reference: bool) -> tuple:
 def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
     """The checks of the FID metrics without building the network."""
     check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
-    resolve_inception_weights(ctx)
+    path, _ = resolve_inception_weights(ctx)
+    if common.opt(ctx, "inception_weights") is not None:  # a user's file: check it is the right network now
+        from qbench.metrics.inception import build_inception
+
+        build_inception(path)
     if with_reference:
         _reference_path(ctx)
 
