@@ -145,7 +145,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         swap_module,
     )
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     den = model.denoiser
     layers = candidate_layers(method, den)
     if not layers:
@@ -224,10 +224,11 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             eta = sum(per["ssim" if c[0] in content else "sqnr"] for c in left)
             ctx.say(f"mixdq: measured {runner.seconds['ssim'] + runner.seconds['sqnr']:.1f} s so far; about {eta:.0f} s of sensitivity left")
             eta_said = True
-    t_sens = time.perf_counter() - t0
+    t_sens, c_sens = time.perf_counter() - t0, time.process_time() - c0
+    sens_counts = {"computed": runner.computed, "reused": runner.reused, "images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
 
     # -- weights: (B, k) sweep, ILP per group, image MSE picks -----------------------------------
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     tol = method.opts["tolerance"]
     points = al.split_points(method.b_sweep, method.k_sweep, params, content, (method.w_cands[0], method.w_cands[-1]))
     pairs = al.group_allocations(scores["w"], params, content, points, tol, method.w_cands)
@@ -301,7 +302,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
                                   f"(+-{tol}); pass -O a_fp16=0, other a_candidates, or act_alloc=uniform")
             n_fp -= 1
     alloc = {n: {"w": w_alloc[n], "a": a_alloc[n]} for n in sorted(layers)}
-    t_alloc = time.perf_counter() - t1
+    t_alloc, c_alloc = time.perf_counter() - t1, time.process_time() - c1
     mean_w = al.mean_bits(w_alloc, params)
     mean_a = al.mean_bits({n: 16 if a is None else a for n, a in a_alloc.items()}, params)
     chosen = dict(w_rows[wi])
@@ -324,10 +325,10 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     result = {
         "allocation": alloc, "params": params, "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "chosen": chosen,
         "a_fp16_layers": protected, "sweep": {"weights": w_rows, "activations": a_rows}, "sensitivity": sens,
-        "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
-        "counts": {"layers": len(layers), "content": len(content), "quality": len(layers) - len(content), "configs": len(configs),
-                   "computed": runner.computed, "reused": runner.reused, "images_generated": runner.images_generated,
-                   "forward_passes": runner.forward_passes, "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows})},
+        "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "sensitivity_cpu_s": round(c_sens, 2), "allocation_cpu_s": round(c_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
+        "counts": {"layers": len(layers), "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,
+                   "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows}),
+                   "allocation_images": runner.images_generated - sens_counts["images_generated"]},
         "calibration_prompts": [p.id for p in prompts], "yaml": yaml_path, "json": path, "key": method.allocation_key(),
     }
     store.save_json(os.path.basename(path), result, ctx.provenance(method.describe()))
