@@ -43,31 +43,30 @@ def test_calibrate_then_run_tiny_lcm_and_yaml_round_trip(tmp_path, capsys):
     out = str(tmp_path)
     base = ["--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", out, *COMMON]
     # qbench calibrate: sensitivity + allocation, YAML + JSON written
-    assert main(["calibrate", "--method", "mixdq", *base[:-1], *_opts(bos="false")]) == 0
+    assert main(["calibrate", "--method", "mixdq", *base[:-1], *_opts()]) == 0
     cal = json.loads(capsys.readouterr().out)
     assert abs(cal["mean_w"] - 4.0) <= 0.02 + 1e-9 and cal["mean_a"] == 8.0
     assert cal["counts"]["configs"] == 6 * 4 and cal["counts"]["content"] == 4 and cal["counts"]["layers"] == 6
     with open(cal["yaml"]) as f:
         yaml_text = f.read()
     assert "attn2.to_k: " in yaml_text and yaml_text.startswith("# MixDQ allocation")
-    # qbench run: the stored allocation, no calibration
-    r, err = _run(capsys, ["run", "--method", "mixdq", *base, *_opts(bos="false")])
+    # qbench run: the stored allocation (no calibration), with the BOS path on the cross-attention keys
+    r, err = _run(capsys, ["run", "--method", "mixdq", *base, *_opts()])
     rep = r["method_report"]
     assert rep["allocation_origin"] == "stored" and "using stored allocation" in err
     assert r["method"]["allocation"]["sha"] and abs(rep["mean_w"] - 4.0) <= 0.02 + 1e-9 and rep["layers_quantized"] == 6
     by_layer = r["effective_bits"]["by_layer"]  # the other Linear layers stay 16-bit (include)
     assert sum(v["w"] < 16 for v in by_layer.values()) == 6
-    # naive with the YAML on the same layers: the same bit map and the same pixels (no BOS path here)
-    plain = [a for a in base if a not in ("--calib-prompts", "coco2017-calib:2")]  # naive does not calibrate
-    n, _ = _run(capsys, ["run", "--method", "naive", *plain, "-O", f"layers={cal['yaml']}", "-O", f"include={LCM_LAYERS}"])
-    assert n["effective_bits"]["by_layer"] == r["effective_bits"]["by_layer"]
-    assert all(np.array_equal(a, b) for a, b in zip(_images(n), _images(r)))
-    # with the BOS path (its own allocation): other pixels, and the report says why
-    b, _ = _run(capsys, ["run", "--method", "mixdq", *base, *_opts()])
-    ts = b["method_report"]["text_stream"]
+    ts = rep["text_stream"]
     assert ts["rule"] == "bos" and ts["prompt_independent"] and len(ts["wrapped"]) == 4 and ts["bos_misses"] == 0 and ts["bos_hits"] > 0
-    assert b["method"]["options"]["bos"] is True and r["method"]["options"]["bos"] is False
-    assert b["images_dir"] != r["images_dir"]
+    # the YAML without the BOS path, in mixdq and in naive: the same bit map and the same pixels
+    plain = [a for a in base if a not in ("--calib-prompts", "coco2017-calib:2")]  # nothing calibrates
+    m, _ = _run(capsys, ["run", "--method", "mixdq", *plain, "-O", f"allocation={cal['yaml']}", "-O", "bos=false", "-O", f"include={LCM_LAYERS}"])
+    n, _ = _run(capsys, ["run", "--method", "naive", *plain, "-O", f"layers={cal['yaml']}", "-O", f"include={LCM_LAYERS}"])
+    assert m["method_report"]["allocation_origin"] == "option" and m["method"]["allocation"]["sha"] == r["method"]["allocation"]["sha"]
+    assert n["effective_bits"]["by_layer"] == m["effective_bits"]["by_layer"] == r["effective_bits"]["by_layer"]
+    assert all(np.array_equal(a, b) for a, b in zip(_images(n), _images(m)))
+    assert m["images_dir"] != r["images_dir"]  # describe() carries the BOS setting: another image folder
 
 
 def test_kernel_mode_runs_each_layer_at_its_width(tmp_path, capsys):

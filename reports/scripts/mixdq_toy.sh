@@ -48,4 +48,4 @@ for M in tiny-lcm tiny-pcm tiny-sdxl-turbo tiny-flux; do
   $N $Q run "${C[@]}" --method naive --bits W4A8 --mode kernel > "$D/naive_kernel.json"
 done
 $PY "$(dirname "$0")/mixdq_toy_md.py" "$R" "$EV" > "$R/mixdq-toy.md"
-echo "wrote $R/mixdq-toy.md (copy it to reports/mixdq-toy.md)"
+echo "wrote $R/mixdq-toy.md and $R/mixdq-toy/*.png (copy both to reports/)"

@@ -37,6 +37,39 @@ def metric(r, name, nd=4):
     return "-" if m is None else fmt_pm(m["value"], m.get("stderr"), nd)
 
 
+def plot_sensitivity(alloc: dict, model: str, path: str) -> None:
+    """Per-layer sensitivity (content: 1 - SSIM, log scale; quality: SQNR dB) at W2/W4/W8, layers
+    ordered by their W2 score, the allocated width marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sens = alloc["sensitivity"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    for ax, group in zip(axes, ("content", "quality")):
+        names = sorted((n for n, v in sens.items() if v["group"] == group), key=lambda n: sens[n]["w"]["2"])
+        x = range(len(names))
+        for b, style in (("2", "o-"), ("4", "s-"), ("8", "^-")):
+            y = [sens[n]["w"][b] for n in names]
+            y = [max(1.0 - v, 1e-7) for v in y] if group == "content" else y
+            ax.plot(x, y, style, ms=3, lw=0.8, label=f"W{b} alone")
+        got = [alloc["allocation"][n]["w"] for n in names]
+        yy = [max(1.0 - sens[n]["w"][str(b)], 1e-7) if group == "content" else sens[n]["w"][str(b)] for n, b in zip(names, got)]
+        ax.scatter(x, yy, s=40, facecolors="none", edgecolors="k", label="allocated (W3A8)")
+        if group == "content":
+            ax.set_yscale("log")
+            ax.set_ylabel("1 - SSIM vs FP (lower = less damage)")
+        else:
+            ax.set_ylabel("SQNR of denoiser output, dB (higher = less damage)")
+        ax.set_xlabel(f"{group} layers, ordered by their W2 score")
+        ax.set_title(f"{model}: {group} layers ({len(names)})")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     root, ev = sys.argv[1], sys.argv[2]
     out: list[str] = []
@@ -128,6 +161,9 @@ def main() -> None:
 
         alloc = allocs["W3A8"]
         p("### Sensitivity: most and least sensitive layers\n")
+        os.makedirs(os.path.join(root, "mixdq-toy"), exist_ok=True)
+        plot_sensitivity(alloc, model, os.path.join(root, "mixdq-toy", f"{model}-sensitivity.png"))
+        p(f"![{model} sensitivity](mixdq-toy/{model}-sensitivity.png)\n")
         sens = alloc["sensitivity"]
         for group, unit in (("content", "SSIM of images vs FP, 1 = unchanged"), ("quality", "SQNR of the denoiser output, dB")):
             names_g = [n for n, v in sens.items() if v["group"] == group]
