@@ -31,6 +31,7 @@ MODELS.register("toy-flux", "qbench.zoo.specs:TOY_FLUX", "toy world: trained tin
 # -- methods (methods/<name>.py, installed as qbench.methods.<name>) -----------------------------
 METHODS.register("fp", "qbench.methods.fp:FullPrecision", "full precision: the model's native dtype, no quantization")
 METHODS.register("naive", "qbench.methods.naive:Naive", "round-to-nearest W/A quantization (torchao conventions; W4A8, W8A8, W4A16, ...), simulate or real int kernels")
+METHODS.register("mixdq", "qbench.methods.mixdq:MixDQ", "MixDQ-style mixed precision: BOS-aware text layers, metric-decoupled sensitivity (SSIM/SQNR), ILP bit allocation under the --bits budget")
 METHODS.register("qsched", "qbench.methods.qsched:QSched", "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)")
 
 # -- metrics (qbench/metrics/<name>.py) ----------------------------------------------------------

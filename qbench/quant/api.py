@@ -224,6 +224,10 @@ def size_report(module: nn.Module) -> dict[str, Any]:
         b16 += 2 * (m.n * m.k + bias_n)
         bias_bytes = 0 if m.bias is None else m.bias.numel() * m.bias.element_size()
         deploy += m.kernel_nbytes - bias_bytes + 2 * bias_n
+        # float tensors a layer adds to its packed format (e.g. BOS-aware layers' cached BOS
+        # key/value, qbench.quant.bos): counted at 16 bits, like every other float tensor
+        for t in getattr(m, "extra_float_tensors", list)():
+            deploy += 2 * t.numel() - t.numel() * t.element_size()
         modes.add(m.mode)
     if not quant:
         kind = "16-bit (no quantized layers)"

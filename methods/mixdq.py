@@ -1,0 +1,399 @@
+"""``mixdq``: MixDQ-style mixed-precision quantization of the denoiser.
+
+    qbench run --method mixdq --bits W3A8 --model toy-flux [--mode kernel]
+    qbench calibrate --method mixdq --bits W3A8 --model toy-flux
+    qbench run --method qsched -O base=mixdq --bits W3A8 --model toy-flux
+
+Source: Zhao et al., "MixDQ: Memory-Efficient Few-Step Text-to-Image Diffusion Models with
+Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), and its public code
+github.com/thu-nics/MixDQ (``mixed_precision_scripts/``). Facts taken from them:
+
+* BOS-aware text-embedding quantization: in cross-attention ``to_k``/``to_v`` the BOS token of the
+  CLIP text embedding (token 0, where the outliers sit) goes through full-precision weights; it is
+  prompt-independent, so its key/value is precomputed once (``bos_pre_computed``).
+* Metric-decoupled sensitivity: "content" layers (name contains ``attn2`` or ``ff``) are scored by
+  the SSIM of images generated with only that layer quantized against the FP images; all other
+  ("quality") layers by the SQNR of the UNet output on captured inputs; each layer alone, at each
+  candidate width (weights {2, 4, 8}; activations {4, 8}).
+* Integer programming per group (binary c[i,b], one width per layer, maximise summed sensitivity,
+  parameter-weighted mean bits within the target +- 0.02); the budget split
+  ``b_q = B(1+r)/(k r+1)``, ``b_c = k b_q``, ``r = P_content / P_quality``, swept over
+  ``k in linspace(0.46, 1.36, 10)`` and ``B in linspace(target-0.3, target, 10)``; the final
+  configuration chosen by image quality. The most sensitive activation layers stay FP16 (the
+  public SDXL-Turbo config keeps 9, ~1 %), the others average 7.7 bits so that all average 8.
+  32 calibration prompts (first COCO caption per image). Configs are per-layer YAML ``name: 8``.
+* Its CUDA kernels accelerate W8A8 only; 4-bit layers are storage savings plus simulation.
+
+What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
+
+* Layers: the denoiser's Linear layers (``include``/``exclude`` apply). Content layers: MixDQ's
+  rule on UNets (``*attn2*``, ``*ff*``); on the FLUX transformer (no cross-attention: text and
+  image tokens meet in joint attention) the text stream and the cross-modal projections
+  (``context_embedder``, ``*text_embedder*``, ``*add_q_proj``/``*add_k_proj``/``*add_v_proj``,
+  ``*to_add_out``) and the feed-forward layers (``*ff*`` incl. ``ff_context``, ``*proj_mlp``);
+  ``-O content=PAT,...`` overrides.
+* Quantizer: qbench's round-to-nearest conventions (:mod:`qbench.quant.spec`) for each layer's
+  (w, a): e.g. w < 8 with A8 -> per-group-32 symmetric weights and per-token asymmetric dynamic
+  activations, w = 8 -> per-channel (MixDQ itself used per-channel weights and static per-tensor
+  activations). Weight sensitivity is measured weight-only (``resolve_spec(b, None)``),
+  activation sensitivity with float weights and only that layer's input fake-quantized with the
+  activation quantizer of the ``W`` of ``--bits``; always in simulate mode (float group scales).
+* Weights: budget = the W of ``--bits``; the (B, k) sweep above (``k_sweep``, ``b_sweep``), each
+  point solved exactly with ``scipy.optimize.milp`` for both groups; every distinct feasible
+  allocation is scored by the mean pixel MSE of its images (activations in float) against the FP
+  images of the calibration prompts, and the lowest wins. So the final mean is within
+  [W - 0.3 - 0.02, W + 0.02] and printed to 3 decimals.
+* Activations (A of ``--bits`` < 16): ``a_fp16`` layers (default ceil(1 %) of the layers; 0 when
+  it cannot fit) with the lowest score at A stay 16-bit, taken alternately from the quality and
+  content groups; with ``act_alloc=mixed`` (default) the others get widths from ``a_candidates``
+  (default {4, 8}) by the same integer program so that the parameter-weighted mean over *all*
+  layers equals A +- tolerance (MixDQ's 7.7-bit rule), groups split with ``a_k_sweep`` (default
+  k = 1; several values are chosen between by image MSE); with ``act_alloc=uniform`` the others
+  stay at A and the mean rises above A (reported).
+* BOS: the layers whose input *is* the denoiser's text embedding (found by hooks: SD/SDXL
+  ``attn2.to_k``/``to_v``, FLUX ``context_embedder``) become :class:`qbench.quant.bos.BOSAwareLinear`
+  when token 0 of that embedding is identical for different prompts (CLIP is causal); otherwise
+  (FLUX's T5 stream: bidirectional, and FLUX.1's T5 tokenizer adds no BOS) the run's report says
+  so and ``text_token_rule`` (none | first | outlier) decides.
+
+The allocation is stored as ``<out_dir>/mixdq/<model>_<bits>_<key>.yaml`` (MixDQ's format,
+``layer.name: 4``, or ``{w: 4, a: 16}`` where a layer's activations differ from ``--bits``) plus a
+``.json`` with sensitivities, the sweep and provenance; ``naive --bits <same> -O layers=FILE``
+loads the YAML (the same layers, without the BOS path), ``mixdq -O allocation=FILE`` too.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+from qbench.methods.mixdq_calib import calibrate_allocation, probe_text_stream
+
+from qbench.api import Method
+from qbench.config import stable_hash
+from qbench.errors import ConfigError, QBenchError
+from qbench.quant import allocate as al
+from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig, load_overrides
+
+if TYPE_CHECKING:  # pragma: no cover
+    from qbench.api import Prompt
+    from qbench.models.base import LoadedModel
+
+#: default content-layer patterns per denoiser class (module docstring)
+CONTENT = {
+    "UNet2DConditionModel": ("*attn2*", "*ff*"),
+    "FluxTransformer2DModel": ("context_embedder", "*text_embedder*", "*add_q_proj", "*add_k_proj", "*add_v_proj", "*to_add_out", "*ff*", "*proj_mlp"),
+}
+PASS_THROUGH = ("group_size", "include", "exclude", "w_clip", "group_scales", "a_granularity")
+
+
+def _options() -> tuple:
+    from qbench.options import Opt
+
+    q = {o.name: o for o in QUANT_OPTIONS}
+    return (
+        Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8)"),
+        Opt("a_candidates", "any", None, "candidate activation widths (default 4,8)"),
+        Opt("k_sweep", "any", None, "ratios k = b_content/b_quality swept (default MixDQ's linspace(0.46, 1.36, 10))"),
+        Opt("b_sweep", "any", None, "overall weight budgets swept, each <= W (default linspace(W-0.3, W, 10))"),
+        Opt("tolerance", "float", 0.02, "allowed deviation of a group's mean bits from its budget", minimum=0.0),
+        Opt("act_alloc", "str", "mixed", "activation widths: mixed (ILP, mean = A) or uniform (A, a_fp16 layers at 16)", choices=("mixed", "uniform")),
+        Opt("a_k_sweep", "any", None, "k values of the activation split (default 1)"),
+        Opt("a_fp16", "int", None, "most activation-sensitive layers kept at 16 bits (default ceil(1% of layers), 0 if it cannot fit)", minimum=0),
+        Opt("content", "list", None, "fnmatch patterns of content (SSIM-scored) layers (default per architecture)"),
+        Opt("bos", "bool", True, "BOS-aware text-fed layers (token 0 in full precision, its k/v cached)"),
+        Opt("text_token_rule", "str", "none", "text streams without a prompt-independent token 0: none, first or outlier token in FP", choices=("none", "first", "outlier")),
+        Opt("allocation", "str", None, "a per-layer YAML allocation to use instead of calibrating"),
+        Opt("recalibrate", "bool", False, "calibrate even if a stored allocation exists"),
+        Opt("calib_batch_size", "int", None, "images per generation batch while calibrating (default --batch-size)", minimum=1),
+        *(q[n] for n in PASS_THROUGH),
+    )
+
+
+def _numbers(name: str, values: Any, default: list, cast=float) -> list:
+    """An option holding numbers: a number, a list of numbers or a comma-separated string."""
+    if values is None:
+        return list(default)
+    if isinstance(values, str):
+        values = [v for v in values.replace(" ", "").split(",") if v]
+    elif isinstance(values, (int, float)) and not isinstance(values, bool):
+        values = [values]
+    bad = ConfigError(f"method 'mixdq' option {name} must be a number or a list of numbers{' of bits' if cast is int else ''}, got {values!r}")
+    if not isinstance(values, (list, tuple)) or not values:
+        raise bad
+    try:
+        nums = [float(v) for v in values if not isinstance(v, bool)]
+    except (TypeError, ValueError):
+        raise bad from None
+    if len(nums) != len(values) or not all(math.isfinite(v) for v in nums) or (cast is int and any(v != int(v) for v in nums)):
+        raise bad
+    return [cast(v) for v in nums]
+
+
+def overrides_of(alloc: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Allocation ``{name: {"w", "a"}}`` (a None = 16) -> QuantConfig overrides."""
+    return {n: {"w": int(v["w"]), "a": 16 if v["a"] is None else int(v["a"])} for n, v in alloc.items()}
+
+
+def allocation_yaml(alloc: dict[str, dict[str, Any]], bits: BitSpec, header: str) -> str:
+    """MixDQ's per-layer YAML (``name: 4``; ``name: {w: 4, a: 16}`` where a differs from ``bits``)."""
+    lines = [f"# {line}" for line in header.splitlines()]
+    for n in sorted(alloc):
+        w, a = alloc[n]["w"], alloc[n]["a"]
+        lines.append(f"{n}: {w}" if a == bits.a else f"{n}: {{w: {w}, a: {16 if a is None else a}}}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_allocation(source: Any, bits: BitSpec) -> dict[str, dict[str, Any]]:
+    """A YAML/JSON allocation file or mapping -> ``{name: {"w", "a"}}`` (refuses fp16 entries:
+    MixDQ quantizes every layer it allocates)."""
+    out = {}
+    for name, v in load_overrides(source).items():
+        if isinstance(v, bool) or not isinstance(v, (int, dict)):
+            raise ConfigError(f"mixdq allocation entry {name!r}: expected bits (4) or {{w: 4, a: 8}}, got {v!r}")
+        w, a = (v, bits.a) if isinstance(v, int) else (v.get("w", bits.w), v.get("a", 16 if bits.a is None else bits.a))
+        a = None if a in (16, None) else a
+        BitSpec(int(w), None if a is None else int(a))
+        out[str(name)] = {"w": int(w), "a": None if a is None else int(a)}
+    if not out:
+        raise ConfigError("mixdq allocation is empty")
+    return out
+
+
+class MixDQ(Method):
+    name = "mixdq"
+    description = "MixDQ-style mixed precision: BOS-aware text layers, metric-decoupled sensitivity, ILP bit allocation"
+    uses_bits = True
+    OPTIONS = _options()
+    CALIBRATION_PROMPTS = 32  # the paper's calibration set size
+    NEEDS_FP_CALIBRATION_IMAGES = True
+
+    def __init__(self, cfg):
+        if not cfg.bits:
+            raise ConfigError("method 'mixdq' needs --bits, e.g. --bits W4A8 (W: the mean weight-bit budget, A: the activation budget)")
+        super().__init__(cfg)
+        from qbench.options import parse_options
+
+        self.opts = parse_options(f"method {self.name!r}", self.OPTIONS, self.options)
+        quant = {k: self.opts[k] for k in PASS_THROUGH if self.opts[k] is not None}
+        self.qconfig = QuantConfig(bits=cfg.bits, mode=cfg.mode or "simulate", **quant)
+        self.sim_config = self.qconfig.replace(mode="simulate")
+        self.bits: BitSpec = self.qconfig.bits
+        o = self.opts
+        self.w_cands = sorted(set(_numbers("w_candidates", o["w_candidates"], [2, 4, 8], int)))
+        self.a_cands = sorted(set(_numbers("a_candidates", o["a_candidates"], [4, 8], int)))
+        for b in self.w_cands + self.a_cands:
+            BitSpec(b, 8)  # 2..8
+        w = self.bits.w
+        if not self.w_cands[0] <= w <= self.w_cands[-1]:
+            raise ConfigError(f"mixdq: the weight budget W{w} lies outside the candidate widths {self.w_cands}")
+        self.k_sweep = _numbers("k_sweep", o["k_sweep"], list(al.MIXDQ_K_SWEEP))
+        self.b_sweep = _numbers("b_sweep", o["b_sweep"], al.budget_grid(w))
+        self.a_k_sweep = _numbers("a_k_sweep", o["a_k_sweep"], [1.0])
+        if min(self.k_sweep + self.a_k_sweep) <= 0:
+            raise ConfigError("mixdq: k_sweep and a_k_sweep values must be > 0")
+        if max(self.b_sweep) > w + o["tolerance"] + 1e-9 or min(self.b_sweep) < self.w_cands[0] - 1e-9:
+            raise ConfigError(f"mixdq: b_sweep values must lie in [{self.w_cands[0]}, W{w}], got {self.b_sweep}")
+        if o["a_fp16"] and self.bits.a is None:
+            raise ConfigError("mixdq: a_fp16 applies to quantized activations; --bits has A16 (weight-only)")
+        self.given = parse_allocation(o["allocation"], self.bits) if o["allocation"] else None
+        self.alloc: dict[str, dict[str, Any]] | None = None
+        self.origin: str | None = None  # option | stored | calibrated
+        self.calib_info: dict[str, Any] = {}
+        self.text: dict[str, Any] | None = None
+        self._qreport: Any = None
+        self._swapped: list[Any] = []
+
+    @classmethod
+    def run_calibration(cls, cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
+        """Entry point of ``qbench calibrate`` (module-level :func:`run_calibration`)."""
+        return run_calibration(cfg, show_progress=show_progress)
+
+    # -- where allocations live -------------------------------------------------------------------
+    def content_patterns(self, denoiser_class: str) -> tuple[str, ...]:
+        return tuple(self.opts["content"]) if self.opts["content"] else CONTENT.get(denoiser_class, CONTENT["UNet2DConditionModel"])
+
+    def allocation_key(self) -> dict[str, Any]:
+        from qbench.models.loader import get_spec
+
+        spec = get_spec(self.cfg.model)
+        keep = {k: v for k, v in self.opts.items() if k not in ("allocation", "recalibrate", "calib_batch_size")}
+        return {"model": self.cfg.model, "model_path": self.cfg.model_path, "bits": str(self.bits), "steps": self.cfg.steps or spec.steps,
+                "seed": self.cfg.seed, "resolution": self.cfg.resolution or spec.resolution,
+                "guidance": spec.guidance if self.cfg.guidance is None else self.cfg.guidance,
+                "calib": self.cfg.calib_prompts or f"{spec.calib_prompts}:{self.CALIBRATION_PROMPTS}", "options": keep}
+
+    def stored_path(self) -> str:
+        stem = f"{self.cfg.model}_{self.bits}_{stable_hash(self.allocation_key(), 10)}".replace("/", "-")
+        return os.path.join(self.cfg.out_dir, "mixdq", stem + ".json")
+
+    def _stored(self) -> dict[str, Any] | None:
+        import json
+
+        path = self.stored_path()
+        if self.opts["recalibrate"] or not os.path.exists(path):
+            return None
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except (OSError, ValueError) as e:
+            raise QBenchError(f"stored mixdq allocation {path} is unreadable ({e}); delete it or pass -O recalibrate=true") from None
+
+    def _peek(self) -> dict[str, dict[str, Any]] | None:
+        if self.alloc is not None:
+            return self.alloc
+        if self.given is not None:
+            return self.given
+        st = self._stored()
+        return None if st is None else {n: {"w": v["w"], "a": v["a"]} for n, v in st["allocation"].items()}
+
+    # -- protocol ---------------------------------------------------------------------------------
+    @property
+    def mode(self) -> str:
+        return self.qconfig.mode
+
+    @property
+    def calibration_prompts_n(self) -> int:
+        """0 when an allocation is given or stored; else 32, or all of ``--calib-prompts``."""
+        if self.given is not None:
+            return 0
+        if self.cfg.calib_prompts:
+            from qbench.prompts import load_prompts
+
+            return len(load_prompts(self.cfg.calib_prompts))
+        return 0 if self._stored() is not None else self.CALIBRATION_PROMPTS
+
+    def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
+        if self._peek() is not None:
+            return None
+        from qbench.methods.mixdq_calib import estimate_cost
+
+        return estimate_cost(self, n_prompts)
+
+    def prepare(self, model: LoadedModel) -> None:
+        """Nothing to insert: calibration perturbs one layer at a time and restores it."""
+
+    def calibrate(self, model: LoadedModel, prompts: list[Prompt], ctx=None) -> None:
+        if self.given is not None:
+            self.alloc, self.origin = self.given, "option"
+            return
+        st = self._stored()
+        if st is not None and st.get("provenance", {}).get("weights") in (None, model.source):
+            self.alloc = {n: {"w": v["w"], "a": v["a"]} for n, v in st["allocation"].items()}
+            self.origin, self.calib_info = "stored", {k: st.get(k) for k in ("mean_w", "mean_a", "chosen", "timings", "yaml")}
+            _say(f"mixdq: using stored allocation {self.stored_path()}")
+            return
+        if not prompts:
+            raise QBenchError("mixdq: no stored allocation and no calibration prompts")
+        if ctx is None:
+            from qbench.calibctx import CalibrationContext
+
+            ctx = CalibrationContext.standalone(model, self.cfg, prompts, self.name)
+        if self.text is None:
+            self.text = probe_text_stream(self, model)
+        result = calibrate_allocation(self, model, list(prompts), ctx)
+        self.alloc, self.origin, self.calib_info = result["allocation"], "calibrated", result
+
+    def convert(self, model: LoadedModel) -> None:
+        from torch import nn
+
+        from qbench.quant.api import quant_layers, quantize_
+        from qbench.quant.bos import BOSAwareLinear
+        from qbench.quant.sensitivity import set_module
+
+        if self.alloc is None:
+            alloc = self._peek()
+            if alloc is None:
+                raise QBenchError(f"mixdq: no allocation for {self.cfg.model} {self.bits}; run `qbench calibrate --method mixdq` first")
+            self.alloc, self.origin = alloc, "option" if self.given is not None else "stored"
+        if self.text is None:
+            self.text = probe_text_stream(self, model)
+        den = model.denoiser
+        qc = self.qconfig.replace(overrides=overrides_of(self.alloc))
+        orig = {n: den.get_submodule(n) for n in self.text["wrap"] if n in self.alloc}
+        self._qreport = quantize_(den, qc)
+        if not quant_layers(den):
+            raise ConfigError("mixdq: no layer was quantized")
+        for n, mod in orig.items():
+            if isinstance(mod, nn.Linear):
+                spec = den.get_submodule(n).spec
+                new = BOSAwareLinear.from_float(mod, spec, self.text["rule"], self.text.get("bos_input"))
+                set_module(den, n, new)
+                self._swapped.append((n, new))
+
+    # -- bookkeeping ------------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        alloc = self._peek()
+        opts = {k: v for k, v in self.opts.items() if k not in ("allocation", "recalibrate", "calib_batch_size")}
+        out: dict[str, Any] = {"method": self.name, "bits": str(self.bits), "mode": self.mode, "options": opts, "allocation": None}
+        if alloc is not None:
+            out["allocation"] = {"sha": stable_hash(overrides_of(alloc), 16), "layers": len(alloc)}
+        return out
+
+    def report(self) -> dict[str, Any]:
+        if self._qreport is None:
+            return {}
+        r = self._qreport
+        layers = {d["name"]: d for d in r.layers}
+        params = {n: d["shape"][0] * d["shape"][1] for n, d in layers.items() if n in (self.alloc or {})}
+        mean_w = al.mean_bits({n: self.alloc[n]["w"] for n in params}, params)
+        mean_a = al.mean_bits({n: 16 if self.alloc[n]["a"] is None else self.alloc[n]["a"] for n in params}, params)
+        text = {k: v for k, v in (self.text or {}).items() if k != "bos_input"}
+        text["wrapped"] = [n for n, _ in self._swapped]
+        text["bos_hits"] = sum(m.bos_hits for _, m in self._swapped if m.rule == "bos")
+        text["bos_misses"] = sum(m.bos_misses for _, m in self._swapped if m.rule == "bos")
+        out = {
+            "allocation_origin": self.origin,
+            "budget": {"w": self.bits.w, "a": self.bits.a or 16},
+            "mean_w": round(mean_w, 3), "mean_a": round(mean_a, 3),
+            "layers_quantized": r.n_quantized, "bits_by_layer_count": r.to_dict()["bits_by_layer_count"],
+            "kernel_path": r.kernel_path, "bytes_before": r.bytes_before, "bytes_after": r.bytes_after, "bytes_packed": r.bytes_packed,
+            "text_stream": text,
+            "calibration": {k: v for k, v in self.calib_info.items() if k not in ("allocation", "params", "sensitivity", "sweep")},
+        }
+        return out
+
+
+def _say(msg: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)
+
+
+def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
+    """``qbench calibrate --method mixdq``: sensitivity (reusing cached scores) and allocation,
+    always recomputed; writes the YAML/JSON and returns a summary."""
+    from qbench.calibctx import CalibrationContext
+    from qbench.models.loader import load_model
+    from qbench.preflight import calibration_prompts
+    from qbench.progress import make_progress
+
+    if cfg.method != "mixdq":
+        raise ConfigError(f"this calibration is for --method mixdq, got {cfg.method!r}")
+    opts = dict(cfg.method_options)
+    if opts.get("allocation"):
+        raise ConfigError("qbench calibrate computes an allocation; -O allocation=FILE is for qbench run")
+    opts["recalibrate"] = True
+    cfg = cfg.replace(method_options=opts)
+    method = MixDQ(cfg)
+    prompts = calibration_prompts(cfg, method)
+    cost = method.calibration_cost(len(prompts))
+    if cost:
+        _say(f"mixdq: calibrating on {method.calib_spec}: {cost['images']} images, {cost.get('forward_passes', 0)} denoiser passes ({cost['what']})")
+    t = time.perf_counter()
+    model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    with make_progress(show_progress) as progress:
+        ctx = CalibrationContext(model, cfg, prompts, method_name="mixdq", progress=progress, say=_say)
+        method.prepare(model)
+        method.calibrate(model, prompts, ctx)
+    info = method.calib_info
+    return {
+        "model": cfg.model, "bits": str(method.bits), "yaml": info["yaml"], "json": info["json"],
+        "mean_w": info["mean_w"], "mean_a": info["mean_a"], "chosen": info["chosen"],
+        "a_fp16_layers": info["a_fp16_layers"], "timings": info["timings"], "counts": info["counts"],
+        "wall_s": round(time.perf_counter() - t, 1),
+    }
+
+
+__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "overrides_of", "parse_allocation", "run_calibration"]

@@ -1,0 +1,221 @@
+"""The ``mixdq`` method end to end on tiny twins and toy-flux (CPU, offline; few layers and prompts
+so each run takes seconds): calibrate -> stored allocation -> run, the YAML round trip through
+``naive -O layers=FILE``, kernel mode with mixed widths, resumable sensitivity, Q-Sched on top,
+one-line errors."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from qbench.cli import main
+
+# a few layers of each group keep the tests fast: cross-attention keys (content, BOS-fed: 4) and the
+# mid block's time projections (quality: 2)
+LCM_LAYERS = "*attn2.to_k,mid_block.resnets.*.time_emb_proj"
+FAST = {"include": LCM_LAYERS, "k_sweep": "1", "b_sweep": "4", "w_candidates": "2,4,8", "a_candidates": "8"}
+COMMON = ["--prompts", "coco2017:2", "--calib-prompts", "coco2017-calib:2", "--batch-size", "2", "--metrics", "psnr",
+          "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress"]
+
+
+def _opts(**extra):
+    out = []
+    for k, v in {**FAST, **extra}.items():
+        out += ["-O", f"{k}={v}"]
+    return out
+
+
+def _run(capsys, argv):
+    code = main(argv + ["--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    return json.loads(out), err
+
+
+def _images(result):
+    return [np.asarray(Image.open(os.path.join(result["images_dir"], f))) for f in sorted(os.listdir(result["images_dir"])) if f.endswith(".png")]
+
+
+def test_calibrate_then_run_tiny_lcm_and_yaml_round_trip(tmp_path, capsys):
+    out = str(tmp_path)
+    base = ["--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", out, *COMMON]
+    # qbench calibrate: sensitivity + allocation, YAML + JSON written
+    assert main(["calibrate", "--method", "mixdq", *base[:-1], *_opts()]) == 0
+    cal = json.loads(capsys.readouterr().out)
+    assert abs(cal["mean_w"] - 4.0) <= 0.02 + 1e-9 and cal["mean_a"] == 8.0
+    assert cal["counts"]["configs"] == 6 * 4 and cal["counts"]["content"] == 4 and cal["counts"]["layers"] == 6
+    with open(cal["yaml"]) as f:
+        yaml_text = f.read()
+    assert "attn2.to_k: " in yaml_text and yaml_text.startswith("# MixDQ allocation")
+    # qbench run: the stored allocation (no calibration), with the BOS path on the cross-attention keys
+    r, err = _run(capsys, ["run", "--method", "mixdq", *base, *_opts()])
+    rep = r["method_report"]
+    assert rep["allocation_origin"] == "stored" and "using stored allocation" in err
+    assert r["method"]["allocation"]["sha"] and abs(rep["mean_w"] - 4.0) <= 0.02 + 1e-9 and rep["layers_quantized"] == 6
+    by_layer = r["effective_bits"]["by_layer"]  # the other Linear layers stay 16-bit (include)
+    assert sum(v["w"] < 16 for v in by_layer.values()) == 6
+    ts = rep["text_stream"]
+    assert ts["rule"] == "bos" and ts["prompt_independent"] and len(ts["wrapped"]) == 4 and ts["bos_misses"] == 0 and ts["bos_hits"] > 0
+    # the YAML without the BOS path, in mixdq and in naive: the same bit map and the same pixels
+    plain = [a for a in base if a not in ("--calib-prompts", "coco2017-calib:2")]  # nothing calibrates
+    m, _ = _run(capsys, ["run", "--method", "mixdq", *plain, "-O", f"allocation={cal['yaml']}", "-O", "bos=false", "-O", f"include={LCM_LAYERS}"])
+    n, _ = _run(capsys, ["run", "--method", "naive", *plain, "-O", f"layers={cal['yaml']}", "-O", f"include={LCM_LAYERS}"])
+    assert m["method_report"]["allocation_origin"] == "option" and m["method"]["allocation"]["sha"] == r["method"]["allocation"]["sha"]
+    assert n["effective_bits"]["by_layer"] == m["effective_bits"]["by_layer"] == r["effective_bits"]["by_layer"]
+    assert all(np.array_equal(a, b) for a, b in zip(_images(n), _images(m)))
+    assert m["images_dir"] != r["images_dir"]  # describe() carries the BOS setting: another image folder
+
+
+def test_kernel_mode_runs_each_layer_at_its_width(tmp_path, capsys):
+    """A hand-written allocation (2/4/8-bit layers) in kernel mode: each layer stores its own packed
+    codes, and the reported size is the sum of what the layers store."""
+    import torch
+    from qbench.methods.mixdq import MixDQ
+
+    from qbench.config import RunConfig
+    from qbench.models.loader import load_model
+    from qbench.quant.api import quant_layers, size_report
+    from qbench.quant.bos import BOSAwareLinear
+
+    alloc = tmp_path / "alloc.yaml"
+    alloc.write_text("context_embedder: 8\nx_embedder: 4\nproj_out: 2\n"
+                     "transformer_blocks.0.attn.to_q: {w: 4, a: 16}\nsingle_transformer_blocks.0.proj_mlp: 2\n")
+    cfg = RunConfig(model="tiny-flux", method="mixdq", bits="W4A8", mode="kernel", out_dir=str(tmp_path),
+                    method_options={"allocation": str(alloc), "include": "context_embedder,x_embedder,proj_out,transformer_blocks.0.attn.to_q,single_transformer_blocks.0.proj_mlp",
+                                    "text_token_rule": "first"})
+    m = MixDQ(cfg)
+    assert m.calibration_prompts_n == 0 and m.calibration_cost(0) is None
+    model = load_model("tiny-flux", device="cpu")
+    m.prepare(model)
+    m.calibrate(model, [])
+    m.convert(model)
+    q = dict(quant_layers(model.denoiser))
+    assert {n: (l.spec.w_bits, l.spec.a_bits) for n, l in q.items()} == {
+        "context_embedder": (8, 8), "x_embedder": (4, 8), "proj_out": (2, 8), "transformer_blocks.0.attn.to_q": (4, None),
+        "single_transformer_blocks.0.proj_mlp": (2, 8)}
+    for l in q.values():  # codes: 8 bits one per byte, 4 bits two, 2 bits four
+        per = {8: 1, 4: 2, 2: 4}[l.spec.w_bits]
+        assert l.qweight.numel() == l.n * l.kp // per
+        assert l.packed_nbytes == l.stored_nbytes()
+    assert isinstance(q["context_embedder"], BOSAwareLinear) and q["context_embedder"].rule == "first"
+    rep = m.report()
+    assert rep["kernel_path"] and rep["bits_by_layer_count"] == {"W8A8": 1, "W4A8": 1, "W2A8": 2, "W4A16": 1}
+    assert "no prompt-independent BOS" in rep["text_stream"]["note"]
+    size = size_report(model.denoiser)
+    others = sum(t.numel() * 2 for mod in [model.denoiser] for t in list(mod.parameters()) + list(mod.buffers())
+                 if not any(t is u for l in q.values() for u in list(l.parameters()) + list(l.buffers())))
+    packed = sum(l.packed_nbytes - l.bias.numel() * l.bias.element_size() + 2 * l.bias.numel()
+                 - sum(t.numel() * (t.element_size() - 2) for t in getattr(l, "extra_float_tensors", list)()) for l in q.values())
+    assert size["deploy_bytes"] == others + packed
+    with torch.inference_mode():
+        img = model.generate(["a red cube"], [0])
+    assert img[0].size == (64, 64)
+
+
+def test_toy_flux_end_to_end_reports_the_t5_stream(tmp_path, capsys):
+    layers = "context_embedder,*add_k_proj,single_transformer_blocks.0.*"
+    r, err = _run(capsys, ["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(tmp_path),
+                           "--prompts", "toy:2", "--calib-prompts", "toy-calib:2", "--batch-size", "2", "--metrics", "psnr,toy-acc",
+                           "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress",
+                           *_opts(include=layers, text_token_rule="outlier")])
+    rep = r["method_report"]
+    ts = rep["text_stream"]
+    assert ts["layers"] == ["context_embedder"] and not ts["prompt_independent"] and ts["rule"] == "outlier"
+    assert "bidirectional" in ts["note"] and rep["allocation_origin"] == "calibrated"
+    assert abs(rep["mean_w"] - 4.0) <= 0.02 and r["metrics"]["psnr"]["value"] > 20
+    assert "mixdq: sensitivity of 9 layers (4 content" in err and "denoiser passes" in err
+    with open(rep["calibration"]["json"]) as f:
+        cal = json.load(f)
+    assert set(cal["sensitivity"]) == set(cal["allocation"]) and cal["sensitivity"]["context_embedder"]["group"] == "content"
+    assert cal["sensitivity"]["single_transformer_blocks.0.norm.linear"]["group"] == "quality"
+
+
+def test_sensitivity_resumes_after_a_kill_without_recomputing(tmp_path):
+    from qbench.methods.mixdq import MixDQ
+
+    from qbench.calibctx import CalibrationContext
+    from qbench.config import RunConfig
+    from qbench.models.loader import load_model
+    from qbench.prompts import load_prompts
+
+    cfg = RunConfig(model="tiny-lcm", method="mixdq", bits="W4A8", out_dir=str(tmp_path), batch_size=2, calib_prompts="coco2017-calib:2",
+                    method_options=dict(FAST))
+    model = load_model("tiny-lcm", device="cpu")
+    prompts = load_prompts("coco2017-calib:2")
+    calls = {"n": 0}
+
+    class Killed(Exception):
+        pass
+
+    def ctx_with(limit):
+        ctx = CalibrationContext.standalone(model, cfg, prompts, "mixdq")
+        real = ctx.scorer
+
+        def scorer(name, options=None):
+            s = real(name, options)
+
+            def counted(images, ps, refs=None):
+                calls["n"] += 1
+                if limit is not None and calls["n"] > limit:
+                    raise Killed
+                return s(images, ps, refs)
+            return counted
+        ctx.scorer = scorer
+        return ctx
+
+    m = MixDQ(cfg)
+    with pytest.raises(Killed):
+        m.calibrate(model, prompts, ctx_with(5))  # killed during the 6th SSIM-scored config
+    calls["n"] = 0
+    m2 = MixDQ(cfg)
+    m2.calibrate(model, prompts, ctx_with(None))
+    c = m2.calib_info["counts"]
+    n_content = 4 * 4  # attn2.to_k layers x (3 weight widths + 1 activation width)
+    assert calls["n"] == n_content - 5  # only the SSIM configs not scored before the kill
+    assert c["reused"] >= 5 and c["computed"] == c["configs"] - c["reused"]
+
+
+def test_qsched_over_mixdq_on_a_tiny_twin(tmp_path, capsys):
+    base_opts = json.dumps(FAST)
+    r, _ = _run(capsys, ["run", "--model", "tiny-lcm", "--method", "qsched", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON,
+                         "-O", "base=mixdq", "-O", f"base_options={base_opts}", "-O", "search=grid", "-O", "grid_n=2", "-M", "standin=true"])
+    rep = r["method_report"]
+    assert r["label"].startswith("qsched/mixdq W4A8") and rep["base"]["allocation_origin"] == "calibrated"
+    assert r["method"]["base"]["allocation"]["sha"] and rep["checkpoint_origin"] == "calibrated"
+    assert abs(rep["base"]["mean_w"] - 4.0) <= 0.02 + 1e-9
+
+
+def test_dry_run_prints_the_calibration_cost(tmp_path, capsys):
+    assert main(["run", "--model", "tiny-lcm", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON, "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    cal = plan["calibration"]
+    # tiny-lcm: 24 content + 27 quality Linear layers, 5 widths, 2 prompts, 4 steps, batch 2; 100 + 1 sweep points
+    assert cal["images"] == 2 * (1 + 24 * 5 + 101) and cal["forward_passes"] == 27 * 5 * 4 and "cached scores are reused" in cal["what"]
+
+
+BAD = [
+    ([], "needs --bits"),
+    (["--bits", "W4A8", "-O", "w_candidates=3,x"], "w_candidates must be a number or a list of numbers of bits"),
+    (["--bits", "W4A8", "-O", "w_candidates=2.5"], "w_candidates must be"),
+    (["--bits", "W8A8", "-O", "w_candidates=2,4"], "outside the candidate widths"),
+    (["--bits", "W4A8", "-O", "k_sweep=-1"], "must be > 0"),
+    (["--bits", "W4A8", "-O", "b_sweep=5"], "b_sweep values must lie in"),
+    (["--bits", "W4A8", "-O", "act_alloc=some"], "act_alloc must be one of"),
+    (["--bits", "W4A8", "-O", "bos=maybe"], "bos must be true or false"),
+    (["--bits", "W4A8", "-O", "kswep=1"], "did you mean 'k_sweep'"),
+    (["--bits", "W4A8", "-O", "allocation=/nonexistent.yaml"], "not found"),
+    (["--bits", "W4A16", "-O", "a_fp16=2"], "weight-only"),
+    (["--bits", "W4A8", "-O", "tolerance=-1"], "tolerance must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("argv,needle", BAD, ids=[b[1][:24] for b in BAD])
+def test_bad_options_are_one_line(tmp_path, capsys, argv, needle):
+    code = main(["run", "--model", "toy-flux", "--method", "mixdq", "--prompts", "toy:2", "--out-dir", str(tmp_path), "--no-progress", *argv])
+    _, err = capsys.readouterr()
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code != 0 and len(lines) == 1 and lines[0].startswith("qbench: error:") and needle in lines[0], err
+    assert not (tmp_path / "qbench.sqlite").exists()
