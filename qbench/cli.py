@@ -193,7 +193,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         unknown = [n for n in only if n not in have]
         if unknown:
             raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
-    if args.json:
+    if args.csv or (args.json and args.json != "-"):
+        from qbench.export import compare_records, to_csv, write_text
+
+        if args.csv:
+            write_text(args.csv, to_csv(compare_records(payload)))
+        if args.json and args.json != "-":
+            write_text(args.json, json.dumps(payload, indent=1, default=str) + "\n")
+        if "-" in (args.csv, args.json):
+            return 0
+    if args.json == "-":
         print(json.dumps(payload, indent=1, default=str))
         return 0
     con = console()
@@ -247,10 +256,37 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from qbench.report import write_report
 
-    paths = write_report(_db_path(args), args.out_dir, model=args.model)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    runs = [x.strip() for x in args.runs.split(",") if x.strip()] if args.runs else None
+    paths = write_report(_db_path(args), args.out_dir, model=args.model, formats=formats, baseline=args.baseline, vs=args.vs,
+                         grid_prompts=args.grid_prompts, diff=not args.no_diff, plots=not args.no_plots, runs=runs)
     for p in paths:
         print(p)
     return 0
+
+
+def cmd_export_results(args: argparse.Namespace) -> int:
+    from qbench.export import jsonl, per_image_records, write_text
+    from qbench.store import Store
+
+    store = Store(_db_path(args), create=False)
+    if args.runs:
+        runs = [_finished(store.get(x)) for x in dict.fromkeys(x.strip() for x in args.runs.split(",") if x.strip())]
+    else:
+        runs = store.runs(model=args.model)
+        if not runs:
+            raise QBenchError(f"no finished runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+    records = [rec for r in runs for rec in per_image_records(r, store.per_image(r["id"]))]
+    write_text(args.output, jsonl(records))
+    if args.output != "-":
+        print(f"{args.output}: {len(records)} records (one per run and prompt) from {len(runs)} run(s)")
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from qbench.regress import main as regress_main
+
+    return regress_main(args)
 
 
 def _delegate(target: str, argv: list[str]) -> int:
@@ -277,13 +313,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true", help="one row per configuration, every measure a column (needs a wide terminal or a pipe)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the comparison as JSON: on stdout, or into FILE (the table is still printed)")
+    p.add_argument("--csv", metavar="FILE", help="the comparison as CSV, one row per configuration (- for stdout): every metric with its standard "
+                   "error and n, paired difference, its standard error and whether it is resolved; settings, latency, memory, size")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("report", help="write a Markdown report with tables and image grids under <out-dir>/")
+    p = sub.add_parser("report", help="write a Markdown report and a self-contained HTML page per model (tables, provenance, plots, image grids) under <out-dir>/")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
+    p.add_argument("--runs", metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
+    p.add_argument("--format", default="md,html", help="md, html or md,html (default)")
+    p.add_argument("--baseline", metavar="METHOD", help="each table's baseline (a method or label; default fp), as in `qbench compare`")
+    p.add_argument("--vs", metavar="METHOD", help="also pair every configuration with METHOD's configuration of the same bits and mode")
+    p.add_argument("--grid-prompts", type=int, default=6, help="prompts (rows) in the image grid; 0: no grid (default 6)")
+    p.add_argument("--no-diff", action="store_true", help="no difference-to-baseline heat maps in the image grid")
+    p.add_argument("--no-plots", action="store_true", help="no figures")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
+    p.add_argument("--model", help="only this model's runs (default: every finished run)")
+    p.add_argument("--runs", metavar="ID,ID,...", help="only these runs (ids or unique prefixes/suffixes)")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="the JSONL file (default -: stdout)")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_export_results)
+    p = sub.add_parser("regress", help="regression check: the toy models' quality cells through `qbench run` against reports/baselines/toy.json, "
+                       "and (--speed) the pytest-benchmark suite against its committed baseline; prints what moved")
+    from qbench.regress import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_regress)
     p = sub.add_parser("show", help="one stored run in full")
     p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
     p.add_argument("--out-dir", default="reports")

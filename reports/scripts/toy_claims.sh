@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The runs behind reports/toy-world.md (naive quantization vs FP) and reports/qsched-toy.md
+# (Q-Sched vs naive), all through `qbench run`, on every held-out prompt of the `toy` split
+# (1,332 = 74 scenes x 18 wordings), then the two reports through `qbench report`.
+#   usage: reports/scripts/toy_claims.sh [EVAL_PROMPTS] [OUT_DIR]        (default toy:1332)
+# Per model: a Q-Sched W4A8 checkpoint (own search on toy-calib:25), fp, naive W8A8 / W4A8 /
+# W4A4 / W2A8, and Q-Sched at W4A8 / W8A8 / W4A4 with that one checkpoint. Resumable: a killed
+# run restarts where it stopped (cached images are reused). About 35 min on 2 CPU cores.
+set -euo pipefail
+EV=${1:-toy:1332}; R=${2:-qbench-out/toy-claims}
+Q=${QBENCH:-qbench}
+export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+mkdir -p "$R"
+for M in toy-flux toy-lcm; do
+  COMMON=(--model "$M" --out-dir "$R" --no-progress --batch-size 32 --latency-warmup 1 --latency-repeats 3)
+  CK="$R/qsched/${M}_W4A8_naive_ramp_4steps.json"
+  [[ -f $CK ]] || $Q calibrate "${COMMON[@]}" --method qsched --bits W4A8 --search own --calib-prompts toy-calib:25 > "$R/calib_$M.json"
+  $Q run "${COMMON[@]}" --method fp --prompts "$EV" > /dev/null
+  for B in W8A8 W4A8 W4A4 W2A8; do
+    $Q run "${COMMON[@]}" --method naive --bits $B --prompts "$EV" > /dev/null
+  done
+  for B in W4A8 W8A8 W4A4; do
+    $Q run "${COMMON[@]}" --method qsched --bits $B --prompts "$EV" --qsched-ckpt "$CK" > /dev/null
+  done
+  echo "$M done: $(date -u +%FT%TZ)"
+done
