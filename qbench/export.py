@@ -18,7 +18,8 @@ import csv
 import io
 import json
 import os
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from qbench.errors import QBenchError
 

@@ -12,7 +12,8 @@ that look alike show where they differ. Rows are assembled with diffusers' ``mak
 from __future__ import annotations
 
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 DIFF_SCALE = 0.1  # |difference| (data range 1) at the top of the colour map
 PAD = 2

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import io
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 DPI = 100
 MARKERS = "osD^v<>ph*"

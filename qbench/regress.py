@@ -135,7 +135,8 @@ def check_quality(baseline: dict[str, Any], current: dict[str, dict[str, float]]
 
 
 def failures(rows: list[dict[str, Any]]) -> list[str]:
-    return [f"{r['cell']} {r['metric']}: {r['current']} vs baseline {r['baseline']:.6g} (limit {r['limit']:.6g}, {r['tolerance']})"
+    return [f"{r['cell']} {r['metric']}: {'missing' if r['current'] is None else format(r['current'], '.6g')} vs baseline {r['baseline']:.6g} "
+            f"(limit {r['limit']:.6g}, {r['tolerance']})"
             for r in rows if r["status"] in ("WORSE", "missing")]
 
 

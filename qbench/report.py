@@ -123,7 +123,7 @@ def _label(r: dict[str, Any]) -> str:
 def main_table(rows: list[dict[str, Any]], title: str) -> Table:
     names = top_metrics(rows)
     best = {n: best_rows(rows, n) for n in names}
-    deploy = lambda r: not str(r.get("latency_kind") or "").startswith("simulate")  # noqa: E731
+    deploy = lambda r: not str(r.get("latency_kind") or "").startswith("simulate")
     b_lat, b_step = _best_by(rows, "latency_s", deploy), _best_by(rows, "step_s", deploy)
     b_peak, b_size = _best_by(rows, "peak_bytes"), _best_by(rows, "size_bytes")
     head = ["configuration", "run"] + [f"{n} {'↑' if _hib(rows, n) else '↓'}" for n in names] + [
@@ -344,7 +344,7 @@ def write_report(db: str, out_dir: str, model: str | None = None, *, formats: tu
         if "md" in formats:
             for f in rep.figures + ([rep.grid] if rep.grid else []):
                 _write_bytes(os.path.join(out_dir, f"{stem}-{f.name}.png"), f.png)
-            written.append(atomic_write_text(os.path.join(out_dir, f"{stem}.md"), to_markdown(rep, lambda f: f"{stem}-{f.name}.png")))
+            written.append(atomic_write_text(os.path.join(out_dir, f"{stem}.md"), to_markdown(rep, lambda f, s=stem: f"{s}-{f.name}.png")))
         if "html" in formats:
             written.append(atomic_write_text(os.path.join(out_dir, f"{stem}.html"), to_html(rep)))
     return written

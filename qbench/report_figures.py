@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from qbench.compare import short_label
 from qbench.errors import QBenchError
@@ -91,6 +92,8 @@ def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: 
             grid = cal.get("grid") or {}
             box = (float(grid["lo"]), float(grid["hi"])) if "lo" in grid and "hi" in grid else None
             title = f"{short_label(r)}: calibration search ({cal.get('search', '?')}, {cal.get('images', '?')} images, {cal.get('prompts', '?')})"
+            if cal.get("chosen") is not None and isinstance(cal.get("jaq_before"), float) and isinstance(cal.get("jaq_after"), float):
+                title += f"\nchosen: {cal['chosen']} {tuple(round(v, 4) for v in data.get('params', ()))}, score {cal['jaq_before']:.5f} -> {cal['jaq_after']:.5f}"
             out.append(_fig(f"search-{len(out)}", f"Calibration search of {short_label(r)} over ({', '.join(names2)})",
                             f"Every point the search evaluated (`{path}`), coloured by its mean score on the full calibration set; "
                             "grey: scored on fewer prompts in an early stage; red: each new best. Dotted: the search box.",

@@ -50,7 +50,7 @@ def test_check_quality_flags_worse_beyond_tolerance_only():
     base = {"tolerance": {"psnr": {"kind": "abs", "value": 0.5}, "fd-toyclip": {"kind": "rel", "value": 0.15}},
             "cells": {"m/naive W4A8": {"method": "naive", "metrics": {"psnr": 45.0, "fd-toyclip": 2.0}},
                       "m/fp": {"method": "fp", "metrics": {"psnr": 100.0, "fd-toyclip": 2.0}}}}
-    status = lambda cur: {(r["cell"], r["metric"]): r["status"] for r in regress.check_quality(base, cur)}  # noqa: E731
+    status = lambda cur: {(r["cell"], r["metric"]): r["status"] for r in regress.check_quality(base, cur)}
     ok = status({"m/naive W4A8": {"psnr": 44.6, "fd-toyclip": 2.29}, "m/fp": {"psnr": 1.0, "fd-toyclip": 2.0}})
     assert ok == {("m/naive W4A8", "psnr"): "ok", ("m/naive W4A8", "fd-toyclip"): "ok", ("m/fp", "fd-toyclip"): "ok"}  # fp psnr: itself
     bad = status({"m/naive W4A8": {"psnr": 44.4, "fd-toyclip": 2.31}, "m/fp": {"psnr": 100.0, "fd-toyclip": 1.6}})

@@ -33,6 +33,11 @@ def out_dir(tmp_path_factory):
     return out
 
 
+def _read(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
 def _cli(capsys, *argv):
     capsys.readouterr()
     code = main(list(argv))
@@ -77,7 +82,7 @@ def test_report_html_is_self_contained_and_complete(capsys, out_dir):
     paths = out.split()
     html_path = next(p for p in paths if p.endswith(".html"))
     page = _Page()
-    text = open(html_path, encoding="utf-8").read()
+    text = _read(html_path)
     page.feed(text)
     assert page.links == []  # nothing outside the file
     assert len(page.imgs) >= 4  # size and latency plots, fidelity per bits, the grid
@@ -95,7 +100,7 @@ def test_report_html_is_self_contained_and_complete(capsys, out_dir):
 def test_report_markdown_tables_and_images(capsys, out_dir):
     code, out, err = _cli(capsys, "report", "--out-dir", out_dir, "--model", "toy-flux", "--format", "md")
     assert code == 0, err
-    md = open(out.split()[0], encoding="utf-8").read()
+    md = _read(out.split()[0])
     assert "| fp (baseline) |" in md and "Paired differences" not in md.split("## Provenance")[1]
     assert re.search(r"\| naive W4A8 sim \| \w{6} \| 12 \| .*±", md)  # the paired table: n and mean ± se per metric
     assert "**" in md.split("## Provenance")[0]  # best values in bold
@@ -141,7 +146,7 @@ def test_vs_method_pairs_each_configuration_with_the_same_bits(capsys, tmp_path)
     assert d["n"] == 4 and d["mean"] == pytest.approx(0.08) and d["se"] == pytest.approx(0.01 * (4 / 3) ** 0.5 / 2)
     assert pairs[0]["options_diff"].startswith("vs naive W4A8 sim")
     code = main(["report", "--db", db, "--out-dir", str(tmp_path / "rep"), "--vs", "naive", "--format", "md"])
-    md = open(capsys.readouterr().out.split()[0]).read()
+    md = _read(capsys.readouterr().out.split()[0])
     assert code == 0 and "## Paired differences to naive at the same bits and mode" in md and "+0.0800 ± 0.0058" in md
 
 
@@ -149,7 +154,7 @@ def test_compare_writes_csv_and_json_files(capsys, out_dir, tmp_path):
     code, out, err = _cli(capsys, "compare", "--out-dir", out_dir, "--csv", str(tmp_path / "c.csv"), "--json", str(tmp_path / "c.json"))
     assert code == 0, err
     assert "qbench compare — toy-flux" in out  # the table is still printed
-    payload = json.load(open(tmp_path / "c.json"))
+    payload = json.loads(_read(tmp_path / "c.json"))
     with open(tmp_path / "c.csv", newline="") as f:
         recs = list(csv.DictReader(f))
     rows = payload["toy-flux"]
@@ -175,7 +180,8 @@ def test_export_results_writes_one_record_per_run_and_prompt(capsys, out_dir, tm
     target = tmp_path / "per_image.jsonl"
     code, out, err = _cli(capsys, "export-results", "--out-dir", out_dir, "-o", str(target))
     assert code == 0, err
-    recs = [json.loads(line) for line in open(target)]
+    assert out.startswith(f"{target}: {3 * N} records")
+    recs = [json.loads(line) for line in _read(target).splitlines()]
     store = Store(os.path.join(out_dir, "qbench.sqlite"), create=False)
     runs = store.runs()
     assert len(recs) == len(runs) * N
@@ -195,7 +201,7 @@ def test_export_and_compare_file_errors_are_one_line(capsys, out_dir, tmp_path):
                  ["compare", "--out-dir", out_dir, "--csv", str(tmp_path / "no" / "such" / "c.csv")],
                  ["export-results", "--out-dir", out_dir, "-o", str(tmp_path)],
                  ["report", "--out-dir", out_dir, "--format", "pdf"]):
-        code, out, err = _cli(capsys, *argv)
+        code, _, err = _cli(capsys, *argv)
         assert code != 0 and len(err.strip().splitlines()) == 1 and err.startswith("qbench: error: "), (argv, err)
 
 
@@ -205,3 +211,36 @@ def test_pareto_front():
     pts = [(4.0, 1.0), (2.0, 0.9), (1.0, 0.5), (2.5, 0.8), (1.0, 0.4)]
     assert pareto_front(pts, higher_is_better=True) == [2, 1, 0]
     assert pareto_front([(1.0, 3.0), (2.0, 2.0), (3.0, 2.5)], higher_is_better=False) == [0, 1]
+
+
+def test_method_artefacts_give_trajectory_and_sensitivity_figures(tmp_path):
+    """Any JSON file a run's method_report names is read: a 2-d calibration trajectory and a per-layer
+    sensitivity map each become a figure (no method name is looked for)."""
+    from PIL import Image
+    from test_compare import add_run
+
+    from qbench.compare import compare
+    from qbench.report_figures import figures
+    from qbench.store import Store
+
+    traj = [{"point": [1.0 + 0.01 * i, 1.0 - 0.01 * i], "n_prompts": 5 if i < 5 else 25, "score": 1.80 + 0.001 * i, "images": 10 * i}
+            for i in range(12)]
+    ckpt = tmp_path / "ckpt.json"
+    ckpt.write_text(json.dumps({"parameterisation": "ramp", "calibration": {"trajectory": traj, "grid": {"lo": 0.8, "hi": 1.2},
+                                                                           "search": "own", "images": 120, "prompts": "toy-calib:25"}}))
+    sens = tmp_path / "alloc.json"
+    sens.write_text(json.dumps({"sensitivity": {f"blocks.{i}.attn": {"group": "content" if i % 2 else "quality", "w": {"4": 30.0 + i, "8": 50.0 + i},
+                                                                     "a": {"8": 40.0 - i}} for i in range(6)}}))
+    db = str(tmp_path / "q.sqlite")
+    add_run(db)
+    add_run(db, "naive", "W4A8")
+    store = Store(db, create=False)
+    runs = store.runs()
+    runs[1]["result"]["method_report"] = {"checkpoint": str(ckpt), "calibration": {"json": str(sens), "yaml": str(tmp_path / "none.json")}}
+    rows, _ = compare(runs, store.per_image)
+    figs = {f.name.split("-")[0]: f for f in figures(rows, {r["id"]: r for r in runs}, "x")}
+    assert {"search", "sensitivity", "pareto"} <= set(figs)
+    assert "(c_eps0, c_x0)" in figs["search"].title and str(ckpt) in figs["search"].caption
+    for f in figs.values():
+        with Image.open(io.BytesIO(f.png)) as im:
+            assert im.format == "PNG" and im.size[0] > 300

@@ -46,7 +46,7 @@ def chromium() -> str:
 
 def run_browser(exe: str, url: str, extra: list[str], tmp: str) -> str:
     profile = tempfile.mkdtemp(prefix="profile-", dir=tmp)
-    res = subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *extra, url], capture_output=True, text=True, timeout=180)
+    res = subprocess.run([exe, *FLAGS, f"--user-data-dir={profile}", *extra, url], capture_output=True, text=True, timeout=180, check=False)
     if res.returncode != 0:
         raise SystemExit(f"browser_check: chromium exited {res.returncode}: {res.stderr.strip()[-500:]}")
     return res.stdout

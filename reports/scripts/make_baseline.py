@@ -15,10 +15,13 @@ MKL and oneDNN restricted to AVX2 (another BLAS path). Per metric, the noise is 
 
     tolerance = max(SAFETY x noise, FLOOR[metric])
 
-where FLOOR is the smallest change the metric can make on this prompt set that still reads as
-noise (toy-acc: two of the 32 prompts flipping; the others: a tenth of the smallest deliberate
-change we measured, a broken rounding, which these floors must stay below). fd-toyclip is
-relative (the nunchaku pattern `value < expected * (1 + t)`), the others absolute.
+where FLOOR is the least a tolerance may be, for a metric whose measured noise is zero or tiny
+here (toy-acc never moved) but may move on a machine these variants do not emulate: toy-acc two of
+the 32 prompts flipping; JAQ 0.002 (a third of its prompt-to-prompt standard error on 32 prompts,
+0.006); fd-toyclip 2%; PSNR 0.2 dB; SSIM 2e-4. For scale, a deliberately broken quantizer (floor
+instead of round-to-nearest) moved toy-flux naive W8A8 by -5.0 dB PSNR, -3.6e-4 SSIM and +1.6%
+fd-toyclip, and naive W4A8 by -14 dB PSNR, -0.056 JAQ and -0.094 toy-acc. fd-toyclip is relative
+(the nunchaku pattern `value < expected * (1 + t)`), the others absolute.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from qbench import regress  # noqa: E402
+from qbench import regress
 
 SAFETY = 3.0
 N = int(regress.PROMPTS.split(":")[1])
@@ -63,8 +66,9 @@ def machine() -> dict:
 def variant(env: dict) -> dict:
     with tempfile.TemporaryDirectory(prefix="qbench-noise-") as tmp:
         out = os.path.join(tmp, "cur.json")
-        subprocess.run([sys.executable, "-m", "qbench.cli", "regress", "--quality", "--save", out, "--out-dir", os.path.join(tmp, "r")],
-                       env=dict(os.environ, **env), check=False, stdout=subprocess.DEVNULL)
+        code = ("import json, sys; from qbench.cli import quiet_libraries; quiet_libraries(); from qbench import regress; "
+                "json.dump(regress.measure(regress.cells(), sys.argv[2], say=lambda m: None), open(sys.argv[1], 'w'))")
+        subprocess.run([sys.executable, "-c", code, out, os.path.join(tmp, "r")], env=dict(os.environ, **env), check=False)
         if not os.path.exists(out):
             raise SystemExit(f"variant {env} produced no numbers")
         with open(out) as f:
@@ -102,7 +106,11 @@ def main() -> None:
     ap.add_argument("--add", action="store_true", help="measure only the cells missing from the baseline")
     ap.add_argument("--noise", action="store_true", help="re-measure the noise under VARIANTS and re-derive the tolerances")
     a = ap.parse_args()
-    old = regress.load_baseline() if os.path.exists(regress.BASELINE) else {"cells": {}}
+    from qbench.cli import quiet_libraries
+
+    quiet_libraries()
+    old = regress.load_baseline() if os.path.exists(regress.BASELINE) else {}
+    old.setdefault("cells", {})  # (a baseline of the earlier format has none)
     todo = [c for c in regress.cells() if not (a.add and c["id"] in old["cells"])]
     print(f"measuring {len(todo)} cells")
     cur = regress.measure(todo)

@@ -24,3 +24,13 @@ for M in toy-flux toy-lcm; do
   done
   echo "$M done: $(date -u +%FT%TZ)"
 done
+# The previous qsched-toy.md reported a toy-lcm checkpoint at (c_eps0, c_x0) = (0.980, 0.800) whose
+# file was not kept; re-test those coefficients too (the calibration above may choose others).
+CK_OLD="$R/qsched/toy-lcm_W4A8_coeffs-2026-11-25.json"
+python "$(dirname "$0")/ckpt_with_coeffs.py" "$R/qsched/toy-lcm_W4A8_naive_ramp_4steps.json" "$CK_OLD" 0.980 0.800 \
+  "coefficients of the toy-lcm W4A8 checkpoint reported in reports/qsched-toy.md of 2026-11-25 (its file was not kept), on the same lattice"
+for B in W4A8 W8A8 W4A4; do
+  $Q run --model toy-lcm --out-dir "$R" --no-progress --batch-size 32 --latency-warmup 1 --latency-repeats 3 --method qsched --bits $B \
+    --prompts "$EV" --qsched-ckpt "$CK_OLD" --tag coeffs-2026-11-25 > /dev/null
+done
+echo "toy-lcm with the 2026-11-25 coefficients done: $(date -u +%FT%TZ)"
