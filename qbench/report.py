@@ -30,7 +30,7 @@ from qbench.store import Store, utcnow
 from qbench.tables import MIB, meaningless
 
 GRID_PROMPTS = 6
-CELL = 96
+CELL = 128
 FORMATS = ("md", "html")
 
 
@@ -127,7 +127,7 @@ def main_table(rows: list[dict[str, Any]], title: str) -> Table:
     b_lat, b_step = _best_by(rows, "latency_s", deploy), _best_by(rows, "step_s", deploy)
     b_peak, b_size = _best_by(rows, "peak_bytes"), _best_by(rows, "size_bytes")
     head = ["configuration", "run"] + [f"{n} {'↑' if _hib(rows, n) else '↓'}" for n in names] + [
-        "latency s ↓", "step s ↓", "peak MiB ↓", "size MiB ↓", "× 16-bit ↓", "mode"]
+        "latency s ↓", "step s ↓", "peak MiB ↓", "size MiB ↓", "× 16-bit ↓"]
     body = []
     for r in rows:
         cells = [Cell(_label(r)), Cell(r["run_id"][-6:])]
@@ -150,7 +150,6 @@ def main_table(rows: list[dict[str, Any]], title: str) -> Table:
             Cell("-" if not r["peak_bytes"] else f"{r['peak_bytes'] / MIB:.1f}", best=rid in b_peak),
             Cell("-" if not r["size_bytes"] else f"{r['size_bytes'] / MIB:.2f}" + (" *" if r["size_simulated"] else ""), best=rid in b_size),
             Cell("-" if not r["size_vs_16bit"] else f"{r['size_vs_16bit']:.3f}", best=rid in b_size),
-            Cell(str(r.get("mode") or "-")),
         ]
         body.append(cells)
     return Table(title, head, body)

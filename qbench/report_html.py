@@ -7,13 +7,13 @@ import base64
 from html import escape
 
 CSS = """
-body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1400px;padding:0 16px;color:#1d1d1f}
+body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;margin:24px auto;max-width:1800px;padding:0 16px;color:#1d1d1f}
 h1{font-size:22px;margin-bottom:4px} h2{font-size:17px;margin:28px 0 8px;border-bottom:1px solid #ddd;padding-bottom:3px}
 .muted{color:#666} .note{color:#8a5a00}
 table{border-collapse:collapse;margin:8px 0;font-variant-numeric:tabular-nums}
-th,td{border:1px solid #d9d9d9;padding:4px 8px;text-align:right;vertical-align:top;white-space:nowrap}
-th{background:#f4f5f7;font-weight:600} td:first-child,th:first-child{text-align:left;white-space:normal;max-width:340px}
-td.best{background:#e3f4e1;font-weight:700} .sub{display:block;font-size:12px;color:#245;font-weight:400}
+th,td{border:1px solid #d9d9d9;padding:3px 6px;text-align:right;vertical-align:top;white-space:nowrap;font-size:13px}
+th{background:#f4f5f7;font-weight:600} td:first-child,th:first-child{text-align:left;white-space:normal;max-width:220px}
+td.best{background:#e3f4e1;font-weight:700} .sub{display:block;font-size:11px;color:#245;font-weight:400;white-space:normal}
 td.unres,td.unres-sub .sub{color:#8c8c8c} .scroll{overflow-x:auto}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 14px} dt{font-weight:600} dd{margin:0;word-break:break-word}
 figure{margin:12px 0 24px} figure img{max-width:100%;border:1px solid #eee} figcaption{color:#444;font-size:13px;max-width:1000px}
