@@ -8,9 +8,10 @@
   for lower-is-better). Tolerances come from the measured noise stored in the same file
   (``reports/scripts/measure_noise.py``).
 * **Speed and memory** (``make bench``, not CI): the pytest-benchmark suite ``tests/bench`` runs with
-  ``--benchmark-compare=tests/bench/baseline.json --benchmark-compare-fail=median:X%`` (X from
-  the measured noise in ``tests/bench/noise.json``); then each benchmark's median and its peak
-  generation memory (``extra_info``) are compared with the baseline here.
+  ``--benchmark-compare=tests/bench/baseline.json --benchmark-compare-fail=STAT:X%`` (STAT, the
+  median or the minimum of the rounds, and X from the measured noise in ``tests/bench/noise.json``);
+  then each benchmark's STAT and its peak generation memory (``extra_info``) are compared with the
+  baseline here.
 
 Adding a method to the regression check is one line in :data:`CELLS` plus
 ``python reports/scripts/make_baseline.py --add`` (measures the new cells only).
@@ -149,33 +150,34 @@ def load_noise(path: str = BENCH_NOISE) -> dict[str, Any]:
         raise QBenchError(f"no benchmark noise file at {path}; `python reports/scripts/measure_bench_noise.py` writes it") from None
 
 
-def run_bench(json_out: str, baseline: str | None, fail_pct: float | None, extra: list[str] | None = None) -> int:
+def run_bench(json_out: str, baseline: str | None, fail_pct: float | None, extra: list[str] | None = None, stat: str = "median") -> int:
     """Run the pytest-benchmark suite (a subprocess, from the repository root); returns its exit code."""
     if not os.path.isdir(BENCH_DIR):
         raise QBenchError(f"no benchmark suite at {BENCH_DIR}: `qbench regress --speed` runs from a qbench checkout")
     cmd = [sys.executable, "-m", "pytest", "-q", "-m", "bench", BENCH_DIR, "--benchmark-enable", f"--benchmark-json={json_out}",
            "--benchmark-min-rounds=15", "--benchmark-max-time=3", "--benchmark-sort=name"]
     if baseline:
-        cmd += [f"--benchmark-compare={baseline}"] + ([f"--benchmark-compare-fail=median:{fail_pct:g}%"] if fail_pct else [])
+        cmd += [f"--benchmark-compare={baseline}"] + ([f"--benchmark-compare-fail={stat}:{fail_pct:g}%"] if fail_pct else [])
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     return subprocess.call(cmd + (extra or []), cwd=REPO, env=env)
 
 
 def check_speed(baseline: dict[str, Any], current: dict[str, Any], noise: dict[str, Any]) -> list[dict[str, Any]]:
-    """Per benchmark: the median's change against ``noise["latency_fail_pct"]`` and the peak
-    generation memory's change against ``noise["memory_fail_mib"]`` (benchmarks with it)."""
+    """Per benchmark: the change of ``noise["stat"]`` (median or min of the rounds) against
+    ``noise["latency_fail_pct"]`` and of the peak generation memory against
+    ``noise["memory_fail_mib"]`` (benchmarks with it)."""
     base = {b["fullname"]: b for b in baseline["benchmarks"]}
     rows = []
-    lat_pct, mem_mib = float(noise["latency_fail_pct"]), float(noise["memory_fail_mib"])
+    lat_pct, mem_mib, stat = float(noise["latency_fail_pct"]), float(noise["memory_fail_mib"]), noise.get("stat", "median")
     for b in current["benchmarks"]:
         ref = base.get(b["fullname"])
         if ref is None:
-            rows.append({"cell": b["name"], "metric": "median ms", "baseline": None, "current": b["stats"]["median"] * 1e3, "change": None,
+            rows.append({"cell": b["name"], "metric": f"{stat} ms", "baseline": None, "current": b["stats"][stat] * 1e3, "change": None,
                          "limit": None, "tolerance": "-", "status": "new"})
             continue
-        med, bmed = b["stats"]["median"] * 1e3, ref["stats"]["median"] * 1e3
+        med, bmed = b["stats"][stat] * 1e3, ref["stats"][stat] * 1e3
         lim = bmed * (1 + lat_pct / 100)
-        rows.append({"cell": b["name"], "metric": "median ms", "baseline": bmed, "current": med, "change": med - bmed, "limit": lim,
+        rows.append({"cell": b["name"], "metric": f"{stat} ms", "baseline": bmed, "current": med, "change": med - bmed, "limit": lim,
                      "tolerance": f"+{lat_pct:g}%", "status": "WORSE" if med > lim else "better" if med < bmed * (1 - lat_pct / 100) else "ok"})
         pm, bpm = b["extra_info"].get("peak_generate_mib"), ref["extra_info"].get("peak_generate_mib")
         if pm is not None and bpm is not None:
@@ -241,7 +243,7 @@ def main(args) -> int:
         noise = load_noise()
         with tempfile.TemporaryDirectory(prefix="qbench-bench-") as tmp:
             out = os.path.join(tmp, "current.json")
-            rc = run_bench(out, args.bench_baseline, float(noise["latency_fail_pct"]))
+            rc = run_bench(out, args.bench_baseline, float(noise["latency_fail_pct"]), stat=noise.get("stat", "median"))
             if not os.path.exists(out):
                 raise QBenchError(f"the benchmark suite produced no results (pytest exit {rc})")
             with open(out) as f:

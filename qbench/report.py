@@ -121,6 +121,8 @@ def _label(r: dict[str, Any]) -> str:
 
 
 def main_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One table's configurations: every top-level metric (mean ± standard error, its paired
+    difference to the baseline as the cell's second line), latency, peak memory and size."""
     names = top_metrics(rows)
     best = {n: best_rows(rows, n) for n in names}
     deploy = lambda r: not str(r.get("latency_kind") or "").startswith("simulate")
@@ -156,6 +158,7 @@ def main_table(rows: list[dict[str, Any]], title: str) -> Table:
 
 
 def paired_table(rows: list[dict[str, Any]], title: str, note: str = "") -> Table | None:
+    """The rows' paired differences (``row["paired"]``) as a table, or None when none has any."""
     prs = [r for r in rows if r.get("paired")]
     if not prs:
         return None
@@ -189,12 +192,14 @@ def _join(values) -> str:
 
 
 def provenance(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], generated: str) -> list[tuple[str, str]]:
+    """``(what, how)`` lines of where the report's numbers come from; a setting that differs
+    between runs lists each value once (``a; b``)."""
     res = {r["run_id"]: by_id[r["run_id"]]["result"] for r in rows}
     prov = {k: v.get("provenance") or {} for k, v in res.items()}
     samp = [r["sampling"] for r in rows]
-    n_max = {r["run_id"]: r["sampling"].get("n_prompts") for r in rows}
-    seeds = _join(f"{s.get('seed')} + prompt index ({s.get('seed')} .. {s['seed'] + n - 1} for the first {n} prompts of the set)"
-                  if isinstance(s.get("seed"), int) and isinstance(n, int) else s.get("seed") for s, n in zip(samp, n_max.values()))
+    seeds = _join(f"{s['seed']} + prompt index (the prompt's position in its set; {s['seed']} .. {s['seed'] + s['n_prompts'] - 1} "
+                  f"for the first {s['n_prompts']} prompts)" if isinstance(s.get("seed"), int) and isinstance(s.get("n_prompts"), int)
+                  else s.get("seed") for s in samp)
     versions = {}
     for p in prov.values():
         for k, v in (p.get("versions") or {}).items():
@@ -243,8 +248,7 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
     if not selected:
         raise QBenchError(f"no finished runs for model {model!r}{' among the runs named' if runs else ''} in {store.path}")
     rows, hidden = compare(selected, store.per_image, baseline=baseline, keep_all=runs is not None)
-    runs = selected
-    by_id = {r["id"]: r for r in runs}
+    by_id = {r["id"]: r for r in selected}
     rep = Report(model=model, generated=utcnow())
     n_groups = rows[-1]["group"] + 1
     for g in range(n_groups):

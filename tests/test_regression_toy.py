@@ -61,11 +61,15 @@ def test_check_quality_flags_worse_beyond_tolerance_only():
 
 
 def test_check_speed_uses_the_recorded_noise():
-    def bench(name, med, peak):
-        return {"name": name, "fullname": f"tests/bench/x.py::{name}", "stats": {"median": med}, "extra_info": {"peak_generate_mib": peak}}
+    def bench(name, med, peak, mn=None):
+        return {"name": name, "fullname": f"tests/bench/x.py::{name}", "stats": {"median": med, "min": med if mn is None else mn},
+                "extra_info": {"peak_generate_mib": peak}}
 
     base = {"benchmarks": [bench("a", 0.100, 5.0), bench("b", 0.100, 5.0)]}
-    cur = {"benchmarks": [bench("a", 0.119, 5.9), bench("b", 0.121, 7.1), bench("c", 0.1, 1.0)]}
-    rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2})
+    cur = {"benchmarks": [bench("a", 0.119, 5.9), bench("b", 0.121, 7.1, mn=0.100), bench("c", 0.1, 1.0)]}
+    rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2})  # median by default
     assert [(r["cell"], r["metric"], r["status"]) for r in rows] == [
         ("a", "median ms", "ok"), ("a", "peak MiB", "ok"), ("b", "median ms", "WORSE"), ("b", "peak MiB", "WORSE"), ("c", "median ms", "new")]
+    rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2, "stat": "min"})
+    assert [(r["cell"], r["metric"], r["status"]) for r in rows if r["metric"].endswith("ms")] == [
+        ("a", "min ms", "ok"), ("b", "min ms", "ok"), ("c", "min ms", "new")]
