@@ -115,8 +115,13 @@ def delta_cell(d: dict[str, Any] | None) -> Cell:
     return Cell(fmt_se(d["mean"], d["se"], signed=True) + (" ~" if unresolved else ""), unresolved=unresolved)
 
 
+def _clip(text: str, limit: int = 72) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _label(r: dict[str, Any]) -> str:
-    extra = [x for x in (r.get("options_diff"), f"tag {r['tag']}" if r.get("tag") else None) if x]
+    """Label, the options that tell it from same-named rows (cut at 72 characters) and the tag."""
+    extra = [x for x in (_clip(r.get("options_diff") or ""), f"tag {r['tag']}" if r.get("tag") else None) if x]
     return short_label(r) + (" (baseline)" if r.get("is_baseline") else "") + (f" [{'; '.join(extra)}]" if extra else "")
 
 
@@ -286,7 +291,7 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
 
 # -- Markdown -------------------------------------------------------------------------------------------
 def _md(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("\n", " ")
+    return str(x).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
 
 
 def markdown_table(t: Table) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -56,6 +57,10 @@ def artefacts(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]]) -> I
                 yield r, path, data
 
 
+def _stem(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", os.path.splitext(os.path.basename(path))[0])
+
+
 def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str) -> list:
     from qbench import plots
     from qbench.report import is_reference_metric, top_metrics
@@ -64,11 +69,13 @@ def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: 
     quality = [n for n in names if not is_reference_metric(rows, n)]
     fidelity = [n for n in names if is_reference_metric(rows, n)]
 
-    def label(r):
-        return short_label(r).replace(" sim", "") + (f" {r['options_diff']}" if r.get("options_diff") else "")
+    def label(r):  # points: the tag, else the options that tell same-named rows apart (short)
+        extra = f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or "")
+        return short_label(r).replace(" sim", "") + (f" {extra[:24]}" if extra else "")
 
     def series(r):
-        return f"{r['method']} {r.get('mode') or ''}".strip() + (f" {r['options_diff']}" if r.get("options_diff") else "")
+        extra = f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or "")
+        return f"{r['method']} {r.get('mode') or ''}".strip() + (f" {extra[:24]}" if extra else "")
 
     out = [
         _fig("pareto-size", "Quality vs model size",
@@ -91,16 +98,17 @@ def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: 
             names2 = tuple(data.get("param_names") or PARAM_NAMES.get(str(data.get("parameterisation")), ("parameter 1", "parameter 2")))
             grid = cal.get("grid") or {}
             box = (float(grid["lo"]), float(grid["hi"])) if "lo" in grid and "hi" in grid else None
-            title = f"{short_label(r)}: calibration search ({cal.get('search', '?')}, {cal.get('images', '?')} images, {cal.get('prompts', '?')})"
+            users = ", ".join(short_label(x) for x in rows if path in set(_json_paths((by_id[x["run_id"]]["result"] or {}).get("method_report") or {})))
+            title = f"{os.path.basename(path)}: calibration search ({cal.get('search', '?')}, {cal.get('images', '?')} images, {cal.get('prompts', '?')})"
             if cal.get("chosen") is not None and isinstance(cal.get("jaq_before"), float) and isinstance(cal.get("jaq_after"), float):
                 title += f"\nchosen: {cal['chosen']} {tuple(round(v, 4) for v in data.get('params', ()))}, score {cal['jaq_before']:.5f} -> {cal['jaq_after']:.5f}"
-            out.append(_fig(f"search-{len(out)}", f"Calibration search of {short_label(r)} over ({', '.join(names2)})",
-                            f"Every point the search evaluated (`{path}`), coloured by its mean score on the full calibration set; "
-                            "grey: scored on fewer prompts in an early stage; red: each new best. Dotted: the search box.",
+            out.append(_fig(f"search-{_stem(path)}", f"Calibration search over ({', '.join(names2)}): {os.path.basename(path)}",
+                            f"Every point the search evaluated (`{path}`, used by {users}), coloured by its mean score on the full "
+                            "calibration set; grey: scored on fewer prompts in an early stage; red: each new best. Dotted: the search box.",
                             plots.search_trajectory(traj, names2[:2], box, title)))
         sens = data.get("sensitivity")
         if isinstance(sens, dict) and sens and all(isinstance(v, dict) for v in sens.values()):
-            out.append(_fig(f"sensitivity-{len(out)}", f"Per-layer sensitivity of {short_label(r)}",
+            out.append(_fig(f"sensitivity-{_stem(path)}", f"Per-layer sensitivity of {short_label(r)}",
                             f"Per-layer scores with one layer quantized at a time, at each bit width (`{path}`); shaded: content layers.",
                             plots.layer_sensitivity(sens, short_label(r))))
     return [f for f in out if f is not None]
@@ -137,8 +145,10 @@ def grid(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str
         return None, str(e)
     seed = by_id[rows[0]["run_id"]]["result"]["sampling"].get("seed")
     ref = next((i for i, r in enumerate(rows) if r.get("is_baseline")), None) if diff else None
-    headers = [[short_label(r)] + [x for x in (r.get("options_diff"), f"tag {r['tag']}" if r.get("tag") else None) if x] + [f"run {r['run_id'][-6:]}"]
-               for r in rows]
+    from qbench.report import _clip
+
+    headers = [[short_label(r)] + [x for x in (_clip(r.get("options_diff") or "", 60), f"tag {r['tag']}" if r.get("tag") else None) if x]
+               + [f"run {r['run_id'][-6:]}"] for r in rows]
     lines = []
     for p, files in chosen:
         ims = []
@@ -147,7 +157,7 @@ def grid(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str
                 ims.append(im.convert("RGB"))
         lines.append((f"#{p.index} {p.id}, seed {seed + p.index if isinstance(seed, int) else '?'}: {p.text}", ims))
     buf = io.BytesIO()
-    image_grid(headers, lines, cell=cell, reference=ref).save(buf, format="PNG", optimize=True)
+    image_grid(headers, lines, cell=cell, reference=ref).quantize(colors=256).save(buf, format="PNG", optimize=True)  # 256 colours: a third of the bytes
     caption = (f"The same prompt and seed in every column: the first {len(chosen)} prompts of the set (in its order) that every configuration "
                "of the first table generated; text under each row."
                + (f" Under each image row: |difference| to {short_label(rows[ref])}, mean over RGB, magma colour map from 0 (black) to "

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # The runs behind reports/toy-world.md (naive quantization vs FP) and reports/qsched-toy.md
 # (Q-Sched vs naive), all through `qbench run`, on every held-out prompt of the `toy` split
-# (1,332 = 74 scenes x 18 wordings), then the two reports through `qbench report`.
+# (1,332 = 74 scenes x 18 wordings); the two reports then come from reports/scripts/toy_reports.py.
 #   usage: reports/scripts/toy_claims.sh [EVAL_PROMPTS] [OUT_DIR]        (default toy:1332)
 # Per model: a Q-Sched W4A8 checkpoint (own search on toy-calib:25), fp, naive W8A8 / W4A8 /
-# W4A4 / W2A8, and Q-Sched at W4A8 / W8A8 / W4A4 with that one checkpoint. Resumable: a killed
-# run restarts where it stopped (cached images are reused). About 35 min on 2 CPU cores.
+# W4A4 / W2A8, and Q-Sched at W4A8 / W8A8 / W4A4 with that one checkpoint; then toy-lcm's Q-Sched
+# runs again with the coefficients the previous report used. Resumable: a killed run restarts where
+# it stopped (cached images are reused). 2026-11-30: 19 runs + 2 calibrations, about 80 min of wall
+# time at nice 10 on the shared 2-core CI machine (load 6-9 from other jobs); each 1,332-prompt
+# run took 3.5-5 min (toy-flux) and 4-8 min (toy-lcm), each calibration 7-11 min.
+# Then: python reports/scripts/toy_reports.py OUT_DIR
 set -euo pipefail
 EV=${1:-toy:1332}; R=${2:-qbench-out/toy-claims}
 Q=${QBENCH:-qbench}
