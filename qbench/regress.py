@@ -90,14 +90,19 @@ def measure(selected: list[dict[str, Any]], out_dir: str | None = None, say=prin
             tmp.cleanup()
 
 
-def load_baseline(path: str = BASELINE) -> dict[str, Any]:
+def _load_json(path: str, what: str, script: str) -> dict[str, Any]:
+    """A committed JSON file; one-line QBenchError when it is missing or unreadable."""
     try:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise QBenchError(f"no regression baseline at {path}; `python reports/scripts/make_baseline.py` writes it") from None
+        raise QBenchError(f"no {what} at {path}; `python reports/scripts/{script}` writes it") from None
     except (OSError, ValueError) as e:
-        raise QBenchError(f"regression baseline {path} is unreadable: {e}") from None
+        raise QBenchError(f"{what} {path} is unreadable: {e}") from None
+
+
+def load_baseline(path: str = BASELINE) -> dict[str, Any]:
+    return _load_json(path, "regression baseline", "make_baseline.py")
 
 
 def limit(metric: str, base: float, tol: dict[str, Any]) -> float:
@@ -143,11 +148,7 @@ def failures(rows: list[dict[str, Any]]) -> list[str]:
 
 # -- speed and memory -------------------------------------------------------------------------------------
 def load_noise(path: str = BENCH_NOISE) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise QBenchError(f"no benchmark noise file at {path}; `python reports/scripts/measure_bench_noise.py` writes it") from None
+    return _load_json(path, "benchmark noise file", "bench_baseline.py")
 
 
 def run_bench(json_out: str, baseline: str | None, fail_pct: float | None, extra: list[str] | None = None, stat: str = "median") -> int:
@@ -241,6 +242,7 @@ def main(args) -> int:
             print(f"not in the baseline (run `python reports/scripts/make_baseline.py --add`): {', '.join(missing)}")
     if args.speed or both:
         noise = load_noise()
+        base_b = _load_json(args.bench_baseline, "benchmark baseline", "bench_baseline.py")  # before the 75 s of benchmarks
         with tempfile.TemporaryDirectory(prefix="qbench-bench-") as tmp:
             out = os.path.join(tmp, "current.json")
             rc = run_bench(out, args.bench_baseline, float(noise["latency_fail_pct"]), stat=noise.get("stat", "median"))
@@ -248,12 +250,10 @@ def main(args) -> int:
                 raise QBenchError(f"the benchmark suite produced no results (pytest exit {rc})")
             with open(out) as f:
                 cur_b = json.load(f)
-        with open(args.bench_baseline) as f:
-            base_b = json.load(f)
         rows = check_speed(base_b, cur_b, noise)
         print_table("speed and memory", f"{os.path.relpath(args.bench_baseline)} (recorded on {noise.get('machine', '?')})", rows)
         bad += [f"{r['cell']} {r['metric']}: {r['current']:.4g} vs baseline {r['baseline']:.4g} (limit {r['limit']:.4g})" for r in rows if r["status"] == "WORSE"]
-        if rc not in (0,) and not bad:
+        if rc != 0 and not bad:
             bad.append(f"pytest-benchmark exited {rc} (see above)")
     if bad:
         print("regressions:\n  " + "\n  ".join(bad))
