@@ -65,7 +65,7 @@ def main() -> None:
         json.dump(runs[best], f, indent=1)
         f.write("\n")
     mi = runs[best]["machine_info"]
-    short = lambda n: n.split("::")[-1]  # noqa: E731
+    short = lambda n: n.split("::")[-1]
     noise = {
         "machine": f"{mi.get('cpu', {}).get('brand_raw', '?')}, {mi.get('cpu', {}).get('count', '?')} cores, {mi.get('python_implementation')} "
                    f"{mi.get('python_version')}, {mi.get('node')}",
