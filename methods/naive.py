@@ -37,6 +37,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
     from qbench.models.base import LoadedModel
 
+def _check_applicable(cfg: QuantConfig, options: dict[str, Any], method: str) -> None:
+    """Refuse options that would change nothing (they would still change the run's description
+    and the image cache key, and mislead a reader of the stored config)."""
+    if options.get("a_calib") is not None and not cfg.a_static:
+        raise ConfigError(f"method {method!r} option a_calib applies to static activations only (add -O a_static=true)")
+    spec = cfg.resolve_spec(cfg.bits.w, cfg.bits.a)
+    per_group = spec.w_granularity == "group" or any(dict(o.options).get("w_granularity") == "group" or (o.w is not None and o.w < 8) for _, o in cfg.overrides)
+    for key in ("group_size", "group_scales"):
+        if options.get(key) is not None and not per_group:
+            raise ConfigError(f"method {method!r} option {key} applies to per-group weights; {cfg.bits} uses {spec.w_granularity} weights "
+                              "(per-group: W<8 with 8-bit or no activation quantization, or -O w_granularity=group)")
+
+
 def build_quant_config(bits: str | None, mode: str | None, options: dict[str, Any], method: str = "naive") -> tuple[QuantConfig, dict[str, dict[str, Any]]]:
     """QuantConfig for the denoiser plus per-component override maps, from validated options
     (:data:`qbench.quant.spec.QUANT_OPTIONS`)."""
@@ -50,6 +63,7 @@ def build_quant_config(bits: str | None, mode: str | None, options: dict[str, An
             comp, name = "denoiser", str(key)
         per_component.setdefault(comp, {})[name] = value
     cfg = QuantConfig(bits=bits, mode=mode or "simulate", overrides=per_component.get("denoiser", {}), **kw)
+    _check_applicable(cfg, options, method)
     for comp in per_component:
         if comp not in cfg.components:
             raise ConfigError(f"layer override for component {comp!r}, which is not quantized (components: {', '.join(cfg.components)})")
@@ -93,6 +107,19 @@ class Naive(Method):
                 f"include {', '.join(q.include)}, exclude {', '.join(q.exclude) or '-'}): the run would be full precision labelled {q.bits}"
             )
         self._prepared = True
+
+    def check_layers(self, denoiser) -> None:
+        """Override names/patterns exist, and at least one denoiser layer would be quantized."""
+        if "denoiser" not in self.qconfig.components:
+            return
+        from qbench.quant.api import _check_overrides, candidate_layers
+
+        named = dict(denoiser.named_modules())
+        _check_overrides(named, self.qconfig)
+        if not any(self.qconfig.spec_for(n) is not None for n in candidate_layers(named, self.qconfig)):
+            q = self.qconfig
+            raise ConfigError(f"{self.name}: no denoiser layer would be quantized (layer_types {', '.join(q.layer_types)}, include {', '.join(q.include)}, "
+                              f"exclude {', '.join(q.exclude) or '-'}): the run would be full precision labelled {q.bits}")
 
     def prepare(self, model: LoadedModel) -> None:
         if self.qconfig.a_static:  # observers go in before calibration

@@ -130,6 +130,11 @@ class Method:
         n = self.calibration_prompts_n
         return {"images": n_prompts, "what": "calibration images"} if n else None
 
+    def check_layers(self, denoiser: Any) -> None:
+        """Check layer names / patterns of the options against the denoiser's modules before
+        anything loads (``denoiser`` is built on the meta device: names and types, no weights).
+        Raise ConfigError. Default: nothing to check."""
+
     def metric_needs(self) -> list[tuple[str, dict[str, Any]]]:
         """Metrics this method itself will run (e.g. a calibration scorer), as ``(name, metric
         options)``: the harness preflights them with the run's metrics. Default: none."""
@@ -187,6 +192,20 @@ class Metric:
     @classmethod
     def preflight(cls, ctx: MetricContext, prompts: "list[Prompt]") -> None:
         """Cheap checks before the run loads anything (no network is built). Default: none."""
+
+    # sharded runs (qbench.dist): each rank updates with its contiguous block of images; the main
+    # rank folds every rank's state, in rank order (= image order), into its own, then computes.
+    # A metric without these is computed on the main rank alone from all images (same numbers).
+    def begin_shard(self) -> None:
+        """Called once before a sharded run's updates (e.g. to start recording features)."""
+
+    def shard_state(self) -> Any:
+        """This rank's accumulated state (picklable)."""
+        raise NotImplementedError
+
+    def merge_shards(self, states: list[Any]) -> None:
+        """Replace this metric's state by the fold of ``states`` (every rank's, in rank order)."""
+        raise NotImplementedError
 
     def update(self, images: "list[Image]", prompts: "list[Prompt]", references: "list[Image] | None" = None) -> None:
         raise NotImplementedError

@@ -39,8 +39,9 @@ class ScoreCache:
     computed (the first line holds the context; a file with another context is refused; a line
     cut by a kill is dropped and recomputed)."""
 
-    def __init__(self, path: str | None, context: dict[str, Any] | None = None):
+    def __init__(self, path: str | None, context: dict[str, Any] | None = None, write: bool = True):
         self.path = path
+        self.write = write  # False on the non-main ranks of a sharded run: read the file, never write it
         self.context = json.loads(json.dumps(context or {}, sort_keys=True, default=str))
         self._scores: dict[tuple[str, str], float] = {}
         self.loaded = 0
@@ -50,7 +51,8 @@ class ScoreCache:
     def _load(self) -> None:
         assert self.path
         if not os.path.exists(self.path):
-            _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n")
+            if self.write:
+                _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n")
             return
         with open(self.path, encoding="utf-8") as f:
             lines = f.read().splitlines()
@@ -69,9 +71,14 @@ class ScoreCache:
                     break
                 raise QBenchError(f"score cache {self.path} line {n} is malformed; delete it") from None
         self.loaded = len(self._scores)
-        if len(lines) - 1 != len(self._scores):  # rewrite without the cut line
-            body = "".join(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
-            _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n" + body)
+        if self.write and len(lines) - 1 != len(self._scores):  # rewrite without the cut line
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        """The whole file again (header + every score), atomically."""
+        assert self.path
+        body = "".join(json.dumps({"k": k, "p": p, "s": s}) + "\n" for (k, p), s in self._scores.items())
+        _atomic_write(self.path, json.dumps({"context": self.context}, sort_keys=True) + "\n" + body)
 
     def __contains__(self, key_item: tuple[str, str]) -> bool:
         return key_item in self._scores
@@ -85,7 +92,7 @@ class ScoreCache:
             if not math.isfinite(s):
                 raise QBenchError(f"non-finite score for {k} / {p}")
             self._scores[(k, p)] = float(s)
-        if self.path and records:
+        if self.path and self.write and records:
             with open(self.path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps({"k": k, "p": p, "s": float(s)}) + "\n" for k, p, s in records)
                 f.flush()
@@ -98,8 +105,9 @@ class ScoreCache:
 class ArtefactStore:
     """JSON/YAML artefacts of a method under one folder, written atomically with provenance."""
 
-    def __init__(self, root: str):
+    def __init__(self, root: str, write: bool = True):
         self.root = root
+        self.write = write  # False on the non-main ranks of a sharded run: saves are skipped
 
     def path(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -108,11 +116,14 @@ class ArtefactStore:
         payload = dict(data)
         if provenance:
             payload.setdefault("provenance", provenance)
+        if not self.write:
+            return self.path(name)
         _atomic_write(self.path(name), json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
         return self.path(name)
 
     def save_text(self, name: str, text: str) -> str:
-        _atomic_write(self.path(name), text)
+        if self.write:
+            _atomic_write(self.path(name), text)
         return self.path(name)
 
     def load_json(self, name: str) -> dict[str, Any] | None:
@@ -130,23 +141,69 @@ class CalibrationContext:
     """The calibration plumbing of one run (module docstring)."""
 
     def __init__(self, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], *, method_name: str,
-                 fp_images: list[Any] | None = None, progress: Any = None, say: Callable[[str], None] | None = None):
+                 fp_images: Sequence[Any] | None = None, progress: Any = None, say: Callable[[str], None] | None = None,
+                 dist: Any = None):
         self.model = model
         self.cfg = cfg
         self.prompts = list(prompts)
         self.method_name = method_name
         self._fp = fp_images
         self._progress = progress
-        self.say = say or _say
-        self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name))
+        self.say = say or say_stderr
+        #: this process's rank (qbench.dist.Dist) when a run is sharded, else None
+        self.dist = dist if dist is not None and getattr(dist, "enabled", False) else None
+        self.artefacts = ArtefactStore(os.path.join(cfg.out_dir, method_name), write=self.is_main)
         self.images_generated = 0
+        self._owns_progress = False
+        self._entered = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes shared files (artefacts, score caches)."""
+        return self.dist is None or self.dist.is_main
+
+    def map_batches(self, fn: Callable[[Any], Any], batches: Sequence[Any]) -> list[Any]:
+        """``[fn(b) for b in batches]``; with several ranks each computes a contiguous block of
+        the batches and every rank gets all results in order (so a search that decides from them
+        takes the same path on every rank, and each batch is generated exactly as in one
+        process)."""
+        if self.dist is None:
+            return [fn(b) for b in batches]
+        mine = self.dist.shard(list(enumerate(batches)))
+        merged = dict(x for part in self.dist.gather([(i, fn(b)) for i, b in mine]) for x in part)
+        return [merged[i] for i in range(len(batches))]
 
     @classmethod
-    def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False) -> CalibrationContext:
-        """A context outside the harness (tests, ``qbench calibrate``)."""
+    def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False,
+                   fp_images: bool = False) -> CalibrationContext:
+        """A context outside the harness (tests, ``qbench calibrate``), with its own progress
+        display (started and stopped by ``with ctx:``). ``fp_images=True`` generates the model's
+        images of ``prompts`` now, in the harness's batches of ``cfg.batch_size``, as the
+        full-precision calibration images: call it before the method changes the model."""
         from qbench.progress import make_progress
 
-        return cls(model, cfg, prompts, method_name=method_name, progress=make_progress(progress))
+        bar = make_progress(progress)
+        con = getattr(bar, "console", None)  # a rich bar: messages go through its console, above the bar
+        say = (lambda msg: con.print(msg, highlight=False, markup=False, soft_wrap=True)) if con is not None else None
+        ctx = cls(model, cfg, prompts, method_name=method_name, progress=bar, say=say)
+        ctx._owns_progress = True
+        if fp_images:
+            bs = max(1, int(cfg.batch_size))
+            ctx._fp = [im for i in range(0, len(ctx.prompts), bs) for im in ctx.generate(ctx.prompts[i : i + bs])]
+        return ctx
+
+    def __enter__(self) -> CalibrationContext:
+        """Starts the progress display of a standalone context (the harness's runs already);
+        re-entrant (a base method may enter the context its wrapper entered)."""
+        if self._owns_progress and self._entered == 0:
+            self._progress.__enter__()
+        self._entered += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._entered -= 1
+        if self._owns_progress and self._entered == 0:
+            self._progress.__exit__(*exc)
 
     # -- generation ------------------------------------------------------------------------------
     @property
@@ -175,8 +232,8 @@ class CalibrationContext:
         """Full-precision images of (a prefix or subset of) the calibration prompts."""
         if self._fp is None:
             raise QBenchError(f"{self.method_name}: full-precision calibration images were not prepared (set NEEDS_FP_CALIBRATION_IMAGES)")
-        by_id = {p.id: im for p, im in zip(self.prompts, self._fp)}
-        return [by_id[p.id] for p in (prompts if prompts is not None else self.prompts)]
+        pos = {p.id: i for i, p in enumerate(self.prompts)}
+        return [self._fp[pos[p.id]] for p in (prompts if prompts is not None else self.prompts)]
 
     # -- scoring and caching -----------------------------------------------------------------------
     def scorer(self, metric: str, options: dict[str, Any] | None = None) -> Callable[..., Any]:
@@ -223,7 +280,7 @@ class CalibrationContext:
             **context,
         }
         path = os.path.join(self.cfg.out_dir, "cache", self.method_name, f"{self.model.spec.name}-{name}-{sha(full)}.jsonl")
-        return ScoreCache(path, full)
+        return ScoreCache(path, full, write=self.is_main)
 
     def progress(self, what: str, total: int) -> Callable[[int], None]:
         """``advance(n)`` of a new progress task."""
@@ -248,7 +305,8 @@ class CalibrationContext:
         }
 
 
-def _say(msg: str) -> None:
+def say_stderr(msg: str) -> None:
+    """A message on stderr (the default ``say`` of a context: stdout stays clean for ``--json``)."""
     from rich.console import Console
 
     Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)

@@ -5,9 +5,9 @@ Everything here is independent of torch and diffusers: a *point* is a tuple of f
 per-prompt scores`` (higher is better; for Q-Sched: JAQ of the image generated for each prompt).
 The quantity searched is the mean score over the calibration prompts.
 
-* :class:`CachedObjective` - evaluates (point, prompt) pairs in batches, appends every computed
-  score to a JSONL file as soon as its batch is done (so a killed search restarts where it
-  stopped and nothing is recomputed), and counts generated images.
+* :class:`CachedObjective` - evaluates (point, prompt) pairs in batches, stores every computed
+  score in a :class:`qbench.calibctx.ScoreCache` as soon as its batch is done (with a file: a
+  killed search restarts where it stopped and nothing is recomputed), and counts generated images.
 * :func:`grid_search` - the public Q-Sched code's search: every point of a lattice, every prompt.
 * :func:`own_search` - qbench's search on the *same* lattice, with far fewer images:
   1. coarse lattice (``coarse`` values per axis, or axis lines through the start point when the
@@ -34,9 +34,7 @@ searches are deterministic.
 from __future__ import annotations
 
 import itertools
-import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -44,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from qbench.calibctx import ScoreCache
 from qbench.errors import ConfigError, QBenchError
-from qbench.fsutil import atomic_write_text
 
 Point = tuple[float, ...]
 ComputeFn = Callable[[Point, list[int]], Sequence[float]]
@@ -70,12 +68,13 @@ def lattice(lo: float, hi: float, n: int) -> list[float]:
 
 # -- the cached objective ----------------------------------------------------------------------
 class CachedObjective:
-    """Per-prompt scores of points, cached in memory and (optionally) in an append-only JSONL file.
+    """Per-prompt scores of points, kept in a :class:`qbench.calibctx.ScoreCache` (in memory, or
+    an append-only JSONL file that a killed search resumes from: see ``ScoreCache``).
 
-    ``prompt_ids`` are stable ids; only they (not their position) key the cache. ``context`` is
-    anything else that changes a score (model, bits, base method, steps, seed, scorer, ...): its
-    hash names the file and it is written as the file's first line; a file whose context differs
-    is refused rather than silently reused.
+    ``prompt_ids`` are stable ids; only they (not their position) key the cache, as
+    ``(point_key(point), prompt_id)``. The cache's context (model, bits, base method, steps,
+    seed, scorer, ...: anything else that changes a score) is the caller's business: a file made
+    under another context is refused when the ``ScoreCache`` opens it.
     """
 
     def __init__(
@@ -84,9 +83,9 @@ class CachedObjective:
         prompt_ids: Sequence[str],
         *,
         batch_size: int = 5,
-        cache_path: str | None = None,
-        context: dict[str, Any] | None = None,
+        cache: ScoreCache | None = None,
         on_images: Callable[[int], None] | None = None,
+        map_batches: Callable[[Callable[[Any], Any], list[Any]], list[Any]] | None = None,
     ):
         if batch_size < 1:
             raise ConfigError(f"calibration batch size must be >= 1, got {batch_size}")
@@ -97,70 +96,29 @@ class CachedObjective:
         self.compute = compute
         self.prompt_ids = list(prompt_ids)
         self.batch_size = int(batch_size)
-        self.cache_path = cache_path
-        self.context = dict(context or {})
+        self.cache = cache if cache is not None else ScoreCache(None)
         self.on_images = on_images
-        self._scores: dict[tuple[str, str], float] = {}
-        self.images_generated = 0  # computed in this process
-        self.images_cached = 0  # found in the cache file when opened
+        #: ``map_batches(fn, batches) -> [fn(b) ...]``: the calibration context's, which splits the
+        #: batches of one point across the ranks of a sharded run (same results on every rank)
+        self.map_batches = map_batches or (lambda fn, items: [fn(b) for b in items])
+        self.images_generated = 0  # computed by this run (by every rank together when sharded)
+        self.images_cached = self.cache.loaded  # found in the cache file when opened
         self.images_requested = 0  # (point, prompt) pairs asked for, cached or not
         self.compute_seconds = 0.0
-        if cache_path:
-            self._load()
 
     @property
     def n_prompts(self) -> int:
         return len(self.prompt_ids)
 
-    # cache file ---------------------------------------------------------------------------------
-    def _load(self) -> None:
-        assert self.cache_path
-        if not os.path.exists(self.cache_path):
-            atomic_write_text(self.cache_path, json.dumps({"context": self.context}, sort_keys=True, default=str) + "\n")
-            return
-        with open(self.cache_path) as f:
-            lines = f.read().splitlines()
-        if not lines:
-            raise QBenchError(f"calibration cache {self.cache_path} is empty; delete it")
-        try:
-            header = json.loads(lines[0])
-        except json.JSONDecodeError:
-            raise QBenchError(f"calibration cache {self.cache_path} has a malformed header; delete it") from None
-        want = json.loads(json.dumps(self.context, sort_keys=True, default=str))
-        if header.get("context") != want:
-            raise QBenchError(f"calibration cache {self.cache_path} belongs to another configuration; delete it")
-        for n, line in enumerate(lines[1:], start=2):
-            try:
-                rec = json.loads(line)
-                self._scores[(rec["k"], rec["p"])] = float(rec["s"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if n == len(lines):  # a line cut by a kill: drop it, it is recomputed
-                    break
-                raise QBenchError(f"calibration cache {self.cache_path} line {n} is malformed; delete it") from None
-        self.images_cached = len(self._scores)
-        # rewrite cleanly if the last line was cut, so appends start on a fresh line
-        if lines and len(lines) - 1 != len(self._scores):
-            self._rewrite()
-
-    def _rewrite(self) -> None:
-        assert self.cache_path
-        lines = [json.dumps({"context": self.context}, sort_keys=True, default=str)]
-        lines += [json.dumps({"k": k, "p": p, "s": s}) for (k, p), s in self._scores.items()]
-        atomic_write_text(self.cache_path, "".join(line + "\n" for line in lines))
-
-    def _append(self, records: list[tuple[str, str, float]]) -> None:
-        if not self.cache_path:
-            return
-        with open(self.cache_path, "a") as f:
-            f.writelines(json.dumps({"k": k, "p": p, "s": s}) + "\n" for k, p, s in records)
-            f.flush()
-            os.fsync(f.fileno())
+    @property
+    def cache_path(self) -> str | None:
+        return self.cache.path
 
     # evaluation ---------------------------------------------------------------------------------
     def cached(self, point: Point, n_prompts: int | None = None) -> bool:
         key = point_key(point)
         ids = self.prompt_ids[: n_prompts or self.n_prompts]
-        return all((key, p) in self._scores for p in ids)
+        return all((key, p) in self.cache for p in ids)
 
     def scores(self, point: Point, n_prompts: int | None = None) -> np.ndarray:
         """Scores of ``point`` on the first ``n_prompts`` prompts (all by default)."""
@@ -168,25 +126,23 @@ class CachedObjective:
         if not 1 <= n <= self.n_prompts:
             raise ValueError(f"n_prompts must be in [1, {self.n_prompts}], got {n}")
         key = point_key(point)
-        missing = [i for i in range(n) if (key, self.prompt_ids[i]) not in self._scores]
+        missing = [i for i in range(n) if (key, self.prompt_ids[i]) not in self.cache]
         self.images_requested += n
-        for start in range(0, len(missing), self.batch_size):
-            idx = missing[start : start + self.batch_size]
-            t0 = time.perf_counter()
-            out = [float(v) for v in self.compute(tuple(float(v) for v in point), idx)]
-            self.compute_seconds += time.perf_counter() - t0
+        batches = [missing[s : s + self.batch_size] for s in range(0, len(missing), self.batch_size)]
+        pt = tuple(float(v) for v in point)
+        t0 = time.perf_counter()
+        outs = self.map_batches(lambda idx: [float(v) for v in self.compute(pt, idx)], batches)
+        self.compute_seconds += time.perf_counter() - t0
+        for idx, out in zip(batches, outs):
             if len(out) != len(idx):
                 raise ValueError(f"objective returned {len(out)} scores for {len(idx)} prompts")
             if not all(math.isfinite(v) for v in out):
                 raise QBenchError(f"objective returned a non-finite score at point {point_key(point)}")
-            recs = [(key, self.prompt_ids[i], s) for i, s in zip(idx, out)]
-            for k, p, s in recs:
-                self._scores[(k, p)] = s
-            self._append(recs)
+            self.cache.put([(key, self.prompt_ids[i], s) for i, s in zip(idx, out)])
             self.images_generated += len(idx)
             if self.on_images is not None:
                 self.on_images(len(idx))
-        return np.array([self._scores[(key, self.prompt_ids[i])] for i in range(n)], dtype=np.float64)
+        return np.array([self.cache.get(key, self.prompt_ids[i]) for i in range(n)], dtype=np.float64)
 
     def mean(self, point: Point, n_prompts: int | None = None) -> float:
         return float(self.scores(point, n_prompts).mean())

@@ -13,7 +13,7 @@ import warnings
 from typing import Any, Sequence
 
 from qbench.config import RunConfig
-from qbench.errors import ConfigError, QBenchError, RunInterrupted
+from qbench.errors import ConfigError, NoSuchRunError, QBenchError, RunInterrupted
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,13 +36,14 @@ def _kv(text: str) -> tuple[str, Any]:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig.__dataclass_fields__
     p.add_argument("--config", help="a RunConfig JSON file; flags given on the command line override it")
-    p.add_argument("--model", help=f"registered model name (default {d['model'].default}); see `qbench list models`")
-    p.add_argument("--method", help="registered method name (default fp); see `qbench list methods`")
-    p.add_argument("--bits", help="bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize)")
+    sweep = " (run: comma-separated or repeated values make a sweep of every combination)"
+    p.add_argument("--model", action="append", help=f"registered model name (default {d['model'].default}); see `qbench list models`{sweep}")
+    p.add_argument("--method", action="append", help=f"registered method name (default fp); see `qbench list methods`{sweep}")
+    p.add_argument("--bits", action="append", help=f"bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize){sweep}")
     p.add_argument("--mode", choices=["simulate", "kernel"], help="simulate = fake quantization; kernel = real low-bit execution")
     p.add_argument("--prompts", help="prompt spec NAME:N or a .txt/.jsonl/.csv file (default: the model's default set)")
     p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
-    p.add_argument("--seed", type=int, help="base seed; prompt i uses seed + i (default 42)")
+    p.add_argument("--seed", action="append", help=f"base seed; prompt i uses seed + i (default 42){sweep}")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float)
@@ -65,8 +66,31 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="check everything and print what the run would do and cost (images to generate, cached, calibration); load and store nothing")
 
 
-def config_from_args(args: argparse.Namespace) -> RunConfig:
+SWEEP_FLAGS = ("model", "method", "bits", "seed")
+
+
+def sweep_axes(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The values of each sweepable flag (``--bits W4A8,W8A8 --bits W2A8`` -> three)."""
+    from qbench.sweep import split_values
+
+    axes: dict[str, list[Any]] = {k: split_values(getattr(args, k, None)) for k in SWEEP_FLAGS}
+    try:
+        axes["seed"] = [int(s) for s in axes["seed"]]
+    except ValueError:
+        raise ConfigError(f"--seed takes integers, got {','.join(axes['seed'])}") from None
+    return axes
+
+
+def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
+    """The RunConfig of the flags (``single`` fixes sweepable flags to one value each)."""
     base: dict[str, Any] = {}
+    axes = sweep_axes(args)
+    for k, vals in axes.items():
+        if k in single:
+            continue
+        if len(vals) > 1:
+            raise ConfigError(f"--{k} takes one value with this command, got {', '.join(map(str, vals))}")
+        single[k] = vals[0] if vals else None
     if args.config:
         try:
             with open(args.config, encoding="utf-8") as f:
@@ -76,7 +100,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         except UnicodeDecodeError:
             raise ConfigError(f"config file {args.config!r} is not UTF-8 JSON text") from None
     for f in dataclasses.fields(RunConfig):
-        v = getattr(args, f.name, None)
+        v = single[f.name] if f.name in single else getattr(args, f.name, None)
         if v is not None and f.name not in ("method_options", "metric_options"):
             base[f.name] = v
     mo = dict(base.get("method_options", {}))
@@ -90,7 +114,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         me["inception_weights"] = args.inception_weights
     base["metric_options"] = me
     try:
-        return RunConfig.from_dict(base)
+        return RunConfig.from_dict(base, validate=False)  # validated by the preflight, with everything else
     except TypeError as e:
         raise ConfigError(str(e)) from None
 
@@ -101,6 +125,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from qbench.preflight import plan_run, print_plan
     from qbench.tables import console, print_result
 
+    axes = sweep_axes(args)
+    if any(len(v) > 1 for v in axes.values()):
+        return _run_cli_sweep(args, axes)
     cfg = config_from_args(args)
     con = console(stderr=args.json)
     plan = plan_run(cfg)
@@ -111,6 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_plan(plan, con)
         return 0
     result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
+    if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
+        return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
@@ -119,10 +148,82 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_cli_sweep(args: argparse.Namespace, axes: dict[str, list[Any]]) -> int:
+    """``qbench run`` with several values of --model/--method/--bits/--seed: every combination."""
+    import itertools
+
+    from qbench.sweep import Sweep
+
+    if args.json:
+        raise ConfigError("--json prints one run; a sweep's runs are compared with `qbench compare --json` afterwards")
+    combos = itertools.product(*[axes[k] or [None] for k in SWEEP_FLAGS])
+    cells = []
+    for values in combos:
+        single = dict(zip(SWEEP_FLAGS, values))
+        if single["method"] and not _quantizes(single["method"]):
+            single["bits"] = None  # fp x {W4A8, W8A8}: one fp cell, not one per bit width
+        cfg = config_from_args(args, **single)
+        if all(c.to_dict() != cfg.to_dict() for c in cells):
+            cells.append(cfg)
+    return _sweep(Sweep("command line", cells), args)
+
+
+def _quantizes(method: str) -> bool:
+    from qbench.catalog import METHODS
+
+    return bool(METHODS.get(method).uses_bits)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from qbench.sweep import load_sweep
+
+    overrides = {k: getattr(args, k) for k in ("out_dir", "db") if getattr(args, k, None)}
+    return _sweep(load_sweep(args.file, overrides), args)
+
+
+def _sweep(sweep, args: argparse.Namespace) -> int:
+    """Run a sweep's unfinished cells, then compare every model's cells (and write the report)."""
+    from qbench.sweep import run_sweep
+    from qbench.tables import console
+
+    con = console()
+    say = lambda m: con.print(m, markup=False, highlight=False)
+    say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
+    out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
+    if args.dry_run or not (out["ran"] or out["skipped"]):
+        return 1 if out["failed"] else 0
+    ids = out["ran"] + out["skipped"]
+    cfg0 = sweep.cells[0]
+    ns = argparse.Namespace(model=None, baseline=None, runs=",".join(ids), metrics=None, wide=False,
+                            out_dir=cfg0.out_dir, db=cfg0.db, json=False)
+    cmd_compare(ns)
+    say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
+    for f in out["failed"]:
+        say(f"  failed: {f}")
+    return 1 if out["failed"] else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qbench.costs import plan_sweep
+    from qbench.sweep import load_sweep
+    from qbench.tables import console, print_plan_table
+
+    plan = plan_sweep(load_sweep(args.file), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, tflops=args.tflops)
+    if args.json:
+        print(json.dumps(plan, indent=1))
+    else:
+        print_plan_table(plan, console())
+    return 0
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from qbench.catalog import METHODS
 
+    if not args.method:
+        with_step = sorted(e.name for e in METHODS if hasattr(e.load(), "run_calibration"))
+        raise ConfigError(f"qbench calibrate needs --method (a method with a calibration step: {', '.join(with_step)})")
     cfg = config_from_args(args)
+    cfg.validate()
     if args.search:
         cfg.method_options["search"] = args.search
     cls = METHODS.get(cfg.method)
@@ -157,9 +258,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.baseline:
         try:
             base_run = _finished(store.get(args.baseline))
-        except QBenchError as e:
-            if "ambiguous" in str(e) or "only finished" in str(e):
-                raise
+        except NoSuchRunError:  # not a run id: a method, label or tag
             base_name = args.baseline
     if base_run and args.model and base_run["model"] != args.model:
         raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
@@ -181,10 +280,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not runs:
             raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
         if base_name and not any(matches(make_row(r), base_name) for r in runs):
-            methods = sorted({r["label"] for r in runs})
-            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method or label of the {m} runs ({', '.join(methods)})")
+            methods = sorted({r["label"] + (f" tag {r['config'].get('tag')}" if (r.get("config") or {}).get("tag") else "") for r in runs})
+            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method, label or tag of the {m} runs ({', '.join(methods)})")
         rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
-                               keep_all=bool(selected))
+                               keep_all=bool(selected), selected=bool(selected))
         payload[m] = rows
         extras[m] = (hidden, status_counts(store.runs(model=m, status=None)) if not selected else {})
     only = [x.strip() for x in args.metrics.split(",") if x.strip()] if args.metrics else None
@@ -245,7 +344,15 @@ def cmd_list(args: argparse.Namespace) -> int:
     regs = {"models": MODELS, "methods": METHODS, "metrics": METRICS, "prompts": PROMPTS}
     kinds = [args.kind] if args.kind else list(regs)
     if args.json:
-        print(json.dumps({k: [{"name": e.name, "description": e.description, **e.meta} for e in regs[k]] for k in kinds}, indent=1, default=str))
+        from qbench.registry import plugin_options
+
+        def entry(k, e):
+            d = {"name": e.name, "description": e.description, **e.meta}
+            if k in ("methods", "metrics"):
+                d["options"] = plugin_options(e)
+            return d
+
+        print(json.dumps({k: [entry(k, e) for e in regs[k]] for k in kinds}, indent=1, default=str))
         return 0
     con = console()
     for k in kinds:
@@ -254,33 +361,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qbench.report import write_report
+    from qbench.report import main as report_main
 
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    runs = [x.strip() for x in args.runs.split(",") if x.strip()] if args.runs else None
-    paths = write_report(_db_path(args), args.out_dir, model=args.model, formats=formats, baseline=args.baseline, vs=args.vs,
-                         grid_prompts=args.grid_prompts, diff=not args.no_diff, plots=not args.no_plots, runs=runs)
-    for p in paths:
-        print(p)
-    return 0
+    return report_main(args, _db_path(args))
 
 
 def cmd_export_results(args: argparse.Namespace) -> int:
-    from qbench.export import jsonl, per_image_records, write_text
-    from qbench.store import Store
+    from qbench.export import main as export_main
 
-    store = Store(_db_path(args), create=False)
-    if args.runs:
-        runs = [_finished(store.get(x)) for x in dict.fromkeys(x.strip() for x in args.runs.split(",") if x.strip())]
-    else:
-        runs = store.runs(model=args.model)
-        if not runs:
-            raise QBenchError(f"no finished runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
-    records = [rec for r in runs for rec in per_image_records(r, store.per_image(r["id"]))]
-    write_text(args.output, jsonl(records))
-    if args.output != "-":
-        print(f"{args.output}: {len(records)} records (one per run and prompt) from {len(runs)} run(s)")
-    return 0
+    return export_main(args, _db_path(args), _finished)
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
@@ -305,6 +394,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--search", help="calibration search (method-specific, e.g. grid or own for qsched)")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("sweep", help="run every cell of a sweep file (models x methods x bits x seeds), skipping finished cells, then compare")
+    p.add_argument("file", help="sweep YAML (see sweeps/toy.yaml)")
+    p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
+    p.add_argument("--db")
+    p.add_argument("--dry-run", action="store_true", help="check every cell and list what would run")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+    p = sub.add_parser("plan", help="images, forward passes, FLOPs and estimated GPU time of every cell of a sweep (real models), before running it")
+    p.add_argument("file", help="sweep YAML (e.g. sweeps/paper.yaml)")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs the images are split across (default 1)")
+    p.add_argument("--gpu", default="h100", help="GPU kind for its datasheet peak: h100, h200, a100, l40s, rtx4090, a10g")
+    p.add_argument("--mfu", type=float, default=0.40, help="assumed model-FLOPs utilisation (default 0.40; measure yours)")
+    p.add_argument("--tflops", type=float, help="effective TFLOP/s per GPU (overrides --gpu and --mfu)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_plan)
     p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")
@@ -321,18 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
-    p.add_argument("--runs", metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
-    p.add_argument("--format", default="md,html", help="md, html or md,html (default)")
-    p.add_argument("--baseline", metavar="METHOD", help="each table's baseline (a method or label; default fp), as in `qbench compare`")
-    p.add_argument("--vs", metavar="METHOD", help="also pair every configuration with METHOD's configuration of the same bits and mode")
-    p.add_argument("--grid-prompts", type=int, default=6, help="prompts (rows) in the image grid; 0: no grid (default 6)")
-    p.add_argument("--no-diff", action="store_true", help="no difference-to-baseline heat maps in the image grid")
-    p.add_argument("--no-plots", action="store_true", help="no figures")
+    from qbench.report import add_arguments as report_arguments
+
+    report_arguments(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
-    p.add_argument("--model", help="only this model's runs (default: every finished run)")
-    p.add_argument("--runs", metavar="ID,ID,...", help="only these runs (ids or unique prefixes/suffixes)")
-    p.add_argument("--output", "-o", default="-", metavar="FILE", help="the JSONL file (default -: stdout)")
+    from qbench.export import add_arguments as export_arguments
+
+    export_arguments(p)
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
     p.set_defaults(func=cmd_export_results)

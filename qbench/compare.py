@@ -5,7 +5,7 @@
   sampling settings. It shows the latest finished run of that configuration (or, with ``--runs``,
   each named run).
 * Rows are **grouped** by the settings two runs must share for their numbers to be compared
-  (``result["sampling"]``, written by :func:`qbench.harness.comparability`): model and weights,
+  (``result["sampling"]``, written by :func:`qbench.generation.comparability`): model and weights,
   prompts (spec, count and a hash of ids and texts), seed, steps, guidance, resolution, dtype,
   device type and batch size. Each group is its own table; every group after the first says in
   one line how its settings differ from the first.
@@ -160,8 +160,14 @@ def _pick(cands: list[dict[str, Any]], per_image: PerImage) -> dict[str, Any] | 
 
 
 def matches(row: dict[str, Any], name: str) -> bool:
-    n = name.strip().lower()
-    return n in (row["method"].lower(), row["label"].lower(), short_label(row).lower())
+    """Whether ``name`` names this row's configuration: its method, label or short label, its tag,
+    or the label followed by ``tag <tag>``."""
+    n = " ".join(name.strip().lower().split())
+    names = {row["method"].lower(), row["label"].lower(), short_label(row).lower()}
+    if row.get("tag"):
+        t = str(row["tag"]).lower()
+        names |= {t} | {f"{x} tag {t}" for x in list(names)}
+    return n in names
 
 
 def short_label(row: dict[str, Any]) -> str:
@@ -194,11 +200,15 @@ def pair(rows: list[dict[str, Any]], base: dict[str, Any], per_image: PerImage) 
         elif not mine:
             r["paired_note"] = "not paired: this run kept no per-prompt scores"
         else:
-            r["paired_note"] = "not paired: no per-prompt metric in common with the baseline"
+            fidelity = sorted(n for n in mine if str(r["metrics"].get(n, {}).get("details", {}).get("reference", "")).startswith("full-precision"))
+            others = sorted(set(mine) - set(fidelity))
+            r["paired_note"] = ("not paired: " + "; ".join(filter(None, [
+                f"{', '.join(fidelity)} already compare{'s' if len(fidelity) == 1 else ''} with the full-precision images" if fidelity else "",
+                f"the baseline has no per-prompt {', '.join(others)}" if others else ""])))
 
 
 def compare(runs: list[dict[str, Any]], per_image: PerImage, baseline: str | None = None, baseline_run: str | None = None,
-            keep_all: bool = False) -> tuple[list[dict[str, Any]], int]:
+            keep_all: bool = False, selected: bool = False) -> tuple[list[dict[str, Any]], int]:
     """Rows of finished ``runs`` of one model, grouped, with baselines and paired differences.
 
     ``baseline``: a method name or label (``fp`` by default) that is each group's baseline;
@@ -219,7 +229,12 @@ def compare(runs: list[dict[str, Any]], per_image: PerImage, baseline: str | Non
         if baseline_run:
             base = next((r for r in members if r["run_id"] == baseline_run), None)
         else:
-            base = _pick([r for r in members if matches(r, name)], per_image) if members[0]["sampling_complete"] else None
+            cands = [r for r in members if matches(r, name)]
+            if baseline and len({r["config_key"] for r in cands}) > 1:
+                labels = sorted({short_label(r) + (f" tag {r['tag']}" if r.get("tag") else "") for r in cands})
+                raise QBenchError(f"--baseline {baseline!r} names {len(labels)} configurations with the same settings ({', '.join(labels)}); "
+                                  "name one of them (its label, or a run id)")
+            base = _pick(cands, per_image) if members[0]["sampling_complete"] else None
         out.append((members, base))
     if baseline_run and not any(b for _, b in out):
         raise QBenchError(f"baseline run {baseline_run} is not among the runs compared")
@@ -233,7 +248,7 @@ def compare(runs: list[dict[str, Any]], per_image: PerImage, baseline: str | Non
     ordered: list[dict[str, Any]] = []
     for gi, (members, base) in enumerate(out):
         members.sort(key=lambda r: (r is not base, r["method"] != "fp", r["method"], -_bits_w(r["bits"]), r["date"] or ""))
-        note = _group_note(gi, members, base, first_base, out[0][0][0]["sampling"], name, bool(baseline_run))
+        note = _group_note(gi, members, base, first_base, out[0][0][0]["sampling"], name, bool(baseline_run), selected)
         for r in members:
             r.update(group=gi, is_baseline=r is base, baseline_run=base["run_id"] if base else None, group_note=note)
         if base is not None:
@@ -243,12 +258,14 @@ def compare(runs: list[dict[str, Any]], per_image: PerImage, baseline: str | Non
     return ordered, hidden
 
 
-def _group_note(gi: int, members, base, first_base, first_settings, name: str, explicit_run: bool) -> str | None:
+def _group_note(gi: int, members, base, first_base, first_settings, name: str, explicit_run: bool, selected: bool = False) -> str | None:
     s = members[0]["sampling"]
     if not members[0]["sampling_complete"]:
         unknown = [k for k in SETTINGS if s[k] is None]
         return ("settings not recorded (runs stored by an older qbench; unknown: " + ", ".join(unknown) + "): shown, never paired")
     if base is None:
+        if selected:  # --runs: the store may hold a baseline the selection left out
+            return f"no baseline: no {name} run with these settings among the selected runs (add one to --runs, or --baseline RUN)"
         # a command that makes the missing baseline, where the baseline is a plain method name
         hint = "" if explicit_run or " " in name else f"; `{rerun_hint(members[0], name)}` makes one"
         if first_base is None:

@@ -85,6 +85,8 @@ def _measures(rows: list[dict[str, Any]], names: list[str], marks: dict[str, str
 def _fmt_delta(d: dict[str, Any] | None) -> str:
     if d is None:
         return "-"
+    if d["mean"] == 0 and d["se"] == 0:
+        return "0 (identical)"  # every prompt scored the same: no difference, nothing to resolve
     s = fmt_se(d["mean"], d["se"], signed=True)
     return s + (" ~" if d["se"] and math.isfinite(d["se"]) and abs(d["mean"]) < 2 * d["se"] else "")
 
@@ -254,6 +256,9 @@ def _footnotes(rows, names, con, hidden: int, unfinished: dict[str, int]) -> Non
         info = ", ".join(f"{k}={v}" for k, v in d.items() if k in DETAIL_KEYS)
         if info:
             dim(f"{n}: {info}")
+    for n in names:  # a metric's own caveats (small-n FID, ...), once per metric
+        for note in sorted({r["metrics"][n]["details"]["note"] for r in rows if n in r["metrics"] and (r["metrics"][n].get("details") or {}).get("note")}):
+            con.print(Text(f"{n}: {note}", style="yellow"))
     if any(meaningless(m) for r in rows for m in r["metrics"].values()):
         con.print(Text("† computed by a network with random or stand-in weights: checks mechanics, says nothing about quality", style="yellow"))
     for note in sorted({n for r in rows for n in r["notes"]}):

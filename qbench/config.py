@@ -52,48 +52,58 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Types and ranges of every field (one :class:`ConfigError` line on the first problem)."""
+        """Types and ranges of every field. Raises :class:`ConfigError` (one problem) or
+        :class:`~qbench.errors.ManyErrors` (all the problems found, one line each)."""
+        errors: list[str] = []
+        bad = errors.append
         for name in _STR_FIELDS:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
-                raise ConfigError(f"{name} must be a string, got {_show(v)}")
+                bad(f"{name} must be a string, got {_show(v)}")
         for name in ("model", "method", "out_dir", "device"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name} must not be empty")
+            if isinstance(getattr(self, name), str) and not getattr(self, name):
+                bad(f"{name} must not be empty")
         for name, lo in _INT_FIELDS.items():
             v = getattr(self, name)
             if v is None and name in _OPTIONAL:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigError(f"{name} must be an integer, got {_show(v)}")
-            if v < lo:
-                raise ConfigError(f"{name} must be >= {lo}, got {v}")
-        if self.seed >= MAX_SEED:
-            raise ConfigError(f"seed must be < 2**62, got {self.seed}")
+                bad(f"{name} must be an integer, got {_show(v)}")
+            elif v < lo:
+                bad(f"{name} must be >= {lo}, got {v}")
+            elif name == "seed" and v >= MAX_SEED:
+                bad(f"seed must be < 2**62, got {v}")
+            elif name == "resolution" and v % 8:
+                bad(f"resolution must be a positive multiple of 8, got {v}")
         if self.guidance is not None:
             if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
-                raise ConfigError(f"guidance must be a number, got {_show(self.guidance)}")
-            if not math.isfinite(self.guidance) or self.guidance < 0:
-                raise ConfigError(f"guidance must be a finite number >= 0, got {self.guidance}")
-            self.guidance = float(self.guidance)
-        if self.mode is not None and self.mode not in MODES:
-            raise ConfigError(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
-        if self.dtype is not None and self.dtype not in DTYPES:
-            raise ConfigError(f"unsupported dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
-        if not _DEVICE_RE.match(self.device):
-            raise ConfigError(f"unknown device {self.device!r}; expected auto, cpu, cuda, cuda:N or mps")
-        if self.resolution is not None and (self.resolution < 8 or self.resolution % 8):
-            raise ConfigError(f"resolution must be a positive multiple of 8, got {self.resolution}")
+                bad(f"guidance must be a number, got {_show(self.guidance)}")
+            elif not math.isfinite(self.guidance) or self.guidance < 0:
+                bad(f"guidance must be a finite number >= 0, got {self.guidance}")
+            else:
+                self.guidance = float(self.guidance)
+        if isinstance(self.mode, str) and self.mode not in MODES:
+            bad(f"unknown mode {self.mode!r}; expected one of {', '.join(MODES)}")
+        if isinstance(self.dtype, str) and self.dtype not in DTYPES:
+            bad(f"unsupported dtype {self.dtype!r}; expected one of {', '.join(DTYPES)}")
+        if isinstance(self.device, str) and not _DEVICE_RE.match(self.device):
+            bad(f"unknown device {self.device!r}; expected auto, cpu, cuda, cuda:N or mps")
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
         if self.metrics is not None and (not isinstance(self.metrics, list) or not all(isinstance(m, str) for m in self.metrics)):
-            raise ConfigError(f"metrics must be a list of names or a comma-separated string, got {_show(self.metrics)}")
+            bad(f"metrics must be a list of names or a comma-separated string, got {_show(self.metrics)}")
         for name in ("method_options", "metric_options"):
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-                raise ConfigError(f"{name} must be a mapping of option names to values, got {_show(v)}")
-        if self.bits is not None:
+                bad(f"{name} must be a mapping of option names to values, got {_show(v)}")
+        if isinstance(self.bits, str):
             self.bits = self.bits.strip().upper()
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        if errors:
+            from qbench.errors import ManyErrors
+
+            raise ManyErrors([ConfigError(e) for e in errors])
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -103,14 +113,23 @@ class RunConfig:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
+    def from_dict(cls, data: dict[str, Any], *, validate: bool = True) -> "RunConfig":
+        """A RunConfig from a mapping of fields (unknown fields refused). ``validate=False`` defers
+        the field checks to a later ``validate()`` (the CLI's preflight reports them together
+        with every other problem)."""
         if not isinstance(data, dict):
             raise ConfigError(f"a RunConfig must be a JSON object of fields, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown RunConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
+        if validate:
+            return cls(**data)
+        obj = cls.__new__(cls)
+        for f in dataclasses.fields(cls):
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            setattr(obj, f.name, data.get(f.name, default))
+        return obj
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
@@ -119,6 +138,27 @@ class RunConfig:
         except json.JSONDecodeError as e:
             raise ConfigError(f"RunConfig JSON is malformed: {e}") from None
         return cls.from_dict(data)
+
+    def to_cli(self) -> str:
+        """The ``qbench run`` command of this configuration (fields left at their defaults out)."""
+        import shlex
+
+        parts = ["qbench", "run"]
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            if v == default or v is None:
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name in ("method_options", "metric_options"):
+                short = "-O" if f.name == "method_options" else "-M"
+                for k, x in v.items():
+                    parts += [short, f"{k}={json.dumps(x) if not isinstance(x, str) else x}"]
+            elif f.name == "metrics":
+                parts += [flag, ",".join(v)]
+            else:
+                parts += [flag, str(v)]
+        return " ".join(shlex.quote(p) for p in parts)
 
     def replace(self, **changes: Any) -> "RunConfig":
         return dataclasses.replace(self, **changes)

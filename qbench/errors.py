@@ -20,6 +20,10 @@ class ConfigError(QBenchError):
     """A malformed configuration value (bit spec, flag, option)."""
 
 
+class NoSuchRunError(QBenchError):
+    """A run id (or prefix/suffix) that matches no stored run."""
+
+
 class MissingWeightsError(QBenchError):
     """Weights that cannot be found locally while the hub is unreachable or disabled."""
 
@@ -43,7 +47,7 @@ class ManyErrors(QBenchError):
 
     def __init__(self, errors: list[QBenchError]):
         self.errors = list(errors)
-        super().__init__("; ".join(str(e) for e in self.errors))
+        super().__init__(f"{len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors))
         self.exit_code = max(e.exit_code for e in self.errors)
 
 

@@ -187,3 +187,30 @@ def per_image_records(run: dict[str, Any], scores: dict[str, dict[str, float]]) 
 
 def jsonl(records: Iterable[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, sort_keys=False, default=str) + "\n" for r in records)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    """``qbench export-results``' own flags (the CLI adds --out-dir and --db)."""
+    p.add_argument("--model", help="only this model's runs (default: every finished run)")
+    p.add_argument("--runs", metavar="ID,ID,...", help="only these runs (ids or unique prefixes/suffixes)")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="the JSONL file (default -: stdout)")
+
+
+def main(args, db: str, finished) -> int:
+    """``qbench export-results``: every finished run (or the ``--runs`` named, each checked by
+    ``finished``) as per-image JSONL records."""
+    from qbench.store import Store
+
+    store = Store(db, create=False)
+    if args.runs:
+        runs = [finished(store.get(x)) for x in dict.fromkeys(x.strip() for x in args.runs.split(",") if x.strip())]
+    else:
+        runs = store.runs(model=args.model)
+        if not runs:
+            raise QBenchError(f"no finished runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+    records = [rec for r in runs for rec in per_image_records(r, store.per_image(r["id"]))]
+    write_text(args.output, jsonl(records))
+    if args.output != "-":
+        print(f"{args.output}: {len(records)} records (one per run and prompt) from {len(runs)} run(s)")
+    return 0

@@ -17,6 +17,16 @@ from typing import Any, Callable
 from qbench.api import MetricValue, Prompt
 from qbench.config import RunConfig
 from qbench.errors import NonFiniteOutputError, QBenchError, RunInterrupted
+from qbench.generation import (  # noqa: F401  (re-exported: the harness's public helpers)
+    CachedImages,
+    batches,
+    comparability,
+    fp_method,
+    generate_cached,
+    image_key,
+    sampling_settings,
+    seed_for,
+)
 from qbench.imagecache import ImageCache
 from qbench.store import Store, iter_chunks
 
@@ -57,99 +67,6 @@ class RunResult:
         return asdict(self)
 
 
-def seed_for(cfg: RunConfig, prompt: Prompt) -> int:
-    return cfg.seed + prompt.index
-
-
-def sampling_settings(model, cfg: RunConfig) -> dict[str, Any]:
-    """The resolved generation settings of a run (model defaults filled in)."""
-    spec = model.spec
-    return {
-        "steps": cfg.steps or spec.steps,
-        "guidance": spec.guidance if cfg.guidance is None else cfg.guidance,
-        "resolution": cfg.resolution or spec.resolution,
-        "dtype": str(model.dtype).replace("torch.", ""),
-        "device_type": model.device.split(":")[0],
-        "batch_size": cfg.batch_size,
-    }
-
-
-def image_key(model, method_desc: dict[str, Any], cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    """Folder key of a run's images: everything but the prompts that changes pixels
-    (:mod:`qbench.imagecache`)."""
-    from qbench.imagecache import code_version, sha
-
-    spec = model.spec
-    meta = {
-        "model": spec.name,
-        "weights": model.source,
-        "weights_fingerprint": model.fingerprint,
-        "pipeline": spec.pipeline_class,
-        "scheduler": [spec.scheduler_class, spec.scheduler_config],
-        "call_kwargs": spec.call_kwargs,
-        "method": method_desc,
-        **sampling_settings(model, cfg),
-        "code": code_version(),
-    }
-    return sha(meta), meta
-
-
-def comparability(model, cfg: RunConfig, prompts: list[Prompt]) -> dict[str, Any]:
-    """What two runs must share for their numbers to be compared (and paired prompt by prompt):
-    model and weights, the prompts (spec, count, and a hash of their ids and texts), the seed and
-    the resolved sampling settings. Stored with every run as ``result["sampling"]``."""
-    from qbench.imagecache import sha
-
-    return {
-        "model": model.spec.name,
-        "weights": model.source,
-        "prompts": cfg.prompts,
-        "n_prompts": len(prompts),
-        "prompts_sha": sha([[p.id, p.text] for p in prompts]),
-        "seed": cfg.seed,
-        **sampling_settings(model, cfg),
-    }
-
-
-def generate_cached(model, cache: ImageCache, prompts: list[Prompt], cfg: RunConfig, progress, description: str) -> tuple[list, int]:
-    """Images for all prompts -> (images, n generated).
-
-    A batch (:func:`batches`) with any image missing from the cache is generated whole (images
-    already cached are kept), so every image comes from the same batch as in an uninterrupted run."""
-    plan = batches(prompts, cfg)
-    todo = [(c, sig) for c, sig in plan if not all(cache.has(p, seed_for(cfg, p), sig) for p in c)]
-    n_todo = sum(len(c) for c, _ in todo)
-    task = progress.add_task(description, total=len(prompts), completed=len(prompts) - n_todo)
-    for chunk, sig in todo:
-        images = model.generate(
-            [p.text for p in chunk],
-            [seed_for(cfg, p) for p in chunk],
-            steps=cfg.steps,
-            guidance=cfg.guidance,
-            resolution=cfg.resolution,
-        )
-        for p, im in zip(chunk, images):
-            if not cache.has(p, seed_for(cfg, p), sig):
-                cache.save(im, p, seed_for(cfg, p), sig)
-        progress.advance(task, len(chunk))
-    return [cache.load(p, seed_for(cfg, p), sig) for chunk, sig in plan for p in chunk], n_todo
-
-
-def batches(prompts: list[Prompt], cfg: RunConfig) -> list[tuple[list[Prompt], str]]:
-    """The run's generation batches: consecutive chunks of ``batch_size`` prompts, each with its
-    signature (``qbench.imagecache.batch_signature``)."""
-    from qbench.imagecache import batch_signature
-
-    return [(c, batch_signature([(p.id, p.text, seed_for(cfg, p)) for p in c])) for c in iter_chunks(prompts, cfg.batch_size)]
-
-
-def fp_method(cfg: RunConfig):
-    """The full-precision method of the run's model (the reference images of fidelity metrics)."""
-    from qbench.catalog import METHODS
-
-    return METHODS.get("fp")(cfg.replace(method="fp", bits=None, mode=None, method_options={}))
-
-
 def _check_writable(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
@@ -161,11 +78,18 @@ def _check_writable(path: str) -> None:
         raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
 
 
-def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None) -> RunResult:
+def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None) -> RunResult | None:
     """Run ``cfg`` end to end (see the module docstring) and store the result.
 
     Everything is validated first (:func:`qbench.preflight.plan_run`; pass ``plan`` to reuse
-    one); a problem found there raises before anything is loaded, generated or stored."""
+    one); a problem found there raises before anything is loaded, generated or stored. Launched
+    with several ranks (``torchrun`` / ``accelerate launch``, :mod:`qbench.dist`), every rank
+    generates its block of batches and scores it; the main rank stores the run and returns it,
+    the others return None."""
+    import dataclasses
+
+    from qbench.dist import current, rank_device
+    from qbench.imagecache import code_version
     from qbench.measure import PeakMemory, flush, measure_latency, process_rss, provenance
     from qbench.models.base import module_nbytes
     from qbench.models.loader import load_model
@@ -174,35 +98,41 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     from qbench.progress import make_progress
     from qbench.quant.api import size_report
 
-    say = log or (lambda msg: None)
+    dist = current(cfg.device)
+    say = (log or (lambda msg: None)) if dist.is_main else (lambda msg: None)
     plan = plan or plan_run(cfg)
     cfg, method, prompts = plan.cfg, plan.method, plan.prompts
-    _check_writable(cfg.out_dir)
-    store = Store(cfg.db_path)
-    desc = method.describe()
-    run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
-    say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts})")
+    ref = dataclasses.replace(plan.ref, device=rank_device(cfg.device, dist)) if dist.enabled else plan.ref
+    store, run_id = None, None
+    if dist.is_main:
+        _check_writable(cfg.out_dir)
+        store = Store(cfg.db_path)
+        desc = method.describe()
+        run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
+    run_id = dist.broadcast(run_id)
+    ranks = f" on {dist.world} ranks ({dist.backend})" if dist.enabled else ""
+    say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts}){ranks}")
     if plan.calibration:
         say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
     timings: dict[str, float] = {}
     cache: ImageCache | None = None
     t_start = time.perf_counter()
     try:
-        flush(plan.ref.device)
+        flush(ref.device)
         rss_before_load = process_rss()
         t = time.perf_counter()
-        model = load_model(cfg.model, ref=plan.ref)
+        model = load_model(cfg.model, ref=ref)
         timings["load_s"] = time.perf_counter() - t
-        with make_progress(show_progress) as progress:
-            references = None
+        with make_progress(show_progress and dist.is_main) as progress:
+            references, n_ref, fp_cache = None, 0, None
             if plan.needs_fp_reference:
                 fp_key, fp_meta = image_key(model, fp_method(cfg).describe(), cfg)
                 fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
                 t = time.perf_counter()
-                references, _ = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references")
+                references, n_ref = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
                 timings["reference_s"] = time.perf_counter() - t
             t = time.perf_counter()
-            ctx = _calibration_context(plan, model, progress, say)
+            ctx = _calibration_context(plan, model, progress, say, dist)
             method.prepare(model)
             method.calibrate(model, plan.calib_prompts, ctx)
             method.convert(model)
@@ -211,24 +141,29 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             key, meta = image_key(model, desc, cfg)
             cache = ImageCache(cfg.out_dir, cfg.model, key, meta)
             t = time.perf_counter()
-            images, n_gen = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})")
+            images, n_main = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})", dist)
+            n_gen = n_main + (n_ref if fp_cache is not None and fp_cache.dir == cache.dir else 0)  # fp: its references are its images
             timings["generate_s"] = time.perf_counter() - t
-            timings["generate_per_image_s"] = timings["generate_s"] / n_gen if n_gen else float("nan")
-            # latency and memory before any metric network is loaded, after a flush
-            flush(model.device)
+            timings["generate_per_image_s"] = timings["generate_s"] / n_main if n_main else float("nan")
+            latency, mem = None, None
+            if dist.is_main:  # latency and memory before any metric network is loaded, after a flush
+                flush(model.device)
+                t = time.perf_counter()
+                with PeakMemory(model.device, baseline=rss_before_load) as mem:
+                    latency = measure_latency(
+                        model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
+                        steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
+                    )
+                timings["latency_s"] = time.perf_counter() - t
+                latency["kind"] = _latency_kind(method) + (f"; measured on rank 0 of {dist.world}" if dist.enabled else "")
             t = time.perf_counter()
-            with PeakMemory(model.device, baseline=rss_before_load) as mem:
-                latency = measure_latency(
-                    model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
-                    steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
-                )
-            timings["latency_s"] = time.perf_counter() - t
-            latency["kind"] = _latency_kind(method)
-            t = time.perf_counter()
-            metrics = _compute_metrics(plan, model.device, prompts, images, references, progress)
+            metrics = _compute_metrics(plan, model.device, prompts, images, references, progress, dist)
             timings["metrics_s"] = time.perf_counter() - t
+        if not dist.is_main:
+            return None
         timings["total_s"] = time.perf_counter() - t_start
-        memory = dict(mem.result, measured_during="latency runs (batch 1 generation), metric networks not loaded yet")
+        memory = dict(mem.result, measured_during="latency runs (batch 1 generation), metric networks not loaded yet"
+                      + (f", rank 0 of {dist.world}" if dist.enabled else ""))
         result = RunResult(
             run_id=run_id,
             config=cfg.to_dict(),
@@ -249,7 +184,8 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
             n_images=len(images),
             n_generated=n_gen,
             images_dir=cache.dir,
-            provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny),
+            provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny,
+                            code=code_version(), **({"distributed": dist.describe()} if dist.enabled else {})),
             notes=_notes(model, method),
             calibration={"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
         )
@@ -259,22 +195,27 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         return result
     except KeyboardInterrupt as e:
         kept = f"; {cache.dir} keeps the images already made" if cache else ""
-        store.mark(run_id, "interrupted", str(e) or "KeyboardInterrupt")  # the CLI's SIGTERM handler names its signal
+        _mark(store, run_id, "interrupted", str(e) or "KeyboardInterrupt")  # the CLI's SIGTERM handler names its signal
         raise RunInterrupted(f"run {run_id} interrupted{kept}; re-run the same command to resume (only missing images are generated)") from None
     except NonFiniteOutputError as e:
         hint = ("the quantization may be too aggressive (fewer layers or more bits)" if method.uses_bits
                 else f"the {cfg.dtype or 'native'} dtype may overflow: try --dtype float32")
-        store.mark(run_id, "failed", f"{e}; {hint}")
+        _mark(store, run_id, "failed", f"{e}; {hint}")
         raise NonFiniteOutputError(f"{e}; {hint}") from None
     except QBenchError as e:
-        store.mark(run_id, "failed", str(e))
+        _mark(store, run_id, "failed", str(e))
         raise
     except BaseException as e:
-        store.mark(run_id, "failed", f"{type(e).__name__}: {e}")
+        _mark(store, run_id, "failed", f"{type(e).__name__}: {e}")
         raise
 
 
-def _calibration_context(plan, model, progress, say):
+def _mark(store, run_id, status: str, error: str) -> None:
+    if store is not None:  # the main rank's
+        store.mark(run_id, status, error)
+
+
+def _calibration_context(plan, model, progress, say, dist=None):
     """The method's CalibrationContext, with full-precision images of the calibration prompts
     generated first (the model is still full precision here) when the method asks for them."""
     from qbench.calibctx import CalibrationContext
@@ -286,8 +227,8 @@ def _calibration_context(plan, model, progress, say):
     if getattr(plan.method, "NEEDS_FP_CALIBRATION_IMAGES", False):
         key, meta = image_key(model, fp_method(cfg).describe(), cfg)
         fp, _ = generate_cached(model, ImageCache(cfg.out_dir, cfg.model, key, meta), plan.calib_prompts, cfg, progress,
-                                "full-precision calibration images")
-    return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say)
+                                "full-precision calibration images", dist)
+    return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say, dist=dist)
 
 
 def _bits(method, model) -> dict[str, Any]:
@@ -320,25 +261,46 @@ def _notes(model, method=None) -> list[str]:
     return notes
 
 
-def _compute_metrics(plan, device: str, prompts, images, references, progress) -> dict[str, MetricValue]:
-    """Build each metric (its network is loaded now, after generation and latency) and score."""
+def _compute_metrics(plan, device: str, prompts, images, references, progress, dist=None) -> dict[str, MetricValue]:
+    """Build each metric (its network is loaded now, after generation and latency) and score.
+
+    With several ranks, each scores the images of its own block of batches and the main rank
+    folds the states (``Metric.merge_shards``) in rank order, which is image order; a metric that
+    cannot be sharded is computed by the main rank over every image. Only the main rank's values
+    are returned."""
+    from qbench.api import Metric
     from qbench.catalog import METRICS
 
     out: dict[str, MetricValue] = {}
     if not plan.metric_names:
         return out
+    sharded = dist is not None and dist.enabled
+    # metric chunks are cut from the whole image list, then each rank takes a contiguous block of
+    # chunks: every network forward sees the same images as in one process (same float results)
+    chunks = list(iter_chunks(list(range(len(prompts))), max(plan.cfg.batch_size, 8)))
+    mine = dist.shard(chunks) if sharded else chunks
     ctx = plan.metric_context(device)
-    task = progress.add_task("metrics", total=len(plan.metric_names) * len(prompts))
+    task = progress.add_task("metrics", total=len(plan.metric_names) * sum(map(len, mine)))
     for name in plan.metric_names:
         metric = METRICS.get(name)(ctx)
         metric.reset()
-        for idx in iter_chunks(list(range(len(prompts))), max(plan.cfg.batch_size, 8)):
+        shardable = type(metric).shard_state is not Metric.shard_state
+        todo = mine if (shardable or not sharded) else (chunks if dist.is_main else [])
+        if sharded and shardable:
+            metric.begin_shard()
+        for idx in todo:
             metric.update(
                 [images[i] for i in idx],
                 [prompts[i] for i in idx],
                 [references[i] for i in idx] if references is not None and getattr(metric, "needs_fp_reference", False) else None,
             )
             progress.advance(task, len(idx))
+        if sharded and shardable:
+            states = dist.gather_to_main(metric.shard_state())
+            if dist.is_main:
+                metric.merge_shards(states)
+        if sharded and not dist.is_main:
+            continue
         value = metric.compute()
         if isinstance(value, MetricValue):
             out[name] = value

@@ -33,7 +33,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 #: source folders/files (relative to the qbench package / repo) whose code decides the pixels
-PIXEL_PATH_SOURCES = ("models", "quant", "harness.py", "imagecache.py", "methods")
+PIXEL_PATH_SOURCES = ("models", "quant", "generation.py", "imagecache.py", "methods")
 PIXEL_PATH_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 

@@ -153,31 +153,73 @@ def calibration_prompts(cfg: RunConfig, method, eval_prompts: list[Prompt] | Non
     return calib
 
 
+def _names_only(cfg: RunConfig, p: _Problems) -> None:
+    """The checks that need no valid field: registered names (and a prompt spec)."""
+    from qbench.catalog import METHODS, METRICS, MODELS
+    from qbench.prompts import load_prompts
+
+    for reg, v in ((MODELS, cfg.model), (METHODS, cfg.method)):
+        if isinstance(v, str) and v:
+            p.check("", reg.entry, v)
+    if isinstance(cfg.metrics, list):
+        for n in cfg.metrics:
+            if isinstance(n, str):
+                p.check("", METRICS.entry, n)
+    if isinstance(cfg.prompts, str) and cfg.prompts.strip():
+        p.check("", load_prompts, cfg.prompts)
+    # with an invalid field some checks may trip over it; they report what they can
+    for check in (lambda: METHODS.get(cfg.method)(cfg),
+                  lambda: check_metric_options(cfg.metric_options, {n: METRICS.get(n) for n in (cfg.metrics or [])}),
+                  lambda: _device_available(cfg.device)):
+        try:
+            p.check("", check)
+        except Exception:  # noqa: BLE001 - a check that cannot run on an invalid field adds nothing
+            pass
+
+
+def _device_available(device: Any) -> None:
+    from qbench.config import _DEVICE_RE
+    from qbench.models.loader import resolve_device
+
+    if isinstance(device, str) and _DEVICE_RE.match(device):
+        resolve_device(device)
+
+
 def plan_run(cfg: RunConfig) -> RunPlan:
-    """Validate ``cfg`` and locate everything the run needs, loading nothing heavy."""
+    """Validate ``cfg`` and locate everything the run needs, loading nothing heavy. Every problem
+    found is reported together (a problem that makes others uncheckable skips only those)."""
     from qbench.catalog import METHODS, METRICS
     from qbench.models.loader import check_steps, get_spec, locate_model
     from qbench.prompts import load_prompts
 
-    cfg.validate()
-    spec = get_spec(cfg.model)  # an unknown model stops here: nothing else can be checked
-    if cfg.prompts is None:
-        cfg = cfg.replace(prompts=spec.default_prompts)
     p = _Problems()
+    try:
+        cfg.validate()
+    except QBenchError as e:
+        p.check("", _raise, e)
+        _names_only(cfg, p)
+        p.raise_if_any()
+    spec = p.check("", get_spec, cfg.model)
+    if cfg.prompts is None and spec is not None:
+        cfg = cfg.replace(prompts=spec.default_prompts)
     method_cls = p.check("", METHODS.get, cfg.method)
     method = p.check("", method_cls, cfg) if method_cls is not None else None
-    prompts = p.check("", load_prompts, cfg.prompts) or []
-    metric_names = p.check("", resolve_metrics, cfg, spec) or []
+    prompts = (p.check("", load_prompts, cfg.prompts) or []) if cfg.prompts else []
+    metric_names = (p.check("", resolve_metrics, cfg, spec) or []) if spec is not None or cfg.metrics is not None else []
     metric_classes = {n: METRICS.get(n) for n in metric_names}
-    metric_options = p.check("", check_metric_options, cfg.metric_options, metric_classes) or {}
+    metric_options = p.check("", check_metric_options, cfg.metric_options, metric_classes)
+    if spec is None:  # nothing model-dependent can be checked
+        p.raise_if_any()
     p.check("", _check_guidance, cfg, spec)
     ref = p.check(f"model {spec.name}", locate_model, cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
     if ref is not None and cfg.steps:
         p.check("", check_steps, ref, cfg.steps)
+    if ref is not None and method is not None:
+        p.check("", check_layer_names, method, ref)
     calib_prompts: list[Prompt] = []
     if method is not None and prompts:
         calib_prompts = p.check("", calibration_prompts, cfg, method, prompts) or []
-    plan = RunPlan(cfg, spec, ref, method, prompts, metric_names, metric_options)
+    plan = RunPlan(cfg, spec, ref, method, prompts, metric_names, metric_options or {})
     if prompts and metric_options is not None:
         ctx = plan.metric_context(ref.device if ref is not None else "cpu")
         for name, cls in metric_classes.items():
@@ -191,7 +233,74 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     plan.calibration = method.calibration_cost(len(calib_prompts)) if calib_prompts else None
     plan.needs_fp_reference = any(getattr(c, "needs_fp_reference", False) for c in metric_classes.values())
     plan.cached = count_cached(plan)
+    _warn_steps(cfg, spec)
     return plan
+
+
+def plan_calibration(cfg: RunConfig, method) -> tuple[list[Prompt], Any]:
+    """``qbench calibrate``'s preflight: the calibration prompts (held out from the evaluation
+    prompts), the located model, the step count, the layer names and the weights of every scorer
+    the method will run, all checked before anything loads and reported together.
+    Returns ``(calibration prompts, ModelRef)``."""
+    from qbench.catalog import METRICS
+    from qbench.models.loader import check_steps, get_spec, locate_model
+
+    p = _Problems()
+    spec = get_spec(cfg.model)
+    prompts = p.check("", calibration_prompts, cfg, method) or []
+    ref = p.check(f"model {spec.name}", locate_model, cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    if ref is not None and cfg.steps:
+        p.check("", check_steps, ref, cfg.steps)
+    if ref is not None:
+        p.check("", check_layer_names, method, ref)
+    ctx = MetricContext(device=ref.device if ref is not None else "cpu", options=dict(cfg.metric_options), model_name=spec.name,
+                        model_family=spec.family, resolution=cfg.resolution or spec.resolution, prompt_set=cfg.calib_prompts,
+                        cache_dir=os.path.join(cfg.out_dir, "cache"))
+    for name, options in method.metric_needs():
+        p.check(f"{method.name} ({name} scorer)", METRICS.get(name).preflight, dataclasses.replace(ctx, options=options), prompts)
+    p.raise_if_any()
+    return prompts, ref
+
+
+def _raise(e: Exception) -> None:
+    raise e
+
+
+def _warn_steps(cfg: RunConfig, spec) -> None:
+    if cfg.steps and cfg.steps > 4 * spec.steps:
+        import logging
+
+        logging.getLogger("qbench").warning(f"{spec.name} is a {spec.steps}-step model: --steps {cfg.steps} is {cfg.steps / spec.steps:.0f}x its default")
+
+
+def check_layer_names(method, ref) -> None:
+    """Let the method check its layer names/patterns against the denoiser's modules, built from
+    its config on the meta device (no weights read), when the weights are local."""
+    module = denoiser_on_meta(ref)
+    if module is not None:
+        method.check_layers(module)
+
+
+def denoiser_on_meta(ref):
+    """The model's denoiser built from its config on the meta device (no weights, no memory;
+    None for a hub model not downloaded yet)."""
+    import json
+    import os
+
+    import diffusers
+    import torch
+
+    folder = os.path.join(ref.where, ref.spec.denoiser)
+    cfg_path = os.path.join(folder, "config.json")
+    if not ref.local_only or not os.path.isfile(cfg_path):
+        return None
+    with open(cfg_path, encoding="utf-8") as f:
+        config = json.load(f)
+    cls = getattr(diffusers, config.get("_class_name", ""), None)
+    if cls is None:
+        return None
+    with torch.device("meta"):
+        return cls.from_config(config)
 
 
 def _check_guidance(cfg: RunConfig, spec) -> None:
@@ -201,7 +310,7 @@ def _check_guidance(cfg: RunConfig, spec) -> None:
 
 def count_cached(plan: RunPlan) -> dict[str, Any]:
     """How many of the run's images (and FP references) are already in the image cache."""
-    from qbench.harness import batches, fp_method, image_key
+    from qbench.generation import batches, fp_method, image_key
     from qbench.imagecache import ImageCache
 
     out: dict[str, Any] = {}

@@ -70,7 +70,7 @@ def coco2017() -> tuple[Prompt, ...]:
 
 
 # -- user files ----------------------------------------------------------------------------------------
-def _check_text_file(path: str) -> None:
+def _check_text_file(path: str) -> bytes:
     """Refuse, in one line, what ``datasets`` would fail on with an opaque message."""
     if os.path.isdir(path):
         raise QBenchError(f"prompt file {path!r} is a folder; pass a .txt/.jsonl/.json/.csv file or a prompt set name (qbench list prompts)")
@@ -88,6 +88,7 @@ def _check_text_file(path: str) -> None:
         data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise QBenchError(f"prompt file {path!r} is not UTF-8 text (invalid byte at offset {e.start})") from None
+    return data
 
 
 def load_prompt_file(path: str) -> list[Prompt]:
@@ -97,29 +98,44 @@ def load_prompt_file(path: str) -> list[Prompt]:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in FILE_SUFFIXES and not os.path.isdir(path):
         raise QBenchError(f"prompt file {path!r}: unsupported type {suffix or '(none)'}; use {', '.join(FILE_SUFFIXES)}")
-    _check_text_file(path)
+    data = _check_text_file(path)
+    import logging
+    import tempfile
+
     import datasets
 
     datasets.disable_progress_bars()
     builder = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv"}[suffix]
-    try:
-        ds = datasets.load_dataset(builder, data_files=os.path.abspath(path), split="train")
-    except Exception as e:  # datasets raises many types for malformed files; report it in one line
-        cause = e.__cause__ or e
-        raise QBenchError(f"prompt file {path!r} could not be parsed as {builder}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.abspath(path)
+        if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark would become part of the first prompt (or column name)
+            src = os.path.join(tmp, "prompts" + suffix)
+            with open(src, "wb") as f:
+                f.write(data[3:])
+        log = logging.getLogger("datasets")
+        level = log.level
+        log.setLevel(logging.CRITICAL)  # datasets logs its own error line before raising: ours is the one line
+        try:
+            ds = datasets.load_dataset(builder, data_files=src, split="train", cache_dir=os.path.join(tmp, "hf"))
+        except Exception as e:  # datasets raises many types for malformed files; report it in one line
+            cause = e.__cause__ or e
+            raise QBenchError(f"prompt file {path!r} could not be parsed as {builder}: {str(cause).splitlines()[0] if str(cause) else type(cause).__name__}") from None
+        finally:
+            log.setLevel(level)
+        columns, records = ds.column_names, ds.to_list()  # read before the temporary cache goes
     base = os.path.basename(path)
     rows: list[tuple[int, str, str]] = []  # (row, id, text)
     empty: list[int] = []
     if builder == "text":
-        for i, r in enumerate(ds):
+        for i, r in enumerate(records):
             text = " ".join(str(r["text"]).split())
             (rows.append((i, f"{base}:{i}", text)) if text else empty.append(i))
     else:
-        col = next((c for c in CAPTION_COLUMNS if c in ds.column_names), None)
+        col = next((c for c in CAPTION_COLUMNS if c in columns), None)
         if col is None:
-            raise QBenchError(f"prompt file {path!r} has no caption column; expected one of {', '.join(CAPTION_COLUMNS)} (found: {', '.join(ds.column_names)})")
-        has_id = "id" in ds.column_names
-        for i, r in enumerate(ds):
+            raise QBenchError(f"prompt file {path!r} has no caption column; expected one of {', '.join(CAPTION_COLUMNS)} (found: {', '.join(columns)})")
+        has_id = "id" in columns
+        for i, r in enumerate(records):
             value = r[col]
             if value is not None and not isinstance(value, str):
                 raise QBenchError(f"prompt file {path!r} row {i + 1}: {col!r} must be a string, got {type(value).__name__} {str(value)[:40]}")

@@ -30,6 +30,15 @@ class Entry:
         return obj
 
 
+def plugin_options(entry: Entry) -> list[dict[str, Any]]:
+    """The typed options a method or metric declares (``OPTIONS``), as JSON-able dicts."""
+    from qbench.options import describe_options
+
+    if entry.meta.get("system"):
+        return []
+    return describe_options(getattr(entry.load(), "OPTIONS", ()))
+
+
 class Registry:
     """Named entries of one kind (``model``, ``method``, ``metric``, ``prompt set``)."""
 

@@ -366,3 +366,25 @@ def _write_bytes(path: str, data: bytes) -> str:
             f.write(data)
 
     return atomic_write(path, write)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    """``qbench report``'s own flags (the CLI adds --model, --out-dir and --db)."""
+    p.add_argument("--runs", metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
+    p.add_argument("--format", default="md,html", help="md, html or md,html (default)")
+    p.add_argument("--baseline", metavar="METHOD", help="each table's baseline (a method or label; default fp), as in `qbench compare`")
+    p.add_argument("--vs", metavar="METHOD", help="also pair every configuration with METHOD's configuration of the same bits and mode")
+    p.add_argument("--grid-prompts", type=int, default=GRID_PROMPTS, help=f"prompts (rows) in the image grid; 0: no grid (default {GRID_PROMPTS})")
+    p.add_argument("--no-diff", action="store_true", help="no difference-to-baseline heat maps in the image grid")
+    p.add_argument("--no-plots", action="store_true", help="no figures")
+
+
+def main(args, db: str) -> int:
+    """``qbench report``: write the files, print their paths."""
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    runs = [x.strip() for x in args.runs.split(",") if x.strip()] if args.runs else None
+    for p in write_report(db, args.out_dir, model=args.model, formats=formats, baseline=args.baseline, vs=args.vs,
+                          grid_prompts=args.grid_prompts, diff=not args.no_diff, plots=not args.no_plots, runs=runs):
+        print(p)
+    return 0

@@ -21,7 +21,7 @@ import urllib.parse
 import uuid
 from typing import Any, Iterator
 
-from qbench.errors import QBenchError
+from qbench.errors import NoSuchRunError, QBenchError
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS runs (
@@ -217,7 +217,7 @@ class Store:
                     "SELECT * FROM runs WHERE substr(id, 1, length(?1))=?1 OR substr(id, -length(?1))=?1 ORDER BY id", (q,)
                 ).fetchall()
             if not rows:
-                raise QBenchError(f"no run {run_id!r} in {self.path} (`qbench runs` lists them)")
+                raise NoSuchRunError(f"no run {run_id!r} in {self.path} (`qbench runs` lists them)")
             if len(rows) > 1:
                 ids = [r["id"] for r in rows]
                 more = f", ... ({len(ids)} in all)" if len(ids) > 4 else ""

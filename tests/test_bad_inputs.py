@@ -10,7 +10,7 @@ import pytest
 
 from qbench.cli import main
 
-TOY = ["--model", "toy-flux", "--prompts", "toy:2", "--metrics", "", "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress"]
+TOY = ["--prompts", "toy:2", "--metrics", "", "--latency-repeats", "1", "--latency-warmup", "0", "--no-progress"]
 
 
 def _weights(name):
@@ -90,6 +90,11 @@ CASES = [
     ("calib for fp", ["--calib-prompts", "toy-calib:4"], "does not calibrate"),
     ("db not a database", ["--db", "{notadb.sqlite}"], "not a qbench results database"),
     ("unknown bits", ["--method", "naive", "--bits", "W9A8"], "weight bits"),
+    ("group_size on per-channel weights", ["--method", "naive", "--bits", "W8A8", "-O", "group_size=64"], "applies to per-group weights"),
+    ("a_calib without a_static", ["--method", "naive", "--bits", "W4A8", "-O", "a_calib=percentile"], "static activations only"),
+    ("include matches nothing", ["--method", "naive", "--bits", "W4A8", "-O", "include=nomatch*"], "no denoiser layer would be quantized"),
+    ("override of a missing layer", ["--method", "naive", "--bits", "W4A8", "-O", "layers={\"nope.layer\": 8}"], "not a module of the model"),
+    ("inception weights not a state dict", ["--metrics", "fid-fp", "--inception-weights", "{notadb.sqlite}"], "refused by torch.load(weights_only=True)"),
 ]
 
 
@@ -105,7 +110,8 @@ def test_bad_input_is_one_line_before_anything_loads(tmp_path, capsys, case):
         return a
 
     argv = [fill(a) for a in argv]
-    full = ["run", *TOY, "--out-dir", str(out_dir), *argv]
+    model = [] if "--model" in argv else ["--model", "toy-flux"]  # a repeated --model would be a sweep
+    full = ["run", *model, *TOY, "--out-dir", str(out_dir), *argv]
     before = {k: open(v, "rb").read() for k, v in files.items() if os.path.isfile(v)}
     try:
         code = main(full)
@@ -134,10 +140,41 @@ def test_several_problems_are_reported_together(tmp_path, capsys):
 
 
 def test_include_matching_nothing_is_refused_before_generation(tmp_path, capsys):
-    code = main(["run", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W4A8", "-O", "include=nomatch*"])
+    code = main(["run", "--model", "toy-flux", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W4A8", "-O", "include=nomatch*"])
     _, err = capsys.readouterr()
-    assert code != 0 and "no layer" in err and "Traceback" not in err
+    assert code != 0 and "no denoiser layer would be quantized" in err and "Traceback" not in err
+    assert not (tmp_path / "qbench.sqlite").exists(), "refused by the preflight: nothing stored"
     assert not list((tmp_path / "images").rglob("*.png")) if (tmp_path / "images").exists() else True
+
+
+def test_every_config_problem_is_listed_at_once(tmp_path, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    code = main(["run", "--model", "nosuch", "--method", "nive", "--steps", "0", "--prompts", str(empty), "--out-dir", str(tmp_path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and "4 problems" in err
+    for needle in ("steps must be >= 1", "unknown model 'nosuch'", "did you mean 'naive'", "is empty"):
+        assert needle in err, err
+    code = main(["run", "--model", "toy-flux", "--method", "naive", "--bits", "W4A8", "-O", "foo=1", "--device", "cuda", "--dtype", "float8",
+                 "--out-dir", str(tmp_path), "--dry-run"])
+    err = capsys.readouterr().err
+    assert code != 0 and "3 problems" in err and "option 'foo'" in err and "CUDA is not available" in err and "unsupported dtype" in err
+
+
+def test_calibrate_lists_every_missing_file_at_once(tmp_path, capsys):
+    code = main(["calibrate", "--method", "qsched", "--model", "flux-schnell", "--out-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code != 0 and "3 problems" in err and "FLUX.1-schnell" in err and "clip_pretrained" in err and "clipiqa_backbone" in err
+    assert main(["calibrate"]) != 0 and "needs --method" in capsys.readouterr().err
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+    from qbench.prompts import load_prompts
+
+    (tmp_path / "b.txt").write_bytes("\ufeffa red circle\r\nblue square\r\n".encode("utf-8"))
+    (tmp_path / "b.csv").write_bytes("\ufeffcaption\nhello\n".encode("utf-8"))
+    assert [p.text for p in load_prompts(str(tmp_path / "b.txt"))] == ["a red circle", "blue square"]
+    assert [p.text for p in load_prompts(str(tmp_path / "b.csv"))] == ["hello"]
 
 
 def test_empty_rows_keep_the_seeds_of_later_rows(tmp_path):
@@ -153,7 +190,7 @@ def test_empty_rows_keep_the_seeds_of_later_rows(tmp_path):
 
 
 def test_dry_run_stores_nothing_and_counts_cached(tmp_path, capsys):
-    argv = ["run", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W8A8", "--metrics", "psnr"]
+    argv = ["run", "--model", "toy-flux", *TOY, "--out-dir", str(tmp_path), "--method", "naive", "--bits", "W8A8", "--metrics", "psnr"]
     assert main(argv + ["--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["cached"] == {"images": 0, "fp_references": 0} and plan["n_prompts"] == 2

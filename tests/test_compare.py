@@ -292,3 +292,27 @@ def test_real_runs_on_other_steps_are_not_paired(capsys, monkeypatch, tmp_path):
     assert "steps 1 vs 4" in other["group_note"] and "--steps 1" in other["group_note"]
     out = compare_text(capsys, monkeypatch, str(tmp_path / "r" / "qbench.sqlite"), width=80)
     assert max(len(l) for l in out.splitlines()) <= 80 and "steps 1 vs 4" in out.replace("\n", " ")
+
+
+def test_ambiguous_baseline_names_are_refused_and_tags_can_be_named(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "q.sqlite")
+    add_run(db, "fp")
+    add_run(db, "naive", "W4A8")
+    add_run(db, "naive", "W8A8")
+    tagged = add_run(db, "naive", "W4A8", tag="gs64", options={"group_size": 64})
+    err = one_line_error(capsys, ["compare", "--db", db, "--baseline", "naive"])
+    assert "names 2 configurations" in err or "names 3 configurations" in err
+    rows = compare_json(capsys, db, "--baseline", "naive W4A8 sim tag gs64")["toy-flux"]
+    assert next(r for r in rows if r["is_baseline"])["run_id"] == tagged
+    rows = compare_json(capsys, db, "--baseline", "gs64")["toy-flux"]
+    assert next(r for r in rows if r["is_baseline"])["run_id"] == tagged
+
+
+def test_identical_runs_read_as_identical_and_runs_selection_says_where_the_baseline_is(tmp_path, capsys, monkeypatch):
+    db = str(tmp_path / "q.sqlite")
+    add_run(db, "fp")
+    same = add_run(db, "naive", "W8A8", scores={i: 1.0 + i / 10 for i in range(4)})  # equal to fp on every prompt
+    out = compare_text(capsys, monkeypatch, db)
+    assert "0 (identical)" in out and "+0 ± 0" not in out
+    rows = compare_json(capsys, db, "--runs", same)["toy-flux"]
+    assert "among the selected runs" in rows[0]["group_note"]

@@ -29,11 +29,11 @@ WRITER = textwrap.dedent("""
         ck = qs.make_checkpoint(qs.QSchedCoefficients("ramp", (0.9, 1.1)), steps=4, model="tiny-flux", bits="W4A8")
         save = lambda i: qs.save_checkpoint(path, dict(ck, writer=tag, i=i, pad="x" * 20000))
     elif kind == "calibration":
-        from qbench.calibration import CachedObjective
-        obj = CachedObjective(lambda *a: None, ["p0"], cache_path=path, context={"same": "for both"})
+        from qbench.calibctx import ScoreCache
+        cache = ScoreCache(path, {"same": "for both"})
         def save(i):
-            obj._scores = {(f"{tag}-{i}-{j}", "p0"): float(j) for j in range(400)}
-            obj._rewrite()
+            cache._scores = {(f"{tag}-{i}-{j}", "p0"): float(j) for j in range(400)}
+            cache._rewrite()
     elif kind == "zoo":
         import torch
         from qbench.zoo.common import save_ckpt

@@ -41,7 +41,7 @@ def test_pair_differences_to_the_baseline_skip_metrics_already_relative_to_fp():
     assert rows[1]["paired"]["jaq"]["mean"] == pytest.approx(-0.75)
     assert "psnr" not in rows[1]["paired"]  # already relative to fp
     assert "paired" not in rows[2] and "kept no per-prompt scores" in rows[2]["paired_note"]
-    assert "no per-prompt metric in common" in rows[3]["paired_note"]
+    assert rows[3]["paired_note"] == "not paired: the baseline has no per-prompt clip"
     assert "paired" not in rows[0] and "paired_note" not in rows[0]
     pair(rows[1:3], rows[2], scores.__getitem__)  # a baseline without scores: nothing to pair with
     assert "the baseline kept no per-prompt scores" in rows[1]["paired_note"]

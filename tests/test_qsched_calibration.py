@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 
+from qbench.calibctx import ScoreCache
 from qbench.calibration import (
     CachedObjective,
     grid_search,
@@ -129,7 +130,7 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path):
     cache = str(tmp_path / "cache.jsonl")
     ctx = {"model": "synthetic", "seed": 42}
     full_calls: list = []
-    ref = own_search(CachedObjective(synthetic(0.93, 1.07, full_calls), PIDS, cache_path=str(tmp_path / "ref.jsonl"), context=ctx), [AXIS, AXIS])
+    ref = own_search(CachedObjective(synthetic(0.93, 1.07, full_calls), PIDS, cache=ScoreCache(str(tmp_path / "ref.jsonl"), ctx)), [AXIS, AXIS])
 
     calls: list = []
     inner = synthetic(0.93, 1.07, calls)
@@ -143,12 +144,12 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path):
         return inner(point, idx)
 
     with pytest.raises(Killed):
-        own_search(CachedObjective(dying, PIDS, cache_path=cache, context=ctx), [AXIS, AXIS])
+        own_search(CachedObjective(dying, PIDS, cache=ScoreCache(cache, ctx)), [AXIS, AXIS])
     assert len(calls) == 40
     # simulate a kill in the middle of writing a line
     with open(cache, "a") as f:
         f.write('{"k": "0.9,')
-    obj = CachedObjective(inner, PIDS, cache_path=cache, context=ctx)
+    obj = CachedObjective(inner, PIDS, cache=ScoreCache(cache, ctx))
     assert obj.images_cached == sum(len(i) for _, i in calls)
     n_before = len(calls)
     res = own_search(obj, [AXIS, AXIS])
@@ -159,15 +160,15 @@ def test_resume_after_interruption_recomputes_nothing(tmp_path):
     assert res.images_generated + obj.images_cached == sum(len(i) for _, i in full_calls)
     # a third run is served entirely from the cache
     calls.clear()
-    again = own_search(CachedObjective(inner, PIDS, cache_path=cache, context=ctx), [AXIS, AXIS])
+    again = own_search(CachedObjective(inner, PIDS, cache=ScoreCache(cache, ctx)), [AXIS, AXIS])
     assert calls == [] and again.best_point == ref.best_point
 
 
 def test_cache_is_keyed_by_context(tmp_path):
     cache = str(tmp_path / "c.jsonl")
-    CachedObjective(synthetic(1, 1), PIDS, cache_path=cache, context={"bits": "W4A8"}).mean((1.0, 1.0))
+    CachedObjective(synthetic(1, 1), PIDS, cache=ScoreCache(cache, {"bits": "W4A8"})).mean((1.0, 1.0))
     with pytest.raises(QBenchError):
-        CachedObjective(synthetic(1, 1), PIDS, cache_path=cache, context={"bits": "W8A8"})
+        CachedObjective(synthetic(1, 1), PIDS, cache=ScoreCache(cache, {"bits": "W8A8"}))
     with open(cache) as f:
         header = json.loads(f.readline())
     assert header == {"context": {"bits": "W4A8"}}

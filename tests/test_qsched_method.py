@@ -207,6 +207,47 @@ def test_saved_pipeline_reloads_in_plain_diffusers(tiny_model, tmp_path):
         flux.pipe.scheduler = base_sched
 
 
+LOAD_IN_FRESH_PROCESS = """
+import json, sys
+import diffusers
+import qbench.methods.qsched_scheduler  # enough for a pipeline saved now
+new = diffusers.DiffusionPipeline.from_pretrained(sys.argv[1], local_files_only=True)
+assert "qbench.methods.qsched" not in sys.modules
+import qbench.methods.qsched  # what loading a pipeline saved before the split needs
+old = diffusers.DiffusionPipeline.from_pretrained(sys.argv[2], local_files_only=True)
+print(json.dumps([[type(p.scheduler).__name__, list(p.scheduler.qsched_coefficients.params)] for p in (new, old)]))
+"""
+
+
+def test_pipelines_saved_before_and_after_the_split_load_in_a_fresh_process(tiny_model, tmp_path):
+    """A pipeline saved now names ``qbench.methods.qsched_scheduler`` in ``model_index.json``; one
+    saved by the one-file ``qsched.py`` named ``["qbench.methods.qsched", "QSched<Base>"]`` (so a
+    pre-split save was written, checked by hand, and is reproduced here by editing that entry).
+    Both load in a fresh interpreter (diffusers imports nothing itself: the module must be
+    imported first, as the README says)."""
+    import shutil
+    import subprocess
+    import sys
+
+    flux = tiny_model("tiny-flux")
+    c = qs.QSchedCoefficients("ramp", (0.9, 1.1))
+    base_sched = qs.unwrap_scheduler(flux.pipe.scheduler)
+    try:
+        qs.apply_qsched(flux.pipe, c)
+        flux.pipe.save_pretrained(str(tmp_path / "new"))
+    finally:
+        flux.pipe.scheduler = base_sched
+    index = json.loads((tmp_path / "new" / "model_index.json").read_text())
+    assert index["scheduler"] == ["qbench.methods.qsched_scheduler", "QSchedFlowMatchEulerDiscreteScheduler"]
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    index["scheduler"] = ["qbench.methods.qsched", "QSchedFlowMatchEulerDiscreteScheduler"]
+    (tmp_path / "old" / "model_index.json").write_text(json.dumps(index))
+    out = subprocess.run([sys.executable, "-c", LOAD_IN_FRESH_PROCESS, str(tmp_path / "new"), str(tmp_path / "old")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [["QSchedFlowMatchEulerDiscreteScheduler", [0.9, 1.1]]] * 2
+
+
 def test_default_own_budget_keeps_the_whole_calibration_20x_below_the_grid(make_cfg, flux):
     """Default budget: grid images / 20, minus the identity baseline's images, so the images the
     checkpoint records (search + baseline) are at most the grid's / 20."""

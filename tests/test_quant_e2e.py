@@ -93,3 +93,15 @@ def test_effective_bits_of_a_mixed_map(make_cfg):
     assert abs(eff["w"] - want) < 1e-12 and 4 < eff["w"] < 16 and eff["label"] == f"W{eff['w']:.2f}A{eff['a']:.2f}"
     uniform = run(make_cfg(model="toy-flux", prompts="toy:1", method="naive", bits="W4A8"), show_progress=False)
     assert uniform.effective_bits["effective"]["label"] == "W4A8"
+
+
+def test_simulated_size_is_the_kernel_formats_size(make_cfg):
+    """A simulate run reports the bytes kernel mode stores for the same layers (integer group
+    scales), not the size of simulate's float-group-scale format, which has no kernel."""
+    from qbench.harness import run
+
+    sizes = {m: run(make_cfg(model="toy-flux", prompts="toy:1", method="naive", bits="W4A8", mode=m), show_progress=False).size
+             for m in ("simulate", "kernel")}
+    assert sizes["simulate"]["deploy_bytes"] == sizes["kernel"]["deploy_bytes"]
+    assert sizes["simulate"]["deploy_kind"].startswith("simulated") and sizes["kernel"]["deploy_kind"].startswith("packed")
+    assert sizes["kernel"]["deploy_vs_16bit"] < 0.29

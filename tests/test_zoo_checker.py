@@ -6,8 +6,8 @@ import pytest
 
 from qbench.api import MetricContext, Prompt
 from qbench.errors import QBenchError
-from qbench.zoo.checker import CHANCE, read_scene, score
-from qbench.zoo.render import ATTRIBUTES, Scene, all_scenes, random_scene, render
+from qbench.toyworld.checker import CHANCE, read_scene, score
+from qbench.toyworld.render import ATTRIBUTES, Scene, all_scenes, random_scene, render
 
 
 def test_checker_reads_every_rendered_scene_exactly():
@@ -56,7 +56,7 @@ def test_toy_acc_metric():
 
 
 def test_checker_reads_two_object_scenes_and_is_at_chance_when_shuffled():
-    from qbench.zoo.render import PAIR_ATTRIBUTES, PairScene, all_pair_scenes
+    from qbench.toyworld.render import PAIR_ATTRIBUTES, PairScene, all_pair_scenes
 
     rng = np.random.default_rng(4)
     pairs = all_pair_scenes()
@@ -81,7 +81,7 @@ def test_checker_reads_two_object_scenes_and_is_at_chance_when_shuffled():
 
 def test_toy_acc_on_a_mixed_prompt_set():
     from qbench.metrics.toy_acc import ToyAcc
-    from qbench.zoo.render import PairScene
+    from qbench.toyworld.render import PairScene
 
     rng = np.random.default_rng(5)
     singles = [random_scene(rng) for _ in range(6)]

@@ -7,8 +7,8 @@ import torch
 def test_text_tower_conversion_matches_open_clip(tmp_path):
     import open_clip
 
+    from qbench.toyworld.render import all_scenes, caption
     from qbench.zoo.convert import text_tower_to_hf
-    from qbench.zoo.render import all_scenes, caption
     from qbench.zoo.tokenizer import load_tokenizer
     from qbench.zoo.train_clip import write_model_dir
 

@@ -11,7 +11,7 @@ import json
 import numpy as np
 import pytest
 
-from qbench.zoo.checker import CHANCE
+from qbench.toyworld.checker import CHANCE
 
 N = 16
 
@@ -59,8 +59,8 @@ def test_toy_clip_scores_alignment_and_quality(prompts):
     from qbench.api import MetricContext
     from qbench.metrics.clip_score import CLIPScore
     from qbench.metrics.clipiqa import CLIPIQAScorer
+    from qbench.toyworld.render import degrade
     from qbench.zoo.evaluate import ground_truth
-    from qbench.zoo.render import degrade
 
     ctx = MetricContext(model_family="toy-lcm")
     gt = ground_truth(prompts)
@@ -136,8 +136,8 @@ def test_trainers_check_arguments_before_loading_anything(monkeypatch, tmp_path)
 def test_fd_toyclip_separates_ground_truth_from_wrong_images(prompts):
     from qbench.api import MetricContext
     from qbench.metrics.fd_toyclip import FDToyClip
+    from qbench.toyworld.render import Scene, render
     from qbench.zoo.evaluate import ground_truth
-    from qbench.zoo.render import Scene, render
 
     rng = np.random.default_rng(0)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from qbench.zoo.render import (ATTRIBUTES, DEGRADATIONS, N_WORDINGS, VALUES, Scene, all_scenes, caption, degrade,
+from qbench.toyworld.render import (ATTRIBUTES, DEGRADATIONS, N_WORDINGS, VALUES, Scene, all_scenes, caption, degrade,
                                random_scene, render, vocabulary)
-from qbench.zoo.splits import prompt_list, scenes, split_of
+from qbench.toyworld.splits import prompt_list, scenes, split_of
 
 
 def test_render_is_deterministic_and_exact_size():
@@ -97,7 +97,7 @@ def test_training_batches_are_functions_of_seed_and_step():
     x2, c2, _ = batch("unet", 0, 5, 6)
     assert (x1 == x2).all() and c1 == c2
     # training only ever sees TRAIN-split scenes
-    from qbench.zoo.splits import scenes
+    from qbench.toyworld.splits import scenes
 
     train = {s.key for s in scenes("train")}
     assert all(k in train for k in a[3][:6])
@@ -105,7 +105,7 @@ def test_training_batches_are_functions_of_seed_and_step():
 
 def test_pair_scenes_render_caption_and_split():
     from qbench.prompts import load_prompts
-    from qbench.zoo.render import (N_PAIR_WORDINGS, PAIR_ATTRIBUTES, PairScene, all_pair_scenes, scene_from_dict)
+    from qbench.toyworld.render import (N_PAIR_WORDINGS, PAIR_ATTRIBUTES, PairScene, all_pair_scenes, scene_from_dict)
 
     pairs = all_pair_scenes()
     assert len(pairs) == 3 * 18 * 18 and len({p.key for p in pairs}) == len(pairs)

@@ -46,6 +46,14 @@ class PerImageMetric(Metric):
         self._scores.append(scores)
         self._ids.extend(p.id for p in prompts)
 
+    def shard_state(self) -> dict[str, Any]:
+        return {"scores": list(self._scores), "ids": list(self._ids), "size": self._size}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        self._scores = [s for st in states for s in st["scores"]]
+        self._ids = [i for st in states for i in st["ids"]]
+        self._size = next((st["size"] for st in states if st["size"]), None)
+
     @property
     def scores(self) -> np.ndarray:
         return np.concatenate(self._scores) if self._scores else np.zeros(0)

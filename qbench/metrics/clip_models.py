@@ -53,8 +53,8 @@ def default_clip_for(ctx: MetricContext) -> tuple[str, str]:
         from qbench.metrics import standins
 
         return standins.open_clip_model(standins.standin_dir(ctx))
-    if (ctx.model_family or "").startswith("toy"):  # the toy world's own trained CLIP (qbench/zoo)
-        from qbench.zoo.clip import toy_clip_spec
+    if (ctx.model_family or "").startswith("toy"):  # the toy world's own trained CLIP (qbench/toyworld/clip.py)
+        from qbench.toyworld.clip import toy_clip_spec
 
         return toy_clip_spec()
     return DEFAULT_CLIP
@@ -104,7 +104,7 @@ def _model_name(model: str) -> tuple[str, dict[str, Any]]:
     return name, {}
 
 
-def resolve_clip(model: str, pretrained: str) -> tuple[str, dict[str, Any], str]:
+def resolve_clip(model: str, pretrained: str, origin: str = "metric option clip_pretrained") -> tuple[str, dict[str, Any], str]:
     """``(open_clip model name, provenance, pretrained argument)`` without building the model:
     an unknown model name or tag is a :class:`ConfigError`, weights that are neither a local file
     nor cached (offline) a :class:`MissingWeightsError` naming the option to pass."""
@@ -116,7 +116,7 @@ def resolve_clip(model: str, pretrained: str) -> tuple[str, dict[str, Any], str]
         path = os.path.expanduser(pretrained)
         if not path.endswith(".safetensors"):  # (safetensors holds no code) refuse pickled code before open_clip reads it
             common.load_tensor_file(path, f"open_clip weights for {name}", "clip_pretrained")
-        info["pretrained"] = common.weights_provenance(path, "local file (metric option clip_pretrained)")
+        info["pretrained"] = common.weights_provenance(path, f"local file ({origin})")
         return name, info, path
     cfg = open_clip.get_pretrained_cfg(name, pretrained)
     if not cfg:
@@ -134,7 +134,7 @@ def resolve_clip(model: str, pretrained: str) -> tuple[str, dict[str, Any], str]
     return name, info, pretrained
 
 
-def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedClip:
+def load_open_clip(model: str, pretrained: str, device: str = "cpu", origin: str = "metric option clip_pretrained") -> LoadedClip:
     """Build (once) an open_clip model, its eval preprocessing and tokenizer."""
     import open_clip
 
@@ -142,7 +142,7 @@ def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedCl
     key = (model, pretrained, device)
     if key in _CACHE:
         return _CACHE[key]
-    name, info, arg = resolve_clip(model, pretrained)
+    name, info, arg = resolve_clip(model, pretrained, origin)
     safe = {"weights_only": True} if "weights_only" in inspect.signature(open_clip.create_model_and_transforms).parameters else {}
     clip_model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=arg, device=device, **safe)
     clip_model.eval()
@@ -153,12 +153,20 @@ def load_open_clip(model: str, pretrained: str, device: str = "cpu") -> LoadedCl
 
 def preflight_clip(ctx: MetricContext) -> None:
     """The checks of :func:`load_for` without building the model."""
-    resolve_clip(*clip_spec(ctx))
+    resolve_clip(*clip_spec(ctx), _origin(ctx))
+
+
+def _origin(ctx: MetricContext) -> str:
+    if common.opt(ctx, "clip_pretrained") is not None:
+        return "metric option clip_pretrained"
+    if common.opt_bool(ctx, "standin"):
+        return "qbench stand-in (metric option standin)"
+    return f"the default CLIP of model family {ctx.model_family}"
 
 
 def load_for(ctx: MetricContext) -> LoadedClip:
     model, pretrained = clip_spec(ctx)
-    return load_open_clip(model, pretrained, ctx.device)
+    return load_open_clip(model, pretrained, ctx.device, _origin(ctx))
 
 
 def clip_details(clip: LoadedClip) -> dict[str, Any]:

@@ -197,8 +197,9 @@ def merge_provenance(details: dict[str, Any], key: str, prov: dict[str, Any]) ->
 
 
 def write_sidecar(path: str, info: dict[str, Any]) -> None:
-    with open(path + SIDECAR_SUFFIX, "w") as f:
-        json.dump(info, f, indent=1, sort_keys=True)
+    from qbench.fsutil import atomic_write_text
+
+    atomic_write_text(path + SIDECAR_SUFFIX, json.dumps(info, indent=1, sort_keys=True))
 
 
 def fetch_weights(url: str, what: str, option: str, subdir: str = "checkpoints", flag: str | None = None) -> str:
@@ -283,7 +284,7 @@ def load_tensor_file(path: str, what: str, option: str) -> dict[str, torch.Tenso
 
     try:  # torch.save's zip format is memory-mapped: checking a 1.7 GB CLIP file reads little of it
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - any failure to parse a user's file (text, junk, pickles) is one line
         raise QBenchError(
             f"{what}: {path} was refused by torch.load(weights_only=True) ({_load_reason(e)}); qbench reads user-supplied weights "
             f"only as plain tensors (a state dict saved with torch.save, or safetensors), never by unpickling objects, "

@@ -22,7 +22,7 @@ REF_SEED = 1234
 
 
 def reference_images(prompts) -> list:
-    from qbench.zoo.render import render, scene_from_dict
+    from qbench.toyworld.render import render, scene_from_dict
 
     out = []
     for p in prompts:
@@ -40,9 +40,10 @@ class ToyClipFeatures:
 
     def __init__(self, device: str = "cpu", clip_dir: str | None = None):
         from qbench.metrics.clip_models import clip_details, load_open_clip
-        from qbench.zoo.clip import CLIP_DIR, toy_clip_spec
+        from qbench.toyworld.clip import CLIP_DIR, toy_clip_spec
 
-        self.clip = load_open_clip(*toy_clip_spec(clip_dir or CLIP_DIR), device=device)
+        self.clip = load_open_clip(*toy_clip_spec(clip_dir or CLIP_DIR), device=device,
+                                   origin="metric option toy_clip_dir" if clip_dir else "the toy world's shipped CLIP")
         self.details = clip_details(self.clip)
 
     def __call__(self, images) -> np.ndarray:
@@ -97,6 +98,17 @@ class FDToyClip(Metric):
         self._gen.reset()
         self._ref.reset()
 
+    def begin_shard(self) -> None:
+        self._gen.record()
+        self._ref.record()
+
+    def shard_state(self) -> dict[str, Any]:
+        return {"gen": self._gen.log, "ref": self._ref.log}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        self._gen.replay([st["gen"] for st in states])
+        self._ref.replay([st["ref"] for st in states])
+
     def update(self, images, prompts, references=None) -> None:
         if len(images) != len(prompts):
             raise QBenchError(f"fd-toyclip: {len(images)} images for {len(prompts)} prompts")
@@ -121,4 +133,8 @@ class FDToyClip(Metric):
             "distance": ROUNDOFF_NOTE,
         }
         details.update(self.features.details)
+        dim = int(mu1.shape[0])
+        if self._gen.n < dim:
+            details["note"] = (f"n={self._gen.n} < {dim} feature dimensions: rank-deficient covariance, biased upward and noisy; "
+                               "compare only at equal n, and prefer a few hundred images")
         return MetricValue(value, None, self._gen.n, False, details)

@@ -1,20 +1,12 @@
 """Fréchet Inception Distance: ``fid`` (vs real images / stored statistics) and ``fid-fp``.
 
-Network: Inception-v3 pool3 (2048-d) as ported from TensorFlow's 2015-12-05 graph by
-torch-fidelity (``FeatureExtractorInceptionV3``; the same network pytorch-fid, clean-fid,
-torchmetrics and the original TF code use). Weights: metric option ``inception_weights``
-(CLI ``--inception-weights PATH``), else torch-fidelity's release file from torch's hub cache
-(downloaded when online), else :class:`MissingWeightsError`. Either file is read with
-``torch.load(weights_only=True)`` (or safetensors), never unpickled (:func:`build_inception`).
-
-Protocols (how an image reaches 299x299 and how it is normalised), recorded with every number:
-
-* ``clean`` (default; clean-fid): each channel resized as a float image with PIL bicubic
-  (antialiased), clipped to [0, 255], no re-quantization; ``(x - 128) / 128``.
-* ``legacy_tensorflow`` (TF1 FID, torch-fidelity, torchmetrics ``FrechetInceptionDistance(
-  antialias=False)``): uint8 pixels, TF1-compatible bilinear resize, ``(x - 128) / 128``.
-* ``legacy_pytorch`` (pytorch-fid): ``torch.nn.functional.interpolate(bilinear,
-  align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
+Network and protocols: :mod:`qbench.metrics.inception` (Inception-v3 pool3, 2048-d, as ported
+by torch-fidelity; ``clean`` / ``legacy_tensorflow`` / ``legacy_pytorch`` resizing, recorded with
+every number). Weights (:func:`resolve_inception_weights`): metric option ``inception_weights``
+(CLI ``--inception-weights PATH``), else a random stand-in with ``standin=true``, else
+torch-fidelity's release file from torch's hub cache (downloaded when online), else
+:class:`MissingWeightsError`. Either file is read with ``torch.load(weights_only=True)`` (or
+safetensors), never unpickled (``inception.build_inception``).
 
 Statistics are running float64 sums (``sum x`` and ``sum x x^T``: O(d^2) memory whatever N),
 and the distance is computed in float64 by :func:`qbench.metrics.frechet.frechet_terms` (round-off
@@ -24,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -33,29 +25,31 @@ from qbench.api import Metric, MetricContext, MetricValue
 from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
 from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
+from qbench.metrics.inception import (  # noqa: F401 (re-exported)
+    DEFAULT_PROTOCOL,
+    FEATURE_DIM,
+    INCEPTION_SIZE,
+    PROTOCOLS,
+    InceptionFeatures,
+    build_inception,
+    check_protocol,
+    inception_input,
+)
 
-PROTOCOLS: dict[str, str] = {
-    "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
-    "legacy_tensorflow": "TF1 FID / torch-fidelity / torchmetrics(antialias=False): uint8, TF1 bilinear resize to 299x299, (x-128)/128",
-    "legacy_pytorch": "pytorch-fid: torch bilinear resize to 299x299 (align_corners=False, no antialias), 2*x/255-1",
-}
-DEFAULT_PROTOCOL = "clean"
-INCEPTION_SIZE = 299
-FEATURE_DIM = 2048
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 REFERENCE_PREPROCESS = "center crop to a square, PIL bicubic resize to the generated resolution, RGB uint8"
 
 
-def check_protocol(protocol: str) -> str:
-    if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown FID protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
-    return protocol
-
-
 # -- statistics ----------------------------------------------------------------------------------
 class FeatureStats:
-    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n)."""
+    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n).
+
+    Rows are summed in fixed blocks of ``BLOCK`` consecutive rows, so the float64 result depends
+    only on the sequence of rows, not on how the caller batched them: a sharded run that replays
+    every rank's features in image order (:meth:`record` / :meth:`replay`) gets bit-identical sums."""
+
+    BLOCK = 64
 
     def __init__(self, dim: int = FEATURE_DIM):
         self.dim = dim
@@ -65,6 +59,23 @@ class FeatureStats:
         self.n = 0
         self.sum = np.zeros(self.dim, dtype=np.float64)
         self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._pending: list[np.ndarray] = []
+        self._log: list[np.ndarray] | None = None
+
+    def record(self) -> None:
+        """Keep every feature array given to :meth:`update` (float32 when exact), for :meth:`replay`."""
+        self._log = []
+
+    @property
+    def log(self) -> list[np.ndarray]:
+        return list(self._log or [])
+
+    def replay(self, logs: Sequence[Sequence[np.ndarray]]) -> None:
+        """Reset, then update with every array of ``logs`` (a list per rank, in image order)."""
+        self.reset()
+        for log in logs:
+            for x in log:
+                self.update(x)
 
     def update(self, features: np.ndarray) -> None:
         x = np.asarray(features, dtype=np.float64)
@@ -72,66 +83,33 @@ class FeatureStats:
             raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
         if not np.isfinite(x).all():
             raise QBenchError("non-finite Inception features (NaN/inf in the images or the network)")
+        if self._log is not None:
+            x32 = x.astype(np.float32)
+            self._log.append(x32 if np.array_equal(x32.astype(np.float64), x) else x.copy())
         self.n += x.shape[0]
-        self.sum += x.sum(axis=0)
-        self.outer += x.T @ x
+        self._pending.append(x)
+        self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        rows = sum(p.shape[0] for p in self._pending)
+        if rows < self.BLOCK and not (final and rows):
+            return
+        x = np.concatenate(self._pending)
+        whole = x.shape[0] if final else x.shape[0] - x.shape[0] % self.BLOCK
+        for i in range(0, whole, self.BLOCK):
+            b = x[i : i + self.BLOCK]
+            self.sum += b.sum(axis=0)
+            self.outer += b.T @ b
+        self._pending = [x[whole:]] if whole < x.shape[0] else []
 
     def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
         """Mean and unbiased covariance (``ddof=1``, as numpy.cov, pytorch-fid, torchmetrics)."""
+        self._flush(final=True)
         if self.n < 2:
             raise QBenchError(f"FID needs at least 2 images per side, got {self.n}")
         mu = self.sum / self.n
         cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
         return mu, cov
-
-
-# -- resizing per protocol ----------------------------------------------------------------------
-def inception_input(images: Iterable[Any], protocol: str):
-    """Images -> ``N x 3 x 299 x 299`` float32 tensor, normalised as ``protocol`` prescribes."""
-    import torch
-    import torch.nn.functional as F
-    from PIL import Image
-
-    check_protocol(protocol)
-    arrays = [common.to_uint8_array(im) for im in images]
-    if protocol == "clean":
-        out = []
-        for a in arrays:
-            chans = [
-                np.asarray(Image.fromarray(a[..., c].astype(np.float32)).resize((INCEPTION_SIZE, INCEPTION_SIZE), resample=Image.BICUBIC)).clip(0, 255)
-                for c in range(3)
-            ]
-            out.append(np.stack(chans, axis=0))
-        x = torch.from_numpy(np.stack(out).astype(np.float32))
-        return (x - 128.0) / 128.0
-    sizes = {a.shape for a in arrays}
-    if len(sizes) > 1:
-        raise ConfigError(f"images of different sizes in one batch: {sorted(sizes)}")
-    x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(torch.float32)
-    if protocol == "legacy_tensorflow":
-        from torch_fidelity.interpolate_compat_tensorflow import (
-            interpolate_bilinear_2d_like_tensorflow1x,
-        )
-
-        x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
-        return (x - 128.0) / 128.0
-    x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-    return x / 127.5 - 1.0
-
-
-# -- the network --------------------------------------------------------------------------------
-def _pool3(net, x):
-    """torch-fidelity's Inception forward from the normalised 299x299 input to the 2048-d pool."""
-    import torch
-
-    for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "MaxPool_2",
-                 "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                 "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool"):
-        x = getattr(net, name)(x)
-    return torch.flatten(x, 1)
-
-
-_NETS: dict[tuple[str, str], Any] = {}
 
 
 def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
@@ -147,51 +125,6 @@ def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
         return path, common.weights_provenance(path, "qbench stand-in (metric option standin)")
     path = common.fetch_weights(INCEPTION_URL, "Inception-v3 (FID, torch-fidelity)", "inception_weights", flag="--inception-weights")
     return path, common.weights_provenance(path, INCEPTION_URL)
-
-
-def build_inception(weights_path: str):
-    """torch-fidelity's ``FeatureExtractorInceptionV3`` with the state dict in ``weights_path``.
-
-    The file is read by :func:`common.load_tensor_file` (``torch.load(weights_only=True)`` or
-    safetensors): torch-fidelity's own loader unpickles with ``weights_only=False``, which runs
-    any code a crafted file carries, so the dict is handed to torch-fidelity's constructor in
-    place of its URL download instead. Raises :class:`QBenchError` for a file that is not a plain
-    state dict, :class:`ConfigError` for one that is not torch-fidelity's Inception-v3 layout.
-    """
-    from unittest import mock
-
-    from torch_fidelity import feature_extractor_inceptionv3 as fe
-
-    state = common.load_tensor_file(weights_path, "Inception-v3 (FID)", "inception_weights")
-    try:
-        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: state):
-            return fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    except RuntimeError as e:  # load_state_dict: missing / unexpected keys or wrong shapes
-        raise ConfigError(f"{weights_path}: not torch-fidelity's Inception-v3 state dict ({str(e).splitlines()[0][:160]})") from None
-
-
-class InceptionFeatures:
-    """Callable: images -> ``(N, 2048)`` float64 pool3 features under one protocol."""
-
-    def __init__(self, weights_path: str, protocol: str = DEFAULT_PROTOCOL, device: str = "cpu", batch_size: int = 16):
-        self.protocol = check_protocol(protocol)
-        self.device = common.resolve_device(device)
-        self.batch_size = int(batch_size)
-        self.weights_path = weights_path
-        key = (os.path.realpath(weights_path), self.device)
-        if key not in _NETS:
-            _NETS[key] = build_inception(weights_path).to(self.device)
-        self.net = _NETS[key]
-
-    def __call__(self, images: list[Any]) -> np.ndarray:
-        import torch
-
-        feats = []
-        with torch.inference_mode():
-            for i in range(0, len(images), self.batch_size):
-                x = inception_input(images[i : i + self.batch_size], self.protocol).to(self.device)
-                feats.append(_pool3(self.net, x).double().cpu().numpy())
-        return np.concatenate(feats) if feats else np.zeros((0, FEATURE_DIM))
 
 
 # -- reference statistics -----------------------------------------------------------------------
@@ -310,6 +243,22 @@ class _FIDBase(Metric):
         self.gen.reset()
         self._size = None
 
+    # sharded runs (qbench.dist): every rank records its features, the main rank replays them
+    def begin_shard(self) -> None:
+        for s in self._stats():
+            s.record()
+
+    def shard_state(self) -> dict[str, Any]:
+        return {"size": self._size, "logs": [s.log for s in self._stats()]}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        for i, s in enumerate(self._stats()):
+            s.replay([st["logs"][i] for st in states])
+        self._size = next((st["size"] for st in states if st["size"]), None)
+
+    def _stats(self) -> list[FeatureStats]:
+        return [self.gen]
+
 
 def _fid_options(with_reference: bool) -> tuple:
     from qbench.options import Opt
@@ -329,7 +278,11 @@ def _fid_options(with_reference: bool) -> tuple:
 def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
     """The checks of the FID metrics without building the network."""
     check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
-    resolve_inception_weights(ctx)
+    path, _ = resolve_inception_weights(ctx)
+    if common.opt(ctx, "inception_weights") is not None:  # a user's file: check it is the right network now
+        from qbench.metrics.inception import build_inception
+
+        build_inception(path)
     if with_reference:
         _reference_path(ctx)
 
@@ -423,3 +376,6 @@ class FIDvsFP(_FIDBase):
     def reset(self) -> None:
         super().reset()
         self.ref.reset()
+
+    def _stats(self) -> list[FeatureStats]:
+        return [self.gen, self.ref]

@@ -205,3 +205,11 @@ class JAQMetric(PerImageMetric):
     def reset(self) -> None:
         super().reset()
         self._align, self._qual = [], []
+
+    def shard_state(self) -> dict[str, Any]:
+        return {**super().shard_state(), "align": list(self._align), "qual": list(self._qual)}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        super().merge_shards(states)
+        self._align = [a for st in states for a in st["align"]]
+        self._qual = [q for st in states for q in st["qual"]]

@@ -22,6 +22,7 @@ import tempfile
 from typing import TYPE_CHECKING
 from unittest import mock
 
+from qbench.fsutil import atomic_write, atomic_write_text
 from qbench.metrics.common import SIDECAR_SUFFIX, write_sidecar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,7 +64,7 @@ def inception_weights(folder: str | None = None) -> str:
     import torch
     from torch_fidelity import feature_extractor_inceptionv3 as fe
 
-    from qbench.metrics.fid import _pool3
+    from qbench.metrics.inception import pool3
 
     folder = folder or standin_dir()
     path = os.path.join(folder, f"inception-standin-{VERSION}.pth")
@@ -84,12 +85,10 @@ def inception_weights(folder: str | None = None) -> str:
     net.train()
     with torch.no_grad():
         x = torch.nn.functional.interpolate(torch.rand(4, 3, 19, 19, generator=gen), size=(299, 299), mode="bilinear") * 2 - 1
-        _pool3(net, x)
+        pool3(net, x)
     net.eval()
     state = {k: v for k, v in net.state_dict().items()}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     write_sidecar(path, _label("Inception-v3", "torch-fidelity layout, BatchNorm calibrated on random images"))
     return path
 
@@ -119,17 +118,12 @@ def open_clip_model(folder: str | None = None) -> tuple[str, str]:
     if _ready(weights) and os.path.isfile(cfg_path):
         return cfg_path, weights
     os.makedirs(folder, exist_ok=True)
-    tmp = cfg_path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(STANDIN_CLIP_CONFIG, f, indent=1)
-    os.replace(tmp, cfg_path)
+    atomic_write_text(cfg_path, json.dumps(STANDIN_CLIP_CONFIG, indent=1))
     open_clip.add_model_config(cfg_path)
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    tmp = weights + ".tmp"
-    save_file(state, tmp)
-    os.replace(tmp, weights)
+    atomic_write(weights, lambda tmp: save_file(state, tmp))
     write_sidecar(weights, _label("CLIP", f"open_clip config {os.path.basename(cfg_path)}"))
     return cfg_path, weights
 
@@ -153,16 +147,15 @@ def clipiqa_backbone(folder: str | None = None, torchscript: bool = False) -> st
     torch.manual_seed(0)
     model = CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
                  context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1).eval()
-    tmp = path + ".tmp"
     if torchscript:
         image = torch.rand(1, 3, 32, 32)
         text = torch.zeros(2, 77, dtype=torch.long)
         text[:, 0], text[:, 1] = 49406, 49407
         with torch.no_grad():
-            torch.jit.save(torch.jit.trace(model, (image, text), check_trace=False), tmp)
+            traced = torch.jit.trace(model, (image, text), check_trace=False)
+        atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
     else:
-        torch.save(model.state_dict(), tmp)
-    os.replace(tmp, path)
+        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
     write_sidecar(path, _label("CLIP backbone for pyiqa CLIP-IQA", f"OpenAI layout, ViT 1 layer, {'TorchScript' if torchscript else 'state dict'}"))
     return path
 
@@ -180,8 +173,6 @@ def lpips_backbone(folder: str | None = None) -> str:
     torch.manual_seed(0)
     net = torchvision.models.alexnet(weights=None)
     state = {k: v for k, v in net.state_dict().items() if k.startswith("features.")}
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
     write_sidecar(path, _label("AlexNet (LPIPS backbone)", "torchvision layout, features only"))
     return path

@@ -1,6 +1,6 @@
 """``toy-acc``: exact compositional accuracy on the toy world (GenEval-style).
 
-Every toy prompt carries its scene; the rule-based checker (``qbench.zoo.checker``) reads
+Every toy prompt carries its scene; the rule-based checker (``qbench.toyworld.checker``) reads
 background, colour, size, shape and position back from each generated image. ``compute()``
 returns the all-correct rate as ``toy-acc`` and each attribute's accuracy as
 ``toy-acc/<attribute>``, with binomial standard errors sqrt(p(1-p)/n). Chance levels: background
@@ -39,8 +39,15 @@ class ToyAcc(Metric):
         self._scores: list[dict[str, int]] = []
         self._ids: list[str] = []
 
+    def shard_state(self) -> dict[str, Any]:
+        return {"scores": list(self._scores), "ids": list(self._ids)}
+
+    def merge_shards(self, states: list[dict[str, Any]]) -> None:
+        self._scores = [s for st in states for s in st["scores"]]
+        self._ids = [i for st in states for i in st["ids"]]
+
     def update(self, images, prompts, references=None) -> None:
-        from qbench.zoo.checker import score
+        from qbench.toyworld.checker import score
 
         if len(images) != len(prompts):
             raise QBenchError(f"toy-acc: {len(images)} images for {len(prompts)} prompts")
@@ -54,8 +61,8 @@ class ToyAcc(Metric):
             self._ids.append(p.id)
 
     def compute(self) -> dict[str, MetricValue]:
-        from qbench.zoo.checker import CHANCE
-        from qbench.zoo.render import ATTRIBUTES, PAIR_ATTRIBUTES
+        from qbench.toyworld.checker import CHANCE
+        from qbench.toyworld.render import ATTRIBUTES, PAIR_ATTRIBUTES
 
         if not self._scores:
             raise QBenchError("toy-acc: no images were scored")
@@ -66,7 +73,7 @@ class ToyAcc(Metric):
                 continue
             n = len(vals)
             p = sum(vals) / n
-            details: dict[str, Any] = {"world": WORLD, "checker": "qbench.zoo.checker (rule-based)",
+            details: dict[str, Any] = {"world": WORLD, "checker": "qbench.toyworld.checker (rule-based)",
                                        "chance": CHANCE.get(key, math.prod(CHANCE.values()))}
             name = "toy-acc" if key == "all" else f"toy-acc/{key}"
             out[name] = MetricValue(p, math.sqrt(p * (1 - p) / n), n, True, details)

@@ -82,6 +82,13 @@ def _is_lora_part(name: str) -> bool:
     return any(part.startswith("lora_") for part in name.split("."))
 
 
+def candidate_layers(named: dict[str, nn.Module], config: QuantConfig) -> list[str]:
+    """Names of the layers ``config`` may quantize: Linear/Conv2d of its ``layer_types`` (or
+    named by an override), not LoRA adapter matrices."""
+    explicit = {k for k, _ in config.overrides}
+    return [n for n, m in named.items() if n and _kind(m) and not _is_lora_part(n) and (_kind(m) in config.layer_types or n in explicit)]
+
+
 def _check_overrides(named: dict[str, nn.Module], config: QuantConfig) -> set[str]:
     """Validate override keys against the module; return the names overrides target explicitly."""
     explicit: set[str] = set()
@@ -216,14 +223,15 @@ def size_report(module: nn.Module) -> dict[str, Any]:
         bias_n = 0 if m.bias is None else m.bias.numel()
         b16 += 2 * (m.n * m.k + bias_n)
         bias_bytes = 0 if m.bias is None else m.bias.numel() * m.bias.element_size()
-        deploy += m.packed_nbytes - bias_bytes + 2 * bias_n
+        deploy += m.kernel_nbytes - bias_bytes + 2 * bias_n
         modes.add(m.mode)
     if not quant:
         kind = "16-bit (no quantized layers)"
     elif modes == {"kernel"}:
         kind = "packed (kernel mode: the stored codes and scales, bias and other tensors counted at 16 bits)"
     else:
-        kind = "simulated (simulate mode stores float weights: the size these layers would have in the packed kernel format)"
+        kind = ("simulated (simulate mode stores float weights: the size these layers would have in kernel mode's packed format, "
+                "integer group scales for per-group weights)")
     return {
         "resident_bytes": module_nbytes(module),
         "bytes_16bit": int(b16),

@@ -69,6 +69,13 @@ class _QuantCore(nn.Module):
         nbytes += 8 if spec.a_static else 0
         nbytes += 0 if bias is None else bias.numel() * bias.element_size()
         self.packed_nbytes = int(nbytes)
+        # what kernel mode would store for this layer: float per-group scales (simulate's default,
+        # the papers' convention) have no integer kernel; kernel mode stores <= 4-bit symmetric
+        # per-group weights with integer group scales (uint8 per group + one float32 per row)
+        self.kernel_nbytes = self.packed_nbytes
+        if spec.w_granularity == "group" and spec.group_scales == "float" and spec.w_bits <= 4 and spec.w_symmetric:
+            groups = -(-k // spec.group_size)
+            self.kernel_nbytes = int(nbytes - sum(t.numel() * t.element_size() for t in scales.values()) + n * 4 + n * groups)
         self.a_scale: torch.Tensor | None
         self.a_zero: torch.Tensor | None
         if spec.a_static:

@@ -13,9 +13,8 @@ import numpy as np
 from qbench.errors import ConfigError
 from qbench.fsutil import atomic_write
 from qbench.models.base import cache_root
-from qbench.zoo.render import Scene, render
-
-WEIGHTS_DIR = os.path.join(os.path.dirname(__file__), "weights")
+from qbench.toyworld import WEIGHTS_DIR  # noqa: F401 (re-exported: the zoo ships into it)
+from qbench.toyworld.render import Scene, render
 
 
 def work_root() -> str:

@@ -28,7 +28,7 @@ def _metric(cls, family, images, prompts):
 
 
 def ground_truth(prompts, seed: int = 99) -> list:
-    from qbench.zoo.render import render, scene_from_dict
+    from qbench.toyworld.render import render, scene_from_dict
 
     return [render(scene_from_dict(p.meta["scene"]).with_jitter(np.random.default_rng([seed, p.index]))) for p in prompts]
 
@@ -85,7 +85,7 @@ def evaluate(name: str, n: int = 148, model_path: str | None = None, untrained: 
 def clipiqa_ranking(n: int = 148, family: str = "toy-lcm") -> dict[str, float]:
     from qbench.metrics.clipiqa import CLIPIQAScorer
     from qbench.prompts import load_prompts
-    from qbench.zoo.render import DEGRADATIONS, degrade
+    from qbench.toyworld.render import DEGRADATIONS, degrade
 
     prompts = load_prompts(f"toy:{n}")
     clean = ground_truth(prompts)

@@ -47,7 +47,7 @@ def monotone(summary: dict[str, dict[str, Any]], metric: str, higher_is_better: 
         if per_image is not None:
             pd = paired(per_image[lo], per_image[hi])
             st["se"] = pd["se"]
-            st["z"] = pd["mean"] / pd["se"] if pd["se"] > 0 else float("inf") * np.sign(pd["mean"])
+            st["z"] = pd["mean"] / pd["se"] if pd["se"] > 0 else (0.0 if pd["mean"] == 0 else float(np.copysign(np.inf, pd["mean"])))
         steps.append(st)
     return {"metric": metric, "all_worse": all(s["worse"] for s in steps), "steps": steps}
 
@@ -65,7 +65,7 @@ def sweep(name: str = "toy-flux", n: int = 592, bits: tuple[str, ...] = DEFAULT_
     from qbench.prompts import load_prompts
     from qbench.quant.api import quantize_
     from qbench.quant.spec import BitSpec, QuantConfig
-    from qbench.zoo.checker import score as toy_score
+    from qbench.toyworld.checker import score as toy_score
     from qbench.zoo.evaluate import generate
 
     for b in bits:  # bad input fails before anything is loaded or generated

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import Counter
 
 from qbench.models.tokenizer import BOS, EOS, bytes_to_unicode, write_clip_tokenizer
-from qbench.zoo.render import vocabulary
+from qbench.toyworld.render import vocabulary
 
 CONTEXT_LENGTH = 32
 

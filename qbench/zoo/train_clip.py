@@ -22,8 +22,8 @@ import time
 import numpy as np
 
 from qbench.zoo import common
-from qbench.zoo.render import ATTRIBUTES, BAD_WORDS, DEGRADATIONS, GOOD_WORDS, N_WORDINGS, caption, degrade, render
-from qbench.zoo.splits import scenes
+from qbench.toyworld.render import ATTRIBUTES, BAD_WORDS, DEGRADATIONS, GOOD_WORDS, N_WORDINGS, caption, degrade, render
+from qbench.toyworld.splits import scenes
 from qbench.zoo.tokenizer import CONTEXT_LENGTH, vocab_size, write_tokenizer
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

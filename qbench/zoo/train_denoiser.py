@@ -24,9 +24,9 @@ import time
 
 import numpy as np
 
+from qbench.toyworld.render import N_WORDINGS, caption
+from qbench.toyworld.splits import scenes
 from qbench.zoo import common
-from qbench.zoo.render import N_WORDINGS, caption
-from qbench.zoo.splits import scenes
 
 # cross-attention at every level, the 16x16 one included: with text attention only at 8x8 and 4x4
 # (the first toy-lcm, 4.2 M params) the UNet placed held-out scenes at the wrong x position

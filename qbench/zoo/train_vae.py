@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
+from qbench.toyworld.splits import scenes
 from qbench.zoo import common
-from qbench.zoo.splits import scenes
 
 VAE_CONFIG = dict(
     in_channels=3,

@@ -12,7 +12,7 @@ import json
 import os
 
 from qbench.fsutil import atomic_write_text
-from qbench.zoo.common import WEIGHTS_DIR
+from qbench.toyworld import WEIGHTS_DIR
 
 CLIP_DIR = os.path.join(WEIGHTS_DIR, "toy-clip")
 MODEL_NAME = "toy-clip"

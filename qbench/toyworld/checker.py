@@ -16,7 +16,7 @@
 No object found -> every object attribute reads ``None`` (wrong). ``score(image, scene)`` gives a
 0/1 per attribute and ``all`` (every attribute right).
 
-Two-object scenes (:class:`~qbench.zoo.render.PairScene`): ``read_pair(image)`` reads the
+Two-object scenes (:class:`~qbench.toyworld.render.PairScene`): ``read_pair(image)`` reads the
 background as above, then each half of the image (x < 16 and x >= 16, the other half painted
 with the observed background) as one object: ``left_colour``, ``left_shape``, ``right_colour``,
 ``right_shape``. An object drawn on the wrong side, or missing, reads as wrong.
@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from qbench.zoo.render import (
+from qbench.toyworld.render import (
     ATTRIBUTES,
     BACKGROUNDS,
     COLOURS,

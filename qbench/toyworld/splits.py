@@ -12,7 +12,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from qbench.zoo.render import (
+from qbench.toyworld.render import (
     N_PAIR_WORDINGS,
     N_WORDINGS,
     PairScene,

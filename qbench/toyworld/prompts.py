@@ -10,7 +10,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 from qbench.api import Prompt
-from qbench.zoo.splits import prompt_list
+from qbench.toyworld.splits import prompt_list
 
 
 @lru_cache(maxsize=None)
