@@ -292,7 +292,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
         unknown = [n for n in only if n not in have]
         if unknown:
             raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
-    if args.json:
+    if args.csv or (args.json and args.json != "-"):
+        from qbench.export import compare_records, to_csv, write_text
+
+        if args.csv:
+            write_text(args.csv, to_csv(compare_records(payload)))
+        if args.json and args.json != "-":
+            write_text(args.json, json.dumps(payload, indent=1, default=str) + "\n")
+        if "-" in (args.csv, args.json):
+            return 0
+    if args.json == "-":
         print(json.dumps(payload, indent=1, default=str))
         return 0
     con = console()
@@ -352,12 +361,21 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qbench.report import write_report
+    from qbench.report import main as report_main
 
-    paths = write_report(_db_path(args), args.out_dir, model=args.model)
-    for p in paths:
-        print(p)
-    return 0
+    return report_main(args, _db_path(args))
+
+
+def cmd_export_results(args: argparse.Namespace) -> int:
+    from qbench.export import main as export_main
+
+    return export_main(args, _db_path(args), _finished)
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from qbench.regress import main as regress_main
+
+    return regress_main(args)
 
 
 def _delegate(target: str, argv: list[str]) -> int:
@@ -399,13 +417,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true", help="one row per configuration, every measure a column (needs a wide terminal or a pipe)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the comparison as JSON: on stdout, or into FILE (the table is still printed)")
+    p.add_argument("--csv", metavar="FILE", help="the comparison as CSV, one row per configuration (- for stdout): every metric with its standard "
+                   "error and n, paired difference, its standard error and whether it is resolved; settings, latency, memory, size")
     p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("report", help="write a Markdown report with tables and image grids under <out-dir>/")
+    p = sub.add_parser("report", help="write a Markdown report and a self-contained HTML page per model (tables, provenance, plots, image grids) under <out-dir>/")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
+    from qbench.report import add_arguments as report_arguments
+
+    report_arguments(p)
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
+    from qbench.export import add_arguments as export_arguments
+
+    export_arguments(p)
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.set_defaults(func=cmd_export_results)
+    p = sub.add_parser("regress", help="regression check: the toy models' quality cells through `qbench run` against reports/baselines/toy.json, "
+                       "and (--speed) the pytest-benchmark suite against its committed baseline; prints what moved")
+    from qbench.regress import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_regress)
     p = sub.add_parser("show", help="one stored run in full")
     p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
     p.add_argument("--out-dir", default="reports")

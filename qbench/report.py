@@ -1,141 +1,390 @@
-"""``qbench report``: a Markdown report per model with the comparison table and image grids.
+"""``qbench report``: per model, a Markdown report and a self-contained HTML page.
 
-For each model with finished runs: ``<out_dir>/report-<model>.md`` holding the comparison tables
-(the same rows and groups of comparable settings as ``qbench compare``, :mod:`qbench.compare`),
-how each number was made, and ``report-<model>-grid.png``: one row per prompt (the first 4 prompts
-every run of the first group shares), one column per configuration.
+For each model with finished runs, :func:`build` gathers (from the store only; nothing is run):
+
+* the comparison tables of :mod:`qbench.compare` (the same rows, groups of comparable settings,
+  baselines and paired differences as ``qbench compare``), the best value of each column marked
+  (reference metrics such as PSNR to FP leave the full-precision row out; latency only among
+  deployment latencies), paired differences as ``mean ± se`` with ``~`` where
+  ``|mean| < 2 se`` (unresolved);
+* optional extra pairings (``--vs METHOD``): every configuration against METHOD's configuration
+  with the same bits and mode, prompt by prompt (:func:`qbench.compare.pair`);
+* provenance: prompt set, n, seeds, steps, guidance, resolution, dtype, batch, device, threads,
+  package versions, git, run dates, modes, calibration prompts, latency and memory protocol;
+* figures (:mod:`qbench.plots`) and an image grid with difference maps (:mod:`qbench.grids`).
+
+:func:`write_report` writes ``report-<model>.md`` (figures as PNG files beside it) and
+``report-<model>.html`` (everything embedded; :mod:`qbench.report_html`).
 """
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from typing import Any
 
+from qbench.compare import compare, matches, pair, short_label
+from qbench.compare_table import DETAIL_KEYS, fmt_se, settings_line
 from qbench.errors import QBenchError
-from qbench.store import Store
-from qbench.compare import compare, short_label
-from qbench.compare_table import settings_line
-from qbench.tables import fmt_paired, fmt_value, meaningless
+from qbench.store import Store, utcnow
+from qbench.tables import MIB, meaningless
 
-GRID_PROMPTS = 4
-CELL = 160
-
-
-def _image_files(run: dict[str, Any]) -> dict[str, str]:
-    d = run["result"].get("images_dir")
-    if not d or not os.path.isdir(d):
-        return {}
-    return {f.rsplit("-s", 1)[0]: os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".png")}
+GRID_PROMPTS = 6
+CELL = 128
+FORMATS = ("md", "html")
 
 
-def write_grid(rows: list[dict[str, Any]], runs_by_id: dict[str, dict[str, Any]], path: str) -> bool:
-    from PIL import Image, ImageDraw
-
-    files = [_image_files(runs_by_id[r["run_id"]]) for r in rows]
-    shared = sorted(set.intersection(*[set(f) for f in files])) if files and all(files) else []
-    shared = shared[:GRID_PROMPTS]
-    if not shared:
-        return False
-    head = 24
-    grid = Image.new("RGB", (CELL * len(rows), head + CELL * len(shared)), "white")
-    draw = ImageDraw.Draw(grid)
-    for c, r in enumerate(rows):
-        draw.text((c * CELL + 4, 6), (short_label(r) + (f" {r['tag']}" if r.get("tag") else ""))[:26], fill="black")
-        for i, pid in enumerate(shared):
-            with Image.open(files[c][pid]) as im:
-                grid.paste(im.convert("RGB").resize((CELL, CELL), Image.NEAREST), (c * CELL, head + i * CELL))
-    grid.save(path)
-    return True
+@dataclass
+class Cell:
+    text: str
+    best: bool = False
+    unresolved: bool = False
+    sub: str = ""  # a second line (HTML): the paired difference under a metric's value
 
 
-def _md(x: Any) -> str:
-    return str(x).replace("|", "\\|")
+@dataclass
+class Table:
+    title: str
+    head: list[str]
+    body: list[list[Cell]]
+    note: str = ""
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    png: bytes
+
+
+@dataclass
+class Report:
+    model: str
+    generated: str
+    groups: list[dict[str, Any]] = field(default_factory=list)  # settings, note, table, paired, row_notes
+    extra: list[Table] = field(default_factory=list)
+    provenance: list[tuple[str, str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
+    grid: Figure | None = None
+
+
+# -- tables -------------------------------------------------------------------------------------------
+def top_metrics(rows: list[dict[str, Any]]) -> list[str]:
     names: list[str] = []
     for r in rows:
-        names += [n for n in r["metrics"] if n not in names]
-    arrows = {n: ("↑" if next(r["metrics"][n] for r in rows if n in r["metrics"]).get("higher_is_better", True) else "↓") for n in names}
-    head = ["configuration", "options", "tag"] + [f"{n} {arrows[n]}" for n in names] + ["latency s", "step s", "peak MiB", "size MiB", "× 16-bit", "run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        names += [n for n in r["metrics"] if n not in names and "/" not in n]
+    return names
+
+
+def is_reference_metric(rows: list[dict[str, Any]], name: str) -> bool:
+    """A metric measured against the full-precision images (PSNR, SSIM, LPIPS, FID-FP)."""
+    d = next((r["metrics"][name].get("details") or {} for r in rows if name in r["metrics"]), {})
+    return str(d.get("reference", "")).startswith("full-precision")
+
+
+def _hib(rows, name) -> bool:
+    return next(r["metrics"][name] for r in rows if name in r["metrics"]).get("higher_is_better", True)
+
+
+def best_rows(rows: list[dict[str, Any]], name: str) -> set[str]:
+    """Run ids holding the best value of metric ``name`` (ties: all); reference metrics leave out
+    the full-precision rows (their value is the reference against itself)."""
+    ref = is_reference_metric(rows, name)
+    vals = {r["run_id"]: r["metrics"][name]["value"] for r in rows if r["metrics"].get(name, {}).get("value") is not None
+            and not (ref and r["method"] == "fp")}
+    if len(vals) < 2:
+        return set()
+    best = (max if _hib(rows, name) else min)(vals.values())
+    return {k for k, v in vals.items() if v == best}
+
+
+def _best_by(rows, key: str, keep=lambda r: True) -> set[str]:
+    vals = {r["run_id"]: r[key] for r in rows if r.get(key) is not None and keep(r)}
+    if len(vals) < 2:
+        return set()
+    lo = min(vals.values())
+    return {k for k, v in vals.items() if v == lo}
+
+
+def delta_cell(d: dict[str, Any] | None) -> Cell:
+    if d is None:
+        return Cell("-")
+    unresolved = d["se"] is not None and d["se"] > 0 and abs(d["mean"]) < 2 * d["se"]
+    return Cell(fmt_se(d["mean"], d["se"], signed=True) + (" ~" if unresolved else ""), unresolved=unresolved)
+
+
+def _clip(text: str, limit: int = 72) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _label(r: dict[str, Any]) -> str:
+    """Label, the options that tell it from same-named rows (cut at 72 characters) and the tag."""
+    extra = [x for x in (_clip(r.get("options_diff") or ""), f"tag {r['tag']}" if r.get("tag") else None) if x]
+    return short_label(r) + (" (baseline)" if r.get("is_baseline") else "") + (f" [{'; '.join(extra)}]" if extra else "")
+
+
+def main_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """One table's configurations: every top-level metric (mean ± standard error, its paired
+    difference to the baseline as the cell's second line), latency, peak memory and size."""
+    names = top_metrics(rows)
+    best = {n: best_rows(rows, n) for n in names}
+    deploy = lambda r: not str(r.get("latency_kind") or "").startswith("simulate")
+    b_lat, b_step = _best_by(rows, "latency_s", deploy), _best_by(rows, "step_s", deploy)
+    b_peak, b_size = _best_by(rows, "peak_bytes"), _best_by(rows, "size_bytes")
+    head = ["configuration", "run"] + [f"{n} {'↑' if _hib(rows, n) else '↓'}" for n in names] + [
+        "latency s ↓", "step s ↓", "peak MiB ↓", "size MiB ↓", "× 16-bit ↓"]
+    body = []
     for r in rows:
-        cells = [short_label(r) + (" (baseline)" if r.get("is_baseline") else ""), r.get("options_diff") or "-", r.get("tag") or "-"]
-        cells += [fmt_value(r["metrics"].get(n)) for n in names]
+        cells = [Cell(_label(r)), Cell(r["run_id"][-6:])]
+        for n in names:
+            m = r["metrics"].get(n)
+            if not m or m.get("value") is None:
+                cells.append(Cell("-"))
+                continue
+            c = Cell(fmt_se(m["value"], m.get("stderr")) + (" †" if meaningless(m) else ""), best=r["run_id"] in best[n])
+            if r.get("is_baseline"):
+                c.sub = "baseline"
+            elif n in (r.get("paired") or {}):
+                d = delta_cell(r["paired"][n])
+                c.sub, c.unresolved = "Δ " + d.text, d.unresolved
+            cells.append(c)
+        rid = r["run_id"]
         cells += [
-            f"{r['latency_s']:.3f}" if r["latency_s"] is not None else "-",
-            f"{r['step_s']:.4f}" if r["step_s"] is not None else "-",
-            f"{r['peak_bytes'] / 2**20:.1f}" if r["peak_bytes"] else "-",
-            (f"{r['size_bytes'] / 2**20:.2f}" + (" (simulated)" if r["size_simulated"] else "")) if r["size_bytes"] else "-",
-            f"{r['size_vs_16bit']:.3f}" if r["size_vs_16bit"] else "-",
-            r["run_id"],
+            Cell("-" if r["latency_s"] is None else f"{r['latency_s']:.3f}", best=rid in b_lat),
+            Cell("-" if r["step_s"] is None else f"{r['step_s']:.4f}", best=rid in b_step),
+            Cell("-" if not r["peak_bytes"] else f"{r['peak_bytes'] / MIB:.1f}", best=rid in b_peak),
+            Cell("-" if not r["size_bytes"] else f"{r['size_bytes'] / MIB:.2f}" + (" *" if r["size_simulated"] else ""), best=rid in b_size),
+            Cell("-" if not r["size_vs_16bit"] else f"{r['size_vs_16bit']:.3f}", best=rid in b_size),
         ]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    return "\n".join(lines)
+        body.append(cells)
+    return Table(title, head, body)
 
 
-def paired_markdown(rows: list[dict[str, Any]]) -> str:
-    """Paired differences to the group's baseline (rows that have them), or '' when there are none."""
+def paired_table(rows: list[dict[str, Any]], title: str, note: str = "") -> Table | None:
+    """The rows' paired differences (``row["paired"]``) as a table, or None when none has any."""
     prs = [r for r in rows if r.get("paired")]
     if not prs:
-        return ""
-    names: list[str] = []
-    for r in prs:
-        names += [n for n in r["paired"] if n not in names]
-    head = ["configuration", "run"] + [f"Δ {n}" for n in names]
-    lines = ["Paired differences to the baseline (same prompts and seeds; mean ± standard error over prompts; "
-             "~ = within two standard errors of zero):", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in prs:
-        cells = [short_label(r), r["run_id"][-6:]] + [fmt_paired(r["paired"].get(n), 4) for n in names]
-        lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
-    return "\n".join(lines)
+        return None
+    names = [n for n in top_metrics(rows) if any(n in r["paired"] for r in prs)]
+    head = ["configuration", "run", "n"] + [f"Δ {n}" for n in names]
+    body = [[Cell(_label(r)), Cell(r["run_id"][-6:]), Cell(str(max(d["n"] for d in r["paired"].values())))]
+            + [delta_cell(r["paired"].get(n)) for n in names] for r in prs]
+    return Table(title, head, body, note)
 
 
-def write_report(db: str, out_dir: str, model: str | None = None) -> list[str]:
+def vs_method(rows: list[dict[str, Any]], method: str, per_image) -> list[dict[str, Any]]:
+    """Copies of ``rows`` paired against ``method``'s row with the same bits and mode (rows that
+    have one, other than it)."""
+    out = []
+    for r in rows:
+        base = next((b for b in rows if b is not r and matches(b, method) and b.get("bits") == r.get("bits") and b.get("mode") == r.get("mode")), None)
+        if base is None or matches(r, method):
+            continue
+        rc = {k: v for k, v in r.items() if k not in ("paired", "paired_note")}
+        rc["is_baseline"] = False
+        pair([base, rc], base, per_image)
+        rc["options_diff"] = f"vs {short_label(base)} {base['run_id'][-6:]}"
+        out.append(rc)
+    return out
+
+
+# -- provenance -----------------------------------------------------------------------------------------
+def _join(values) -> str:
+    vals = [str(v) for v in dict.fromkeys(values) if v not in (None, "")]
+    return "; ".join(vals) if vals else "-"
+
+
+def provenance(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], generated: str) -> list[tuple[str, str]]:
+    """``(what, how)`` lines of where the report's numbers come from; a setting that differs
+    between runs lists each value once (``a; b``)."""
+    res = {r["run_id"]: by_id[r["run_id"]]["result"] for r in rows}
+    prov = {k: v.get("provenance") or {} for k, v in res.items()}
+    samp = [r["sampling"] for r in rows]
+    seeds = _join(f"{s['seed']} + prompt index (the prompt's position in its set; {s['seed']} .. {s['seed'] + s['n_prompts'] - 1} "
+                  f"for the first {s['n_prompts']} prompts)" if isinstance(s.get("seed"), int) and isinstance(s.get("n_prompts"), int)
+                  else s.get("seed") for s in samp)
+    versions = {}
+    for p in prov.values():
+        for k, v in (p.get("versions") or {}).items():
+            versions.setdefault(k, set()).add(str(v))
+    lat = [(by_id[r["run_id"]]["result"].get("latency") or {}) for r in rows]
+    out = [
+        ("prompt set", _join(f"{s.get('prompts')} ({s.get('n_prompts')} prompts, ids+texts sha {s.get('prompts_sha')})" for s in samp)),
+        ("seeds", seeds),
+        ("steps / guidance / resolution", _join(f"{s.get('steps')} steps, guidance {s.get('guidance')}, {s.get('resolution')} px" for s in samp)),
+        ("dtype / batch size", _join(f"{s.get('dtype')}, batch {s.get('batch_size')}" for s in samp)),
+        ("weights", _join(s.get("weights") for s in samp)),
+        ("device", _join(f"{p.get('device_name')} ({p.get('device')}, torch threads {p.get('torch_threads')})" for p in prov.values())),
+        ("platform / python", _join(f"{p.get('platform')}, python {p.get('python')}" for p in prov.values())),
+        ("versions", ", ".join(f"{k} {'/'.join(sorted(v))}" for k, v in sorted(versions.items())) or "-"),
+        ("git", _join(p.get("git") for p in prov.values())),
+        ("run dates", f"{min(r['date'] or '' for r in rows)} .. {max(r['date'] or '' for r in rows)} (report generated {generated})"),
+        ("modes", "; ".join(f"{short_label(r)}: {r.get('mode')}" for r in rows)),
+        ("latency", _join(f"batch 1, {x.get('warmup')} warm-up + {x.get('repeats')} timed runs, median" for x in lat if x)),
+        ("memory", _join(r.get("memory_kind") for r in rows)),
+        ("size", "deployable bytes of the denoiser (* computed for the packed format: simulate mode keeps float weights); "
+                 "× 16-bit: ratio to the same model at 16 bits"),
+    ]
+    calib = [(short_label(r), (res[r["run_id"]].get("calibration") or {}).get("prompts")) for r in rows]
+    if any(c for _, c in calib):
+        out.append(("calibration prompts", "; ".join(f"{lab}: {c}" for lab, c in calib if c)))
+    for n in top_metrics(rows):
+        d = next(r["metrics"][n].get("details") or {} for r in rows if n in r["metrics"])
+        info = ", ".join(f"{k}={v}" for k, v in d.items() if k in DETAIL_KEYS)
+        if info:
+            out.append((f"metric {n}", info))
+    return out
+
+
+# -- building -------------------------------------------------------------------------------------------
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def build(store: Store, model: str, *, baseline: str | None = None, vs: str | None = None, grid_prompts: int = GRID_PROMPTS,
+          diff: bool = True, plots: bool = True, runs: list[str] | None = None) -> Report:
+    """The report of one model's finished runs (QBenchError when it has none); ``runs``: only these
+    run ids (each shown, as ``qbench compare --runs``), else the latest run of every configuration."""
+    from qbench.report_figures import figures, grid
+
+    selected = [r for r in store.runs(model=model) if runs is None or r["id"] in runs]
+    if not selected:
+        raise QBenchError(f"no finished runs for model {model!r}{' among the runs named' if runs else ''} in {store.path}")
+    rows, hidden = compare(selected, store.per_image, baseline=baseline, keep_all=runs is not None)
+    by_id = {r["id"]: r for r in selected}
+    rep = Report(model=model, generated=utcnow())
+    n_groups = rows[-1]["group"] + 1
+    for g in range(n_groups):
+        grows = [r for r in rows if r["group"] == g]
+        prefix = f"Table {g + 1}: " if n_groups > 1 else ""
+        rep.groups.append({
+            "settings": prefix + settings_line(grows[0]), "note": grows[0].get("group_note") or "", "table": main_table(grows, "Comparison"),
+            "paired": paired_table(grows, "Paired differences to the baseline",
+                                   "this configuration − the baseline, prompt by prompt on the same prompts and seeds: mean ± standard error "
+                                   "over prompts (n prompts); ~ = within two standard errors of zero (not resolved)"),
+            "row_notes": [f"{short_label(r)} {r['run_id'][-6:]}: {r['paired_note']}" for r in grows if r.get("paired_note")],
+        })
+        if vs:
+            t = paired_table(vs_method(grows, vs, store.per_image), f"{prefix}Paired differences to {vs} at the same bits and mode",
+                             f"this configuration − {vs} with the same bits and mode, prompt by prompt: mean ± standard error; ~ = not resolved")
+            if t:
+                rep.extra.append(t)
+    rep.provenance = provenance(rows, by_id, rep.generated)
+    if any(meaningless(v) for r in rows for v in r["metrics"].values()):
+        rep.notes.append("† computed by a network with random or stand-in weights: checks mechanics, says nothing about quality")
+    rep.notes += [f"latency of {', '.join(short_label(r) for r in rows if str(r.get('latency_kind')) == k)}: {k}"
+                  for k in sorted({str(r["latency_kind"]) for r in rows if r.get("latency_kind")})]
+    rep.notes += sorted({n for r in rows for n in r["notes"]})
+    if hidden:
+        rep.notes.append(f"{hidden} older run(s) of a configuration shown are not in the tables (`qbench runs` lists them)")
+    first = [r for r in rows if r["group"] == 0]
+    if plots:
+        rep.figures = figures(rows, by_id, _safe(model))
+    if grid_prompts > 0:
+        rep.grid, why = grid(first, by_id, _safe(model), grid_prompts, CELL, diff)
+        if why:
+            rep.notes.append(f"no image grid: {why}")
+    return rep
+
+
+# -- Markdown -------------------------------------------------------------------------------------------
+def _md(x: Any) -> str:
+    return str(x).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
+
+
+def markdown_table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(_md(h) for h in t.head) + " |", "|" + "---|" * len(t.head)]
+    for row in t.body:
+        lines.append("| " + " | ".join(f"**{_md(c.text)}**" if c.best else _md(c.text) for c in row) + " |")
+    return lines
+
+
+def to_markdown(rep: Report, image_name) -> str:
+    """``image_name(figure) -> str``: the file name the Markdown links to."""
+    out = [f"# qbench report — {rep.model}", ""]
+    for g in rep.groups:
+        out += [f"## {g['settings']}", ""]
+        if g["note"]:
+            out += [f"*{_md(g['note'])}*", ""]
+        out += markdown_table(g["table"]) + ["", "**bold**: the best value of its column (reference metrics leave out the "
+                                                  "full-precision row; latency only among deployment latencies).", ""]
+        if g["paired"]:
+            out += [g["paired"].note[:1].upper() + g["paired"].note[1:] + ":", ""] + markdown_table(g["paired"]) + [""]
+        out += [f"- {_md(n)}" for n in g["row_notes"]]
+    for t in rep.extra:
+        out += ["", f"## {t.title}", "", t.note[:1].upper() + t.note[1:] + ":", ""] + markdown_table(t)
+    out += ["", "## Provenance", ""] + [f"- **{k}**: {_md(v)}" for k, v in rep.provenance]
+    out += [f"- note: {_md(n)}" for n in rep.notes]
+    for f in rep.figures + ([rep.grid] if rep.grid else []):
+        out += ["", f"## {f.title}", "", f.caption, "", f"![{f.title}]({image_name(f)})"]
+    return "\n".join(out) + "\n"
+
+
+def write_report(db: str, out_dir: str, model: str | None = None, *, formats: tuple[str, ...] = FORMATS, baseline: str | None = None,
+                 vs: str | None = None, grid_prompts: int = GRID_PROMPTS, diff: bool = True, plots: bool = True,
+                 runs: list[str] | None = None) -> list[str]:
+    """Write the report of ``model`` (default: every model with finished runs, or of the ``runs``
+    named: ids or unique prefixes/suffixes); returns the paths."""
+    from qbench.fsutil import atomic_write_text
+    from qbench.report_html import to_html
+
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise QBenchError(f"unknown report format {', '.join(bad) or '(none)'}; expected md, html or md,html")
     store = Store(db, create=False)
-    models = [model] if model else store.models()
+    ids = None
+    if runs:
+        named = [store.get(x) for x in runs]
+        not_done = [r["id"] for r in named if r["status"] != "done"]
+        if not_done:
+            raise QBenchError(f"run(s) {', '.join(not_done)} not finished: only finished runs are reported")
+        ids = [r["id"] for r in named]
+    models = [model] if model else (list(dict.fromkeys(r["model"] for r in named)) if runs else store.models())
     if not models:
         raise QBenchError(f"no finished runs in {db}; run `qbench run` first")
     os.makedirs(out_dir, exist_ok=True)
     written = []
     for m in models:
-        runs = store.runs(model=m)
-        if not runs:
-            raise QBenchError(f"no finished runs for model {m!r} in {db}")
-        rows, _ = compare(runs, store.per_image)
-        by_id = {r["id"]: r for r in runs}
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", m)
-        grid_name = f"report-{safe}-grid.png"
-        has_grid = write_grid([r for r in rows if r["group"] == 0], by_id, os.path.join(out_dir, grid_name))
-        lines = [f"# qbench report — {m}", ""]
-        n_groups = rows[-1]["group"] + 1
-        for g in range(n_groups):
-            grows = [r for r in rows if r["group"] == g]
-            lines += [f"## {'Table ' + str(g + 1) + ': ' if n_groups > 1 else ''}{settings_line(grows[0])}", ""]
-            if grows[0].get("group_note"):
-                lines += [f"*{grows[0]['group_note']}*", ""]
-            lines += [markdown_table(grows), ""]
-            paired = paired_markdown(grows)
-            if paired:
-                lines += [paired, ""]
-            lines += [f"- `{short_label(r)}` {r['run_id'][-6:]}: {r['paired_note']}" for r in grows if r.get("paired_note")]
-        prov = by_id[rows[0]["run_id"]]["result"].get("provenance", {})
-        lines.append(f"- weights: {'; '.join(sorted({r['weights'] for r in rows if r['weights']}))}")
-        lines.append(f"- device: {prov.get('device_name')}; dtype {prov.get('dtype')}; torch {prov.get('versions', {}).get('torch')}, diffusers {prov.get('versions', {}).get('diffusers')}; git {prov.get('git')}")
-        lines.append(f"- memory: {rows[0]['memory_kind']}; latency: batch 1, median of timed runs after warm-up")
-        lines.append("- size: deployable bytes of the denoiser (simulated: what the packed kernel format would take); × 16-bit: ratio to the same model at 16 bits")
-        for kind in sorted({str(r["latency_kind"]) for r in rows if r.get("latency_kind")}):
-            lines.append(f"- latency of {', '.join(short_label(r) for r in rows if str(r.get('latency_kind')) == kind)}: {kind}")
-        for r in rows:
-            lines.append(f"- `{short_label(r)}` {r['run_id'][-6:]}: mode `{r['mode']}`, method config `{r['method_config']}`")
-        if any(meaningless(v) for r in rows for v in r["metrics"].values()):
-            lines.append("- † computed by a network with random or stand-in weights: checks mechanics, says nothing about quality")
-        for note in sorted({n for r in rows for n in r["notes"]}):
-            lines.append(f"- note: {note}")
-        if has_grid:
-            lines += ["", f"![images: one row per prompt, one column per configuration of the first table]({grid_name})"]
-        path = os.path.join(out_dir, f"report-{safe}.md")
-        with open(path, "w") as f:
-            f.write("\n".join(lines) + "\n")
-        written.append(path)
+        rep = build(store, m, baseline=baseline, vs=vs, grid_prompts=grid_prompts, diff=diff, plots=plots, runs=ids)
+        stem = f"report-{_safe(m)}"
+        if "md" in formats:
+            for f in rep.figures + ([rep.grid] if rep.grid else []):
+                _write_bytes(os.path.join(out_dir, f"{stem}-{f.name}.png"), f.png)
+            written.append(atomic_write_text(os.path.join(out_dir, f"{stem}.md"), to_markdown(rep, lambda f, s=stem: f"{s}-{f.name}.png")))
+        if "html" in formats:
+            written.append(atomic_write_text(os.path.join(out_dir, f"{stem}.html"), to_html(rep)))
     return written
+
+
+def _write_bytes(path: str, data: bytes) -> str:
+    from qbench.fsutil import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    return atomic_write(path, write)
+
+
+# -- command line ---------------------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    """``qbench report``'s own flags (the CLI adds --model, --out-dir and --db)."""
+    p.add_argument("--runs", metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
+    p.add_argument("--format", default="md,html", help="md, html or md,html (default)")
+    p.add_argument("--baseline", metavar="METHOD", help="each table's baseline (a method or label; default fp), as in `qbench compare`")
+    p.add_argument("--vs", metavar="METHOD", help="also pair every configuration with METHOD's configuration of the same bits and mode")
+    p.add_argument("--grid-prompts", type=int, default=GRID_PROMPTS, help=f"prompts (rows) in the image grid; 0: no grid (default {GRID_PROMPTS})")
+    p.add_argument("--no-diff", action="store_true", help="no difference-to-baseline heat maps in the image grid")
+    p.add_argument("--no-plots", action="store_true", help="no figures")
+
+
+def main(args, db: str) -> int:
+    """``qbench report``: write the files, print their paths."""
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    runs = [x.strip() for x in args.runs.split(",") if x.strip()] if args.runs else None
+    for p in write_report(db, args.out_dir, model=args.model, formats=formats, baseline=args.baseline, vs=args.vs,
+                          grid_prompts=args.grid_prompts, diff=not args.no_diff, plots=not args.no_plots, runs=runs):
+        print(p)
+    return 0

@@ -1,38 +1,75 @@
-"""Regression benchmark: the shipped toy models under fp and naive W8A8 / W4A8 must not get worse
-than the committed baseline (reports/baselines/toy.json, written by reports/scripts/make_baseline.py).
-
-Guards the quantizers, schedulers, loaders, metrics and shipped weights together; the tolerances
-(qbench.zoo.quant_sweep.TOLERANCE) absorb float rounding across CPUs, not regressions.
+"""Regression benchmark through the real harness: every cell of ``qbench.regress.CELLS`` (fp, naive
+W8A8 / W4A8, Q-Sched W4A8 with its committed checkpoint, ...) on both shipped toy models runs
+through ``qbench.harness.run`` (the path of ``qbench run``) on ``toy:32`` and must not be worse
+than ``reports/baselines/toy.json`` by more than the tolerances stored there, which were derived
+from measured run-to-run and machine-to-machine noise (``reports/scripts/make_baseline.py
+--noise``; the numbers are in the file and in reports/README.md). ``qbench regress`` runs the
+same check with a table of what moved. Speed and memory: ``make bench`` (not CI).
 """
 from __future__ import annotations
 
-import json
-import os
-
 import pytest
 
-from qbench.zoo.quant_sweep import baseline_numbers, regressions
-
-BASELINE = os.path.join(os.path.dirname(__file__), "..", "reports", "baselines", "toy.json")
+from qbench import regress
 
 
-@pytest.mark.parametrize("model", ["toy-flux", "toy-lcm"])
-def test_toy_model_has_not_regressed(model):
-    with open(BASELINE) as f:
-        base = json.load(f)[model]
-    cur = baseline_numbers(model, bits=tuple(base["bits"]))
-    assert cur["prompts"] == base["prompts"]
-    assert regressions(base, cur) == []
+@pytest.fixture(scope="module")
+def baseline():
+    return regress.load_baseline()
 
 
-def test_regressions_flags_only_worse_numbers():
-    base = {"summary": {"fp": {"psnr": 100, "ssim": 1, "toy_acc": 0.8, "jaq": 1.8, "fd_toyclip": 3.0},
-                        "W4A8": {"psnr": 45, "ssim": 0.99, "toy_acc": 0.8, "jaq": 1.8, "fd_toyclip": 3.0}}}
-    better = {"summary": {"fp": dict(base["summary"]["fp"], toy_acc=0.9),
-                          "W4A8": dict(base["summary"]["W4A8"], psnr=50, fd_toyclip=2.0)}}
-    assert regressions(base, better) == []
-    worse = {"summary": {"fp": dict(base["summary"]["fp"], toy_acc=0.6),
-                         "W4A8": dict(base["summary"]["W4A8"], psnr=40, fd_toyclip=5.0)}}
-    assert regressions(base, worse) == ["fp toy_acc: 0.6000 vs baseline 0.8000", "W4A8 psnr: 40.0000 vs baseline 45.0000",
-                                        "W4A8 fd_toyclip: 5.0000 vs baseline 3.0000"]
-    assert regressions(base, {"summary": {"fp": base["summary"]["fp"]}}) == ["W4A8: missing"]
+@pytest.mark.parametrize("model", regress.MODELS)
+def test_toy_model_has_not_regressed(model, baseline, tmp_path):
+    selected = regress.cells((model,))
+    missing = [c["id"] for c in selected if c["id"] not in baseline["cells"]]
+    assert not missing, f"cells without a baseline: {missing}; run `python reports/scripts/make_baseline.py --add`"
+    current = regress.measure(selected, str(tmp_path), say=lambda msg: None)
+    rows = regress.check_quality({**baseline, "cells": {c["id"]: baseline["cells"][c["id"]] for c in selected}}, current)
+    assert len(rows) == sum(len(baseline["cells"][c["id"]]["metrics"]) - (2 if c["method"] == "fp" else 0) for c in selected)
+    assert regress.failures(rows) == []
+
+
+def test_every_registered_method_has_a_regression_cell():
+    from qbench.catalog import METHODS
+
+    covered = {m for m, _, _ in regress.CELLS}
+    assert sorted(e.name for e in METHODS if e.name not in covered) == []
+
+
+def test_tolerances_cover_the_measured_noise(baseline):
+    """Each tolerance is at least the noise measured for its metric (and the derivation is stored)."""
+    noise = baseline["noise"]["per_metric"]
+    assert set(baseline["tolerance"]) == set(regress.METRICS)
+    for metric, tol in baseline["tolerance"].items():
+        measured = noise.get(metric, {"max_abs": 0.0, "max_rel": 0.0})["max_rel" if tol["kind"] == "rel" else "max_abs"]
+        assert tol["value"] >= measured and tol["rule"], metric
+    assert len(baseline["noise"]["variants"]) >= 3
+
+
+def test_check_quality_flags_worse_beyond_tolerance_only():
+    base = {"tolerance": {"psnr": {"kind": "abs", "value": 0.5}, "fd-toyclip": {"kind": "rel", "value": 0.15}},
+            "cells": {"m/naive W4A8": {"method": "naive", "metrics": {"psnr": 45.0, "fd-toyclip": 2.0}},
+                      "m/fp": {"method": "fp", "metrics": {"psnr": 100.0, "fd-toyclip": 2.0}}}}
+    status = lambda cur: {(r["cell"], r["metric"]): r["status"] for r in regress.check_quality(base, cur)}
+    ok = status({"m/naive W4A8": {"psnr": 44.6, "fd-toyclip": 2.29}, "m/fp": {"psnr": 1.0, "fd-toyclip": 2.0}})
+    assert ok == {("m/naive W4A8", "psnr"): "ok", ("m/naive W4A8", "fd-toyclip"): "ok", ("m/fp", "fd-toyclip"): "ok"}  # fp psnr: itself
+    bad = status({"m/naive W4A8": {"psnr": 44.4, "fd-toyclip": 2.31}, "m/fp": {"psnr": 100.0, "fd-toyclip": 1.6}})
+    assert bad == {("m/naive W4A8", "psnr"): "WORSE", ("m/naive W4A8", "fd-toyclip"): "WORSE", ("m/fp", "fd-toyclip"): "better"}
+    rows = regress.check_quality(base, {"m/fp": {"psnr": 100.0, "fd-toyclip": 2.0}})
+    assert [r["status"] for r in rows if r["cell"] == "m/naive W4A8"] == ["missing", "missing"]
+    assert len(regress.failures(rows)) == 2
+
+
+def test_check_speed_uses_the_recorded_noise():
+    def bench(name, med, peak, mn=None):
+        return {"name": name, "fullname": f"tests/bench/x.py::{name}", "stats": {"median": med, "min": med if mn is None else mn},
+                "extra_info": {"peak_generate_mib": peak}}
+
+    base = {"benchmarks": [bench("a", 0.100, 5.0), bench("b", 0.100, 5.0)]}
+    cur = {"benchmarks": [bench("a", 0.119, 5.9), bench("b", 0.121, 7.1, mn=0.100), bench("c", 0.1, 1.0)]}
+    rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2})  # median by default
+    assert [(r["cell"], r["metric"], r["status"]) for r in rows] == [
+        ("a", "median ms", "ok"), ("a", "peak MiB", "ok"), ("b", "median ms", "WORSE"), ("b", "peak MiB", "WORSE"), ("c", "median ms", "new")]
+    rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2, "stat": "min"})
+    assert [(r["cell"], r["metric"], r["status"]) for r in rows if r["metric"].endswith("ms")] == [
+        ("a", "min ms", "ok"), ("b", "min ms", "ok"), ("c", "min ms", "new")]

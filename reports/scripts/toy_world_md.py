@@ -1,6 +1,8 @@
-"""Assemble reports/toy-world.md from the JSON that reports/scripts/toy_world.sh writes.
+"""The full-precision sections of reports/toy-world.md, from the JSON of `qbench zoo eval` that
+reports/scripts/toy_world.sh writes (reports/scripts/toy_reports.py adds the quantization
+sections, from `qbench run`s, and writes the file).
 
-    python reports/scripts/toy_world_md.py RESULTS_DIR > reports/toy-world.md
+    python reports/scripts/toy_world_md.py RESULTS_DIR      # prints the full-precision sections
 """
 from __future__ import annotations
 
@@ -14,20 +16,15 @@ def load(d: str, name: str):
     return json.load(open(p)) if os.path.exists(p) else None
 
 
-def main() -> None:
-    d = sys.argv[1]
+def fp_sections(d: str) -> list[str]:
+    """Markdown lines: what the FP toy models draw (single objects, pairs), CLIP-IQA's ranking."""
     models = ("toy-lcm", "toy-flux")
     ev = {m: load(d, f"eval_{m}.json") for m in models}
     pair = {m: load(d, f"eval_pair_{m}.json") for m in models}
     rank = load(d, "clipiqa_ranking.json")
-    out = ["# The toy world — what the shipped models draw, and what naive quantization does to them", ""]
+    out = []
     e0 = next(e for e in ev.values() if e)
     out += [
-        "All numbers are **toy-world numbers** (synthetic 32x32 scenes, models and CLIP trained in this repo;",
-        "see `qbench/zoo/README.md`): they say how a method treats these tiny trained models, nothing about real",
-        "images. Shipped fp16 weights run in float32 on the CPU; seed = prompt index; regenerate with",
-        "`reports/scripts/toy_world.sh` (then this script).",
-        "",
         f"## Full precision, held-out single-object scenes (`{e0['prompts']}`: 74 unseen scenes x 4 wordings)",
         "",
         "| | " + " | ".join(m for m in models if ev[m]) + " | chance |",
@@ -61,15 +58,11 @@ def main() -> None:
                 "Fraction of (clean, degraded) pairs of the same rendered scene where the clean image scores higher "
                 f"({rank['n_prompts']} scenes x {len(r) - 1} degradations): "
                 + ", ".join(f"{k} {v:.3f}" for k, v in r.items()) + "."]
-    out += ["", "## Naive quantization vs FP (`qbench zoo quant-sweep`, 592 held-out prompts)", "",
-            "Naive round-to-nearest, simulate mode, the denoiser's Linear layers (DESIGN.md §2.1 conventions).",
-            "Δ columns: paired differences to FP over the same prompts and seeds (mean ± standard error).",
-            "A step is 'worse' when the lower bit width scores worse; z = paired step difference / its standard error.", ""]
-    for m in models:
-        p = os.path.join(d, f"quant_{m}.md")
-        if os.path.exists(p):
-            out += [open(p).read().rstrip(), ""]
-    print("\n".join(out))
+    return out
+
+
+def main() -> None:
+    print("\n".join(fp_sections(sys.argv[1])))
 
 
 if __name__ == "__main__":
