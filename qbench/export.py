@@ -25,7 +25,8 @@ Plain diffusers (``qbench_export.json`` names the imports; the second only for a
     pipe = DiffusionPipeline.from_pretrained("OUT")
 
 Everything is written into a temporary sibling folder and renamed into place, so ``OUT`` is never
-half-written. ``OUT`` must not exist or be empty; ``force`` replaces an earlier export (a folder
+half-written. A method whose layers are not qbench's sets ``EXPORTABLE = False`` (and
+``EXPORT_HINT``, what to use instead); :func:`export` refuses it before loading anything. ``OUT`` must not exist or be empty; ``force`` replaces an earlier export (a folder
 holding ``qbench_export.json``), never any other folder.
 """
 from __future__ import annotations
@@ -119,6 +120,7 @@ def save_quantized(pipe, out: str, *, meta: dict[str, Any] | None = None, force:
             "qbench": metadata.version("qbench"),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "pipeline": type(pipe).__name__,
+            "dtype": str(pipe.dtype).replace("torch.", ""),
             "quantized_components": summary,
             "imports": imports,
             "load": {"qbench": f"qbench.load_quantized({out!r})",
@@ -154,19 +156,9 @@ def read_index(path: str) -> dict[str, Any]:
     """``qbench_export.json`` of an export folder; QBenchError if ``path`` is not an export."""
     if not os.path.isdir(path):
         raise QBenchError(f"{path} is not a folder (load_quantized takes the folder `qbench export` wrote)")
-    index = os.path.join(path, INDEX_FILE)
-    try:
-        with open(index, encoding="utf-8") as f:
-            doc = json.load(f)
-    except FileNotFoundError:
-        raise QBenchError(f"{path} is not a qbench export (no {INDEX_FILE}); `qbench export` writes one") from None
-    except (OSError, ValueError) as e:
-        raise QBenchError(f"{index} is unreadable: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise QBenchError(f"{index} is not a qbench export index")
-    if doc.get("version") != VERSION:
-        raise QBenchError(f"{index} has export format version {doc.get('version')!r}; this qbench reads version {VERSION}")
-    return doc
+    from qbench.quant.serialize import read_format_json
+
+    return read_format_json(os.path.join(path, INDEX_FILE), FORMAT, VERSION, f"{path} is not a qbench export (no {INDEX_FILE}); `qbench export` writes one")
 
 
 def load_quantized(path: str, *, device: str | None = None, torch_dtype=None):

@@ -115,20 +115,27 @@ def save_component(module: nn.Module, folder: str) -> dict[str, Any]:
     return qcfg
 
 
+def read_format_json(path: str, fmt: str, version: int, missing: str) -> dict[str, Any]:
+    """A JSON object whose ``format`` is ``fmt`` and ``version`` is ``version``; QBenchError
+    (``missing`` when the file does not exist) otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except FileNotFoundError:
+        raise QBenchError(missing) from None
+    except (OSError, ValueError) as e:
+        raise QBenchError(f"{path} is unreadable: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise QBenchError(f"{path} is not a {fmt} file")
+    if doc.get("version") != version:
+        raise QBenchError(f"{path} has {fmt} format version {doc.get('version')!r}; this qbench reads version {version}")
+    return doc
+
+
 def read_config(folder: str) -> dict[str, Any]:
     """The quant config of a component folder; QBenchError if it is not one qbench wrote."""
     path = os.path.join(folder, CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            qcfg = json.load(f)
-    except FileNotFoundError:
-        raise QBenchError(f"{folder} is not a qbench-quantized component (no {CONFIG_FILE})") from None
-    except (OSError, ValueError) as e:
-        raise QBenchError(f"{path} is unreadable: {e}") from None
-    if not isinstance(qcfg, dict) or qcfg.get("format") != FORMAT:
-        raise QBenchError(f"{path} is not a qbench quantized-component config")
-    if qcfg.get("version") != VERSION:
-        raise QBenchError(f"{path} has format version {qcfg.get('version')!r}; this qbench reads version {VERSION}")
+    qcfg = read_format_json(path, FORMAT, VERSION, f"{folder} is not a qbench-quantized component (no {CONFIG_FILE})")
     if qcfg.get("library") not in LIBRARIES:
         raise QBenchError(f"{path}: unknown library {qcfg.get('library')!r}")
     return qcfg
@@ -154,9 +161,10 @@ def _build_empty(qcfg: dict[str, Any], folder: str) -> nn.Module:
 def load_component(folder: str, torch_dtype: torch.dtype | None = None) -> nn.Module:
     """The component saved in ``folder`` by :func:`save_component`, on the CPU, in eval mode.
 
-    ``torch_dtype`` (default: the stored dtypes, which reproduce the saved component exactly)
-    casts the floating-point parameters and buffers of non-quantized modules, and the float
-    weight and bias of quantized layers; integer codes and float32 scales are kept as stored.
+    ``torch_dtype`` (default, or the recorded dtype: the stored dtypes, which reproduce the saved
+    component exactly) casts the floating-point parameters and buffers of non-quantized modules,
+    and the float weight and bias of quantized layers; integer codes and float32 scales are kept
+    as stored.
     Raises QBenchError for a folder that is not such a component, a tensor file that does not
     match its recorded sha256, or tensors that do not fit the component."""
     from safetensors.torch import load_file
@@ -197,7 +205,7 @@ def load_component(folder: str, torch_dtype: torch.dtype | None = None) -> nn.Mo
     problems += [f"not loaded {n}" for n in left if f"missing {n}" not in problems]
     if problems:
         raise QBenchError(f"{folder}: the stored tensors do not fit {qcfg['class']}: {', '.join(problems[:5])}" + (f" (+{len(problems) - 5} more)" if len(problems) > 5 else ""))
-    if torch_dtype is not None:
+    if torch_dtype is not None and str(torch_dtype).replace("torch.", "") != qcfg.get("dtype"):
         _cast_floats(module, torch_dtype, _QuantCore)
     module.eval()
     module.requires_grad_(False)
