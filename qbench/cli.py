@@ -234,6 +234,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """``qbench export --method M --bits B --model X OUT``: quantize as ``qbench run`` would, write
+    the pipeline folder (:mod:`qbench.export`)."""
+    from qbench.export import export
+    from qbench.tables import console
+
+    for name in ("prompts", "batch_size", "guidance", "resolution", "metrics", "db", "latency_warmup", "latency_repeats", "tag", "config"):
+        setattr(args, name, getattr(args, name, None))
+    args.metric_option, args.inception_weights = [], None
+    cfg = config_from_args(args)
+    con = console(stderr=True)
+    doc = export(cfg, args.out, force=args.force, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False))
+    if args.json:
+        print(json.dumps(doc, indent=1, default=str))
+    else:
+        for name, c in doc["quantized_components"].items():
+            print(f"{name}: {c['class']}, {c['quantized_layers']} quantized layers ({', '.join(c['modes'])}), {c['bytes'] / 2**20:.2f} MiB of tensors")
+        print(f"load it with: {doc['load']['qbench']}")
+        print(f"or with diffusers: {doc['load']['diffusers']}")
+    return 0
+
+
 def _db_path(args: argparse.Namespace) -> str:
     return args.db or os.path.join(args.out_dir, "qbench.sqlite")
 
@@ -293,7 +315,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if unknown:
             raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
     if args.csv or (args.json and args.json != "-"):
-        from qbench.export import compare_records, to_csv, write_text
+        from qbench.results_export import compare_records, to_csv, write_text
 
         if args.csv:
             write_text(args.csv, to_csv(compare_records(payload)))
@@ -367,7 +389,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export_results(args: argparse.Namespace) -> int:
-    from qbench.export import main as export_main
+    from qbench.results_export import main as export_main
 
     return export_main(args, _db_path(args), _finished)
 
@@ -394,6 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(p)
     p.add_argument("--search", help="calibration search (method-specific, e.g. grid or own for qsched)")
     p.set_defaults(func=cmd_calibrate)
+    p = sub.add_parser("export", help="quantize a model with a method (as `qbench run` does) and write it to a folder that qbench.load_quantized or diffusers loads back")
+    p.add_argument("out", help="output folder (must not exist or be empty; --force replaces an earlier export)")
+    p.add_argument("--model", action="append", help="registered model name (default toy-flux)")
+    p.add_argument("--method", action="append", help="a quantizing method (naive, qsched, ...)")
+    p.add_argument("--bits", action="append", help="bit spec, e.g. W4A8, W8A8")
+    p.add_argument("--mode", choices=["simulate", "kernel"], help="kernel = packed integer weights (the deployable format); simulate = fake-quantized float weights")
+    p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable)")
+    p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
+    p.add_argument("--qsched-ckpt", help="Q-Sched checkpoint JSON (method qsched)")
+    p.add_argument("--seed", action="append", help="calibration seed base (default 42)")
+    p.add_argument("--steps", type=int, help="denoising steps the method is calibrated for (default: the model's)")
+    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
+    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--dtype", help="float32 / float16 / bfloat16 (default: the model's; float32 on CPU)")
+    p.add_argument("--out-dir", help="results folder whose calibration artefacts (e.g. Q-Sched checkpoints) are used and written (default reports/)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
+    p.add_argument("--json", action="store_true", help="print the export index (qbench_export.json) as JSON")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_export)
     p = sub.add_parser("sweep", help="run every cell of a sweep file (models x methods x bits x seeds), skipping finished cells, then compare")
     p.add_argument("file", help="sweep YAML (see sweeps/toy.yaml)")
     p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
@@ -430,7 +471,7 @@ def build_parser() -> argparse.ArgumentParser:
     report_arguments(p)
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
-    from qbench.export import add_arguments as export_arguments
+    from qbench.results_export import add_arguments as export_arguments
 
     export_arguments(p)
     p.add_argument("--out-dir", default="reports")

@@ -1,216 +1,244 @@
-"""Results out of qbench, for pandas and for sharing: a run's prompts and image files, the
-comparison as flat records (``qbench compare --csv/--json FILE``) and per-image scores as JSON Lines
-(``qbench export-results``, the counterpart of lm-evaluation-harness's ``--log_samples``).
+"""Quantized pipelines that leave qbench: ``qbench export`` and :func:`load_quantized`.
 
-* :func:`run_prompts` / :func:`image_paths`: the prompts a stored run generated (re-loaded from its
-  prompt spec and checked against the hash of ids and texts the run recorded) and, per prompt id,
-  the PNG file the run's image cache holds (:meth:`qbench.imagecache.ImageCache.path` with the
-  run's own batches, never by parsing file names).
-* :func:`compare_records`: one flat dict per row of :func:`qbench.compare.compare` (settings,
-  every metric's value / standard error / n, the paired difference to the baseline with its
-  standard error and whether it is resolved at two standard errors, latency, memory, size).
-* :func:`per_image_records`: one dict per (run, prompt): run id, model, configuration, prompt id,
-  index and text, seed, image path, then every per-image metric of the run as its own key.
+    qbench export --method naive --bits W4A8 --mode kernel --model toy-flux OUT/
+    pipe = qbench.load_quantized("OUT")            # the same images, byte for byte
+
+:func:`export` runs the method exactly as ``qbench run`` does (preflight :func:`~qbench.preflight.plan_run`,
+load, ``prepare -> calibrate -> convert`` with the run's calibration context) and writes the
+converted pipeline with :func:`save_quantized`. The folder is a diffusers pipeline folder:
+
+    OUT/model_index.json           diffusers' index; a quantized component is named
+                                   ["qbench.quant.serialize", "QBenchQuantized"]
+    OUT/scheduler/                 the scheduler as saved by diffusers (a Q-Sched scheduler keeps
+                                   its coefficients in scheduler_config.json)
+    OUT/vae/, text_encoder/, ...   the unquantized components, saved by their own save_pretrained
+    OUT/<denoiser>/                config.json, qbench_quantized.safetensors (packed weights,
+                                   scales, other tensors), qbench_quant_config.json (per layer:
+                                   LayerSpec, shapes, stored tensors) — :mod:`qbench.quant.serialize`
+    OUT/qbench_export.json         provenance: qbench version, source model and weights, the
+                                   method's describe() and report, sampling defaults, sizes,
+                                   calibration prompts, and the imports a plain diffusers load needs
+
+Plain diffusers (``qbench_export.json`` names the imports; the second only for a Q-Sched export)::
+
+    import qbench.quant.serialize, qbench.methods.qsched_scheduler  # noqa: F401
+    pipe = DiffusionPipeline.from_pretrained("OUT")
+
+Everything is written into a temporary sibling folder and renamed into place, so ``OUT`` is never
+half-written. A method whose layers are not qbench's sets ``EXPORTABLE = False`` (and
+``EXPORT_HINT``, what to use instead); :func:`export` refuses it before loading anything. ``OUT`` must not exist or be empty; ``force`` replaces an earlier export (a folder
+holding ``qbench_export.json``), never any other folder.
 """
 from __future__ import annotations
 
-import csv
-import io
+import datetime
 import json
 import os
-from collections.abc import Iterable, Iterator
-from typing import Any
+import shutil
+import tempfile
+import warnings
+from typing import Any, Callable
 
-from qbench.errors import QBenchError
+from qbench.errors import ConfigError, QBenchError
+from qbench.fsutil import _read_umask
 
-#: fixed columns of a per-image record, before the metric columns
-PER_IMAGE_FIELDS = ("run_id", "model", "configuration", "method", "bits", "mode", "tag", "prompt_id", "prompt_index", "prompt_text",
-                    "seed", "image_path")
+FORMAT = "qbench-export"
+VERSION = 1
+INDEX_FILE = "qbench_export.json"
 
 
-def run_config(run: dict[str, Any]):
-    """The :class:`~qbench.config.RunConfig` a stored run ran with (its resolved config)."""
-    from qbench.config import RunConfig
+def _check_out(out: str, force: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise QBenchError(f"{out} exists and is not a folder")
+    if os.path.isdir(out) and os.listdir(out):
+        if not force:
+            raise QBenchError(f"{out} exists and is not empty: choose a new folder, or pass --force (force=True) to replace an earlier export")
+        if not os.path.isfile(os.path.join(out, INDEX_FILE)):
+            raise QBenchError(f"{out} is not empty and is not a qbench export (no {INDEX_FILE}): --force replaces earlier exports only")
 
-    cfg = (run.get("result") or {}).get("config") or run.get("config") or {}
+
+def _components(pipe) -> dict[str, Any]:
+    comps = getattr(pipe, "components", None)
+    if not isinstance(comps, dict):
+        raise QBenchError(f"expected a diffusers pipeline, got {type(pipe).__name__}")
+    return comps
+
+
+def quantized_components(pipe) -> list[str]:
+    """Names of the pipeline's components that hold qbench-quantized layers."""
+    from torch import nn
+
+    from qbench.quant.api import quant_layers
+
+    return [n for n, c in _components(pipe).items() if isinstance(c, nn.Module) and quant_layers(c)]
+
+
+def save_quantized(pipe, out: str, *, meta: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
+    """Write ``pipe`` (a diffusers pipeline holding qbench-quantized layers) to the folder ``out``
+    (layout: the module docstring); returns the index written to ``qbench_export.json``
+    (``meta`` is merged into it). Raises QBenchError when nothing is quantized or ``out`` is taken."""
+    from qbench.quant import serialize
+
+    out = os.path.abspath(out)
+    _check_out(out, force)
+    names = quantized_components(pipe)
+    if not names:
+        raise QBenchError("the pipeline holds no qbench-quantized layer: nothing to export (an unquantized pipeline saves with save_pretrained)")
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+    os.chmod(tmp, 0o777 & ~_read_umask())  # what os.makedirs would give, not mkdtemp's 0o700
     try:
-        return RunConfig.from_dict(cfg)
-    except QBenchError as e:
-        raise QBenchError(f"run {run['id']}: its stored config no longer loads ({e})") from None
+        comps = _components(pipe)
+        summary: dict[str, Any] = {}
+        for name, comp in comps.items():
+            if comp is None:
+                continue
+            folder = os.path.join(tmp, name)
+            if name in names:
+                qcfg = serialize.save_component(comp, folder)
+                summary[name] = {"class": qcfg["class"], "dtype": qcfg["dtype"], "quantized_layers": len(qcfg["layers"]),
+                                 "modes": sorted({lc["spec"]["mode"] for lc in qcfg["layers"].values()}),
+                                 "bytes": os.path.getsize(os.path.join(folder, serialize.TENSORS_FILE))}
+            else:
+                _save_plain(comp, folder)
+        pipe.save_config(tmp)  # model_index.json, then the quantized components point at the loader
+        index_path = os.path.join(tmp, "model_index.json")
+        with open(index_path, encoding="utf-8") as f:
+            index = json.load(f)
+        for name in names:
+            index[name] = list(serialize.LOADER)
+        with open(index_path, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=2, sort_keys=True)
+        imports = [serialize.LOADER[0]] + sorted({v[0] for k, v in index.items() if isinstance(v, list) and v and isinstance(v[0], str)
+                                                  and v[0].startswith("qbench.") and v[0] != serialize.LOADER[0]})
+        from importlib import metadata
 
-
-def run_prompts(run: dict[str, Any]) -> list:
-    """The prompts of a finished run, in generation order (list of :class:`qbench.api.Prompt`).
-
-    Raises QBenchError when the prompt spec no longer loads or no longer gives the prompts the run
-    used (the run recorded a hash of their ids and texts in ``result["sampling"]``)."""
-    from qbench.imagecache import sha
-    from qbench.prompts import load_prompts
-
-    res = run.get("result") or {}
-    spec = (res.get("config") or {}).get("prompts") or (run.get("config") or {}).get("prompts")
-    if not spec:
-        raise QBenchError(f"run {run['id']} recorded no prompt spec")
-    try:
-        prompts = load_prompts(spec)
-    except QBenchError as e:
-        raise QBenchError(f"run {run['id']}: its prompts {spec!r} no longer load ({e})") from None
-    want = (res.get("sampling") or {}).get("prompts_sha")
-    if want and sha([[p.id, p.text] for p in prompts]) != want:
-        raise QBenchError(f"run {run['id']}: the prompts {spec!r} changed since the run (ids or texts differ from what it recorded)")
-    return prompts
-
-
-def image_paths(run: dict[str, Any], prompts: list | None = None) -> dict[str, str]:
-    """Prompt id -> the PNG file of that prompt in the run's image folder (the file may be missing
-    if the cache was cleaned; callers check). Empty when the run kept no image folder."""
-    from qbench.harness import batches, seed_for
-    from qbench.imagecache import ImageCache
-
-    res = run.get("result") or {}
-    d = res.get("images_dir")
-    if not d:
-        return {}
-    cfg = run_config(run)
-    prompts = run_prompts(run) if prompts is None else prompts
-    cache = ImageCache(cfg.out_dir, cfg.model, os.path.basename(os.path.normpath(d)), {}, create=False)
-    cache.dir = d  # where the run wrote them (out_dir may have been relative to another folder)
-    return {p.id: cache.path(p, seed_for(cfg, p), sig) for chunk, sig in batches(prompts, cfg) for p in chunk}
-
-
-# -- the comparison as flat records --------------------------------------------------------------------
-def _resolved(d: dict[str, Any] | None) -> bool | None:
-    if not d or d.get("se") is None:
-        return None
-    return bool(abs(d["mean"]) >= 2 * d["se"]) if d["se"] > 0 else d["mean"] != 0
-
-
-def compare_records(payload: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Flatten ``{model: rows of qbench.compare.compare}`` into one dict per row (CSV-ready).
-
-    Per metric ``M``: ``M``, ``M_se``, ``M_n``, and where the row is paired with its baseline
-    ``M_delta``, ``M_delta_se``, ``M_delta_n``, ``M_resolved`` (``|delta| >= 2 se``)."""
-    from qbench.compare import short_label
-
-    names: list[str] = []
-    for rows in payload.values():
-        for r in rows:
-            names += [n for n in r["metrics"] if n not in names]
-    out = []
-    for model, rows in payload.items():
-        for r in rows:
-            s = r["sampling"]
-            rec: dict[str, Any] = {
-                "model": model, "table": r["group"] + 1, "configuration": short_label(r), "options": r.get("options_diff") or "",
-                "tag": r.get("tag") or "", "run_id": r["run_id"], "method": r["method"], "bits": r.get("bits"),
-                "effective_bits": r.get("effective_bits"), "mode": r.get("mode"), "is_baseline": r["is_baseline"],
-                "baseline_run": r.get("baseline_run"),
-                **{f"setting_{k}": s.get(k) for k in ("prompts", "n_prompts", "seed", "steps", "guidance", "resolution", "dtype",
-                                                      "device_type", "batch_size", "weights")},
-            }
-            for name in names:  # every row has every column (empty where it has no such number)
-                m = r["metrics"].get(name) or {}
-                d = (r.get("paired") or {}).get(name) or {}
-                rec.update({name: m.get("value"), f"{name}_se": m.get("stderr"), f"{name}_n": m.get("n"), f"{name}_delta": d.get("mean"),
-                            f"{name}_delta_se": d.get("se"), f"{name}_delta_n": d.get("n"), f"{name}_resolved": _resolved(d)})
-            rec.update(latency_s=r["latency_s"], step_s=r["step_s"], latency_kind=r.get("latency_kind"), peak_bytes=r["peak_bytes"],
-                       memory_kind=r.get("memory_kind"), size_bytes=r["size_bytes"], size_vs_16bit=r["size_vs_16bit"],
-                       size_kind=r.get("size_kind"), device=r.get("device"), date=r.get("date"), paired_note=r.get("paired_note") or "",
-                       table_note=r.get("group_note") or "")
-            out.append(rec)
-    return out
-
-
-def _columns(records: Iterable[dict[str, Any]]) -> list[str]:
-    cols: list[str] = []
-    seen: set[str] = set()
-    for rec in records:
-        for k in rec:
-            if k not in seen:
-                seen.add(k)
-                cols.append(k)
-    return cols
-
-
-def to_csv(records: list[dict[str, Any]]) -> str:
-    """CSV text of ``records`` (columns: the union of keys, in first-seen order; missing = empty)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=_columns(records), lineterminator="\n")
-    w.writeheader()
-    for rec in records:
-        w.writerow({k: ("" if v is None else v) for k, v in rec.items()})
-    return buf.getvalue()
-
-
-def write_text(path: str, text: str) -> str:
-    """Write ``text`` to ``path`` (``-``: stdout) atomically; QBenchError if it cannot be written."""
-    from qbench.fsutil import atomic_write_text
-
-    if path == "-":
-        import sys
-
-        sys.stdout.write(text)
-        return path
-    if os.path.isdir(path):
-        raise QBenchError(f"{path} is a folder; give a file name")
-    parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-        raise QBenchError(f"cannot write {path}: folder {parent} does not exist")
-    try:
-        return atomic_write_text(path, text)
-    except OSError as e:
-        raise QBenchError(f"cannot write {path}: {e.strerror}") from None
-
-
-# -- per-image scores ----------------------------------------------------------------------------------
-def per_image_records(run: dict[str, Any], scores: dict[str, dict[str, float]]) -> Iterator[dict[str, Any]]:
-    """One record per prompt of a finished ``run`` (``scores``: ``Store.per_image(run_id)``), in
-    prompt order; metrics the run did not score for a prompt are left out of that record."""
-    from qbench.compare import make_row, short_label
-    from qbench.harness import seed_for
-
-    row = make_row(run)
-    cfg = run_config(run)
-    prompts = run_prompts(run)
-    paths = image_paths(run, prompts)
-    for p in prompts:
-        rec: dict[str, Any] = {
-            "run_id": run["id"], "model": run["model"], "configuration": short_label(row), "method": run["method"], "bits": run.get("bits"),
-            "mode": run.get("mode"), "tag": row.get("tag"), "prompt_id": p.id, "prompt_index": p.index, "prompt_text": p.text,
-            "seed": seed_for(cfg, p), "image_path": paths.get(p.id),
+        doc = {
+            "format": FORMAT,
+            "version": VERSION,
+            "qbench": metadata.version("qbench"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "pipeline": type(pipe).__name__,
+            "dtype": str(pipe.dtype).replace("torch.", ""),
+            "quantized_components": summary,
+            "imports": imports,
+            "load": {"qbench": f"qbench.load_quantized({out!r})",
+                     "diffusers": f"import {', '.join(imports)}; pipe = DiffusionPipeline.from_pretrained({out!r})"},
+            **(meta or {}),
         }
-        for name in sorted(scores):
-            if p.id in scores[name]:
-                rec[name] = scores[name][p.id]
-        yield rec
+        with open(os.path.join(tmp, INDEX_FILE), "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=1, default=str)
+        if os.path.isdir(out):
+            old = out + f".old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+        return doc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def jsonl(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=False, default=str) + "\n" for r in records)
+def _save_plain(comp, folder: str) -> None:
+    """An unquantized component, by its own ``save_pretrained`` (safetensors where it can)."""
+    import inspect
+
+    save = getattr(comp, "save_pretrained", None)
+    if save is None:
+        raise QBenchError(f"cannot save a {type(comp).__name__}: it has no save_pretrained")
+    kw = {"safe_serialization": True} if "safe_serialization" in inspect.signature(save).parameters else {}
+    save(folder, **kw)
 
 
-# -- command line ---------------------------------------------------------------------------------------
-def add_arguments(p) -> None:
-    """``qbench export-results``' own flags (the CLI adds --out-dir and --db)."""
-    p.add_argument("--model", help="only this model's runs (default: every finished run)")
-    p.add_argument("--runs", metavar="ID,ID,...", help="only these runs (ids or unique prefixes/suffixes)")
-    p.add_argument("--output", "-o", default="-", metavar="FILE", help="the JSONL file (default -: stdout)")
+def read_index(path: str) -> dict[str, Any]:
+    """``qbench_export.json`` of an export folder; QBenchError if ``path`` is not an export."""
+    if not os.path.isdir(path):
+        raise QBenchError(f"{path} is not a folder (load_quantized takes the folder `qbench export` wrote)")
+    from qbench.quant.serialize import read_format_json
+
+    return read_format_json(os.path.join(path, INDEX_FILE), FORMAT, VERSION, f"{path} is not a qbench export (no {INDEX_FILE}); `qbench export` writes one")
 
 
-def main(args, db: str, finished) -> int:
-    """``qbench export-results``: every finished run (or the ``--runs`` named, each checked by
-    ``finished``) as per-image JSONL records."""
-    from qbench.store import Store
+def load_quantized(path: str, *, device: str | None = None, torch_dtype=None):
+    """The pipeline exported to ``path``: diffusers' ``DiffusionPipeline.from_pretrained`` with
+    the quantized components rebuilt by :mod:`qbench.quant.serialize` (no float weight of a
+    quantized layer is read) and the modules the index names imported first (only ``qbench.*``).
 
-    store = Store(db, create=False)
-    if args.runs:
-        runs = [finished(store.get(x)) for x in dict.fromkeys(x.strip() for x in args.runs.split(",") if x.strip())]
-    else:
-        runs = store.runs(model=args.model)
-        if not runs:
-            raise QBenchError(f"no finished runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
-    records = [rec for r in runs for rec in per_image_records(r, store.per_image(r["id"]))]
-    write_text(args.output, jsonl(records))
-    if args.output != "-":
-        print(f"{args.output}: {len(records)} records (one per run and prompt) from {len(runs)} run(s)")
-    return 0
+    ``torch_dtype`` defaults to the exported dtype (which reproduces the exported pipeline's
+    images exactly); ``device`` moves it after loading. Raises QBenchError for a folder that is
+    not an export or whose files do not match their recorded checksums."""
+    import importlib
+
+    import diffusers
+    import torch
+
+    doc = read_index(path)
+    for mod in doc.get("imports", []):
+        if not (isinstance(mod, str) and mod.startswith("qbench.")):
+            raise QBenchError(f"{path}/{INDEX_FILE} names the import {mod!r}: only qbench modules are imported")
+        try:
+            importlib.import_module(mod)
+        except ImportError as e:
+            raise QBenchError(f"{path} needs {mod}, which this qbench does not have: {e}") from None
+    dtype = torch_dtype or getattr(torch, str(doc.get("dtype") or "float32"))
+    try:
+        with warnings.catch_warnings():  # diffusers >= 0.36 prefers `dtype`, older ones know only `torch_dtype`
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            pipe = diffusers.DiffusionPipeline.from_pretrained(path, torch_dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise QBenchError(f"could not load the export {path}: {str(e).splitlines()[0]}") from None
+    if device is not None:
+        pipe.to(device)
+    return pipe
+
+
+def export(cfg, out: str, *, force: bool = False, show_progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Quantize the model of ``cfg`` (a :class:`~qbench.config.RunConfig`) with its method as
+    ``qbench run`` would, and write it to ``out`` with :func:`save_quantized`. Returns the export
+    index. Nothing is generated or stored besides what the method's calibration writes (e.g. a
+    Q-Sched checkpoint under ``cfg.out_dir``)."""
+    from qbench.harness import _calibration_context
+    from qbench.measure import provenance
+    from qbench.models.loader import load_model
+    from qbench.preflight import plan_run
+    from qbench.progress import make_progress
+    from qbench.quant.api import size_report
+
+    say = log or (lambda msg: None)
+    _check_out(os.path.abspath(out), force)  # before anything heavy; checked again when writing
+    plan = plan_run(cfg.replace(metrics=[]))
+    cfg, method = plan.cfg, plan.method
+    if not method.uses_bits:
+        raise ConfigError(f"method {method.name!r} does not quantize: nothing to export (save the original pipeline with save_pretrained)")
+    if not getattr(method, "EXPORTABLE", True):
+        raise ConfigError(f"method {method.name!r} does not make qbench-quantized layers: `qbench export` writes those only ({method.EXPORT_HINT})")
+    if plan.calibration:
+        say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
+    model = load_model(cfg.model, ref=plan.ref)
+    with make_progress(show_progress) as progress:
+        ctx = _calibration_context(plan, model, progress, say)
+        method.prepare(model)
+        method.calibrate(model, plan.calib_prompts, ctx)
+        method.convert(model)
+    if not quantized_components(model.pipe):
+        raise QBenchError(f"{method.label} left no qbench-quantized layer in the pipeline: nothing to export")
+    size = size_report(model.denoiser)
+    meta = {
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "source": {"model": cfg.model, "weights": model.source, "fingerprint": model.fingerprint, "model_path": cfg.model_path},
+        "method": method.describe(),
+        "label": method.label,
+        "report": method.report(),
+        "denoiser": model.spec.denoiser,
+        "denoiser_size": size,
+        "sampling": {"steps": cfg.steps or model.spec.steps, "guidance": model.spec.guidance if cfg.guidance is None else cfg.guidance,
+                     "resolution": cfg.resolution or model.spec.resolution, "call_kwargs": model.spec.call_kwargs},
+        "calibration": {"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
+        "exported_with": {k: v for k, v in provenance(model.device).items() if k in ("device", "device_name", "git", "versions")},
+        "run_config": cfg.to_dict(),
+    }
+    doc = save_quantized(model.pipe, out, meta=meta, force=force)
+    say(f"exported {method.label} of {cfg.model} to {os.path.abspath(out)}")
+    return doc

@@ -78,8 +78,15 @@ def _check_writable(path: str) -> None:
         raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
 
 
-def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None) -> RunResult | None:
+def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None, pipe=None) -> RunResult | None:
     """Run ``cfg`` end to end (see the module docstring) and store the result.
+
+    ``pipe``: a diffusers pipeline the caller brings (quantized by any tool), scored as given
+    instead of loading and converting ``cfg.model``: the run's method is ``external``
+    (``qbench.methods.external``; ``cfg.method_options["label"]`` names it), its image cache is
+    keyed by the pipeline's content fingerprint, and ``cfg.model`` says which model's sampling
+    defaults, metrics and full-precision references apply (the pipeline must be of that model's
+    pipeline class, on its own device and dtype).
 
     Everything is validated first (:func:`qbench.preflight.plan_run`; pass ``plan`` to reuse
     one); a problem found there raises before anything is loaded, generated or stored. Launched
@@ -100,6 +107,10 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
 
     dist = current(cfg.device)
     say = (log or (lambda msg: None)) if dist.is_main else (lambda msg: None)
+    if pipe is not None:  # a brought pipeline is scored as method "external" (qbench/methods/external.py)
+        from qbench.methods.external import config_for, loaded_model
+
+        cfg = config_for(cfg, pipe)
     plan = plan or plan_run(cfg)
     cfg, method, prompts = plan.cfg, plan.method, plan.prompts
     ref = dataclasses.replace(plan.ref, device=rank_device(cfg.device, dist)) if dist.enabled else plan.ref
@@ -121,16 +132,18 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
         flush(ref.device)
         rss_before_load = process_rss()
         t = time.perf_counter()
-        model = load_model(cfg.model, ref=ref)
+        model = loaded_model(plan, pipe) if pipe is not None else load_model(cfg.model, ref=ref)
         timings["load_s"] = time.perf_counter() - t
         with make_progress(show_progress and dist.is_main) as progress:
             references, n_ref, fp_cache = None, 0, None
             if plan.needs_fp_reference:
-                fp_key, fp_meta = image_key(model, fp_method(cfg).describe(), cfg)
+                fp_model = load_model(cfg.model, ref=ref) if pipe is not None else model  # a brought pipeline is not the reference
+                fp_key, fp_meta = image_key(fp_model, fp_method(cfg).describe(), cfg)
                 fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
                 t = time.perf_counter()
-                references, n_ref = generate_cached(model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
+                references, n_ref = generate_cached(fp_model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
                 timings["reference_s"] = time.perf_counter() - t
+                del fp_model
             t = time.perf_counter()
             ctx = _calibration_context(plan, model, progress, say, dist)
             method.prepare(model)
@@ -237,11 +250,13 @@ def _bits(method, model) -> dict[str, Any]:
     if not method.uses_bits:
         return {}
     layer_types = tuple(getattr(getattr(method, "qconfig", None), "layer_types", ("linear",)))
-    bm = bit_map(model.denoiser, layer_types)
+    bm = method.bit_map(model) if hasattr(method, "bit_map") else bit_map(model.denoiser, layer_types)  # a method with its own layers
     return {"effective": effective_bits(bm), "by_layer": bm}
 
 
 def _latency_kind(method) -> str:
+    if getattr(method, "latency_kind", None):
+        return method.latency_kind
     if method.mode == "simulate":
         return "simulate mode: float GEMMs plus quantize-dequantize (fake quantization); NOT a deployment latency"
     if method.mode == "kernel":

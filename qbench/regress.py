@@ -231,7 +231,7 @@ def main(args) -> int:
         print(f"quality: {len(selected)} cells through qbench.harness.run on {PROMPTS} (batch {BATCH})")
         cur = measure(selected, args.out_dir)
         if args.save:
-            from qbench.export import write_text
+            from qbench.results_export import write_text
 
             write_text(args.save, json.dumps(cur, indent=1, sort_keys=True) + "\n")
         rows = check_quality({**base, "cells": {k: v for k, v in base["cells"].items() if k in cur}}, cur)

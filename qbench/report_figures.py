@@ -118,7 +118,7 @@ def grid_prompts(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], n
     """The grid's rows: ``(prompt, image file per configuration)`` for the first ``n`` prompts, in
     the prompt set's order, that every configuration of ``rows`` (one table) has an image file of.
     Raises QBenchError saying why there are none."""
-    from qbench.export import image_paths, run_prompts
+    from qbench.results_export import image_paths, run_prompts
 
     prompts = run_prompts(by_id[rows[0]["run_id"]])
     paths = [image_paths(by_id[r["run_id"]], prompts) for r in rows]

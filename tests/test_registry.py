@@ -78,10 +78,11 @@ def test_every_plugin_loads_declares_its_options_and_describes_itself(tmp_path):
         cls = e.load()
         assert issubclass(cls, Method) and cls.name == e.name
         assert all(isinstance(o, Opt) for o in cls.OPTIONS)
-        cfg = RunConfig(model="toy-flux", method=e.name, bits="W4A8" if cls.uses_bits else None, out_dir=str(tmp_path))
+        opts = {"fingerprint": "0" * 16} if e.name == "external" else {}  # set by harness.run(cfg, pipe=...)
+        cfg = RunConfig(model="toy-flux", method=e.name, bits="W4A8" if cls.uses_bits else None, out_dir=str(tmp_path), method_options=opts)
         m = cls(cfg)
         d = m.describe()
-        assert d["method"] == e.name and isinstance(m.label, str) and m.mode in ("none", "simulate", "kernel")
+        assert d["method"] == e.name and isinstance(m.label, str) and m.mode in ("none", "simulate", "kernel", "external")
     prompts = load_prompts("toy:2")
     ctx = MetricContext(options={"standin": True}, model_family="toy-flux", cache_dir=str(tmp_path))
     for e in METRICS:

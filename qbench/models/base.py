@@ -129,20 +129,40 @@ def to_pil(images: Any, prompts: list[str]) -> "list[Image]":
     return [PILImage.fromarray(u8[i]) for i in range(u8.shape[0])]
 
 
+def tensor_parts(t: "torch.Tensor") -> "list[torch.Tensor]":
+    """The plain tensors that hold ``t``'s data: ``[t]`` for an ordinary tensor; for a tensor
+    subclass that wraps others (torchao's ``Int8Tensor``, ``IntxUnpackedToInt8Tensor``,
+    ``AffineQuantizedTensor``: ``__tensor_flatten__``), its inner tensors, recursively. A
+    subclass reports its logical dtype (e.g. float32) while storing int8 codes and scales:
+    these parts are what it stores."""
+    flatten = getattr(type(t), "__tensor_flatten__", None)
+    if flatten is None:
+        return [t]
+    names, _ = t.__tensor_flatten__()
+    out: list = []
+    for n in names:
+        inner = getattr(t, n)
+        if inner is not None:
+            out.extend(tensor_parts(inner))
+    return out
+
+
 def module_nbytes(module: "torch.nn.Module") -> int:
     """Exact bytes of a module's stored tensors (parameters and buffers, each storage once).
 
     Quantized layers register their packed weights, scales and zeros as buffers, so this is the
-    true stored size of a quantized denoiser.
+    true stored size of a quantized denoiser; a tensor subclass (torchao) counts the tensors it
+    stores (:func:`tensor_parts`), not its logical shape times its logical dtype.
     """
     seen: set[int] = set()
     total = 0
-    for t in list(module.parameters()) + list(module.buffers()):
-        key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
-        if key in seen and key != 0:
-            continue
-        seen.add(key)
-        total += t.numel() * t.element_size()
+    for p in list(module.parameters()) + list(module.buffers()):
+        for t in tensor_parts(p):
+            key = t.untyped_storage().data_ptr() if t.device.type != "meta" else id(t)
+            if key in seen and key != 0:
+                continue
+            seen.add(key)
+            total += t.numel() * t.element_size()
     return total
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from torch import nn
 
 from qbench.errors import ConfigError
-from qbench.models.base import module_nbytes
+from qbench.models.base import module_nbytes, tensor_parts
 from qbench.quant import kernels
 from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore, conv2d_supported
 from qbench.quant.spec import QuantConfig, _is_pattern
@@ -211,13 +211,19 @@ def size_report(module: nn.Module) -> dict[str, Any]:
     inside = {id(t) for m in quant.values() for t in list(m.parameters()) + list(m.buffers())}
     b16 = deploy = 0
     seen: set[int] = set()
+    subclassed = 0  # tensors of another library's quantized tensor subclass (torchao)
     for t in list(module.parameters()) + list(module.buffers()):
         if id(t) in inside or id(t) in seen:
             continue
         seen.add(id(t))
         nb = t.numel() * (2 if t.is_floating_point() else t.element_size())
         b16 += nb
-        deploy += nb
+        parts = tensor_parts(t)
+        if parts == [t]:
+            deploy += nb
+        else:  # stored as integer codes + scales: count what it stores, as stored
+            subclassed += 1
+            deploy += sum(p.numel() * p.element_size() for p in parts)
     modes = set()
     for m in quant.values():
         bias_n = 0 if m.bias is None else m.bias.numel()
@@ -229,7 +235,10 @@ def size_report(module: nn.Module) -> dict[str, Any]:
         for t in getattr(m, "extra_float_tensors", list)():
             deploy += 2 * t.numel() - t.numel() * t.element_size()
         modes.add(m.mode)
-    if not quant:
+    if subclassed and not quant:
+        kind = (f"packed (tensor subclasses: the codes, scales and zero points {subclassed} quantized tensors store, counted as stored; "
+                "other tensors at 16 bits)")
+    elif not quant:
         kind = "16-bit (no quantized layers)"
     elif modes == {"kernel"}:
         kind = "packed (kernel mode: the stored codes and scales, bias and other tensors counted at 16 bits)"

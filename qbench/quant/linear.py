@@ -10,16 +10,28 @@
 ``packed_nbytes`` is the size of the kernel format (computed from shapes), available in both
 modes; in kernel mode it equals the bytes of the layer's parameters and buffers.
 
+Saving: a layer's stored form is its persistent parameters and buffers (kernel: ``qweight``,
+``s1``/``sg`` or ``scale``/``zero``; simulate: the fake-quantized ``weight``; both: ``bias``,
+``a_scale``/``a_zero``) plus :meth:`~_QuantCore.to_config` (its LayerSpec and shapes);
+:meth:`~_QuantCore.from_state` rebuilds the layer from the two without any float weight.
+``state_dict()`` of a module holding these layers raises :class:`~qbench.errors.QBenchError`
+(so ``save_pretrained`` refuses in one line instead of writing a checkpoint that reloads as
+random or unquantized weights) except inside :func:`state_dict_allowed`, which
+:mod:`qbench.quant.serialize` uses.
+
 A Conv2d is an im2col GEMM: its weight is flattened to ``[N, Cin*kh*kw]`` and its "tokens" are
 the unfolded input patches (one activation scale per output position), in both modes.
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qbench.errors import ConfigError
+from qbench.errors import ConfigError, QBenchError
 from qbench.quant import kernels
 from qbench.quant import pack as packing
 from qbench.quant.primitives import (
@@ -46,6 +58,22 @@ def _quantize(w2: torch.Tensor, spec: LayerSpec):
     if qw.zero is not None:
         scales["zero"] = qw.zero.to(torch.int8)
     return qw.q, scales, False, qw
+
+
+_STATE_DICT_ALLOWED = [0]  # > 0 inside state_dict_allowed()
+SAVE_REFUSED = ("this model holds qbench-quantized layers (packed integer weights, activation quantization in each layer's spec): "
+                "a plain state_dict()/save_pretrained() would reload as random or unquantized weights; save it with `qbench export` "
+                "or qbench.export.save_quantized(pipe, DIR), load it with qbench.load_quantized(DIR)")
+
+
+@contextlib.contextmanager
+def state_dict_allowed():
+    """Let ``state_dict()`` collect quantized layers' stored tensors (:mod:`qbench.quant.serialize`)."""
+    _STATE_DICT_ALLOWED[0] += 1
+    try:
+        yield
+    finally:
+        _STATE_DICT_ALLOWED[0] -= 1
 
 
 class _QuantCore(nn.Module):
@@ -100,6 +128,78 @@ class _QuantCore(nn.Module):
                 # per-channel / per-tensor scale: the row scale of the int GEMM
                 self.register_buffer("s1", self._buffers.pop("scale").reshape(-1))
             self.compute_dtype = w2.dtype
+
+    # -- saving and rebuilding -----------------------------------------------------------------------
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if not _STATE_DICT_ALLOWED[0]:
+            raise QBenchError(SAVE_REFUSED)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _stored(self) -> dict[str, torch.Tensor]:
+        """The persistent parameters and buffers (what ``state_dict`` holds for this layer)."""
+        out = {k: v for k, v in self._parameters.items() if v is not None}
+        out.update({k: v for k, v in self._buffers.items() if v is not None and k not in self._non_persistent_buffers_set})
+        return out
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-able description that, with the stored tensors, rebuilds the layer
+        (:meth:`from_state`): type, LayerSpec, shapes ``n``/``k``/``kp``, group size, two-level
+        flag, sizes, the float dtype it was made in, and every stored tensor's shape and dtype.
+        Raises QBenchError for a static-activation layer that was never calibrated."""
+        if not self.calibrated:
+            raise QBenchError("a static-activation layer was not calibrated: calibrate (observe_ -> data -> freeze_) before saving")
+        d: dict[str, Any] = {
+            "type": "conv2d" if isinstance(self, QuantConv2d) else "linear",
+            "spec": self.spec.to_dict(), "n": self.n, "k": self.k, "kp": self.kp, "group_size": self.group_size,
+            "two_level": self.two_level, "packed_nbytes": self.packed_nbytes, "kernel_nbytes": self.kernel_nbytes,
+            "dtype": str(getattr(self, "compute_dtype", None) or self.weight.dtype).replace("torch.", ""),
+            "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype).replace("torch.", "")} for k, v in self._stored().items()},
+        }
+        if isinstance(self, QuantConv2d):
+            d["conv"] = {"in_channels": self.in_channels, "out_channels": self.out_channels, "kernel_size": list(self.kernel_size),
+                         "stride": list(self.stride), "padding": list(self.padding), "dilation": list(self.dilation)}
+        return d
+
+    @classmethod
+    def from_state(cls, config: dict[str, Any], state: dict[str, torch.Tensor]) -> _QuantCore:
+        """The layer described by ``config`` (:meth:`to_config`) holding ``state`` (its stored
+        tensors, used as given: no copy, no float weight recomputed). Raises QBenchError when a
+        tensor is missing, unexpected, or of another shape or dtype than ``config`` records."""
+        kind = config.get("type")
+        layer_cls = {"linear": QuantLinear, "conv2d": QuantConv2d}.get(kind)
+        if layer_cls is None or (cls is not _QuantCore and cls is not layer_cls):
+            raise QBenchError(f"cannot rebuild a {cls.__name__} from a layer of type {kind!r}")
+        want = config["tensors"]
+        if set(want) != set(state):
+            raise QBenchError(f"stored tensors {sorted(state)} do not match the layer's {sorted(want)}")
+        for name, t in state.items():
+            if list(t.shape) != want[name]["shape"] or str(t.dtype).replace("torch.", "") != want[name]["dtype"]:
+                raise QBenchError(f"stored tensor {name!r} is {str(t.dtype)} {list(t.shape)}, the layer needs {want[name]['dtype']} {want[name]['shape']}")
+        layer = layer_cls.__new__(layer_cls)
+        nn.Module.__init__(layer)
+        spec = LayerSpec(**config["spec"])
+        layer.spec, layer.mode = spec, spec.mode
+        layer.n, layer.k, layer.kp, layer.group_size = int(config["n"]), int(config["k"]), int(config["kp"]), config["group_size"]
+        layer.two_level = bool(config["two_level"])
+        layer.packed_nbytes, layer.kernel_nbytes = int(config["packed_nbytes"]), int(config["kernel_nbytes"])
+        if layer_cls is QuantLinear:
+            layer.in_features, layer.out_features = layer.k, layer.n
+        else:
+            c = config["conv"]
+            layer.in_channels, layer.out_channels = c["in_channels"], c["out_channels"]
+            layer.kernel_size, layer.stride, layer.padding, layer.dilation = (tuple(c[x]) for x in ("kernel_size", "stride", "padding", "dilation"))
+        for name, t in state.items():
+            if name in ("weight", "bias"):
+                setattr(layer, name, nn.Parameter(t, requires_grad=False))
+            else:
+                layer.register_buffer(name, t)
+        for name in ("bias", "a_scale", "a_zero"):
+            if name not in state:
+                setattr(layer, name, None)
+        layer.calibrated, layer.observing = True, False
+        if layer.mode == "kernel":
+            layer.compute_dtype = getattr(torch, config["dtype"])
+        return layer
 
     def _kernel_buffers(self) -> dict[str, torch.Tensor]:
         return {k: v for k, v in self._buffers.items() if v is not None}
