@@ -229,6 +229,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cls = METHODS.get(cfg.method)
     if not hasattr(cls, "run_calibration"):
         raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
+    if args.dry_run:  # the run's preflight holds the calibration's plan and cost; nothing loads
+        from qbench.preflight import plan_run, print_plan
+        from qbench.tables import console
+
+        plan = plan_run(cfg)
+        if args.json:
+            print(json.dumps(plan.summary(), indent=1, default=str))
+        else:
+            print_plan(plan, console())
+        return 0
     summary = cls.run_calibration(cfg, show_progress=not args.no_progress)
     print(json.dumps(summary, indent=1, default=str))
     return 0

@@ -208,3 +208,14 @@ def test_delegated_commands_get_leading_flags_and_give_one_line_errors(capsys):
     assert e.value.code == 2 and "invalid float value: 'x'" in _one_line_error(capsys.readouterr().err)
     code, _, err = _run(capsys, "zoo", "train", "unet", "--pairs", "1.5")
     assert code == 2 and "pairs must be a fraction in [0, 1]" in _one_line_error(err)
+
+
+def test_calibrate_dry_run_loads_and_writes_nothing(capsys, tmp_path):
+    """``qbench calibrate --dry-run`` prints the calibration's plan and cost and stops there (it
+    once ignored the flag and ran a 4-minute MixDQ calibration)."""
+    out = tmp_path / "o"
+    code = main(["calibrate", "--model", "toy-flux", "--method", "mixdq", "--bits", "W3A8", "--out-dir", str(out), "--dry-run", "--json"])
+    assert code == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["method"].startswith("mixdq") and "calibrat" in json.dumps(plan)
+    assert not (out / "mixdq").exists() and not (out / "cache").exists()
