@@ -111,3 +111,20 @@ def test_plan_counts_flops_images_and_time(tmp_path):
         plan_sweep(load_sweep(_write(tmp_path, "models: [toy-flux]\nmethods: [fp]\n", "t.yaml")))
     with pytest.raises(ConfigError, match="unknown GPU"):
         plan_sweep(sweep, gpu="tpu")
+
+
+def test_committed_sweep_files_load_and_plan():
+    """The sweep files the README points at stay valid: every cell passes the sweep checks, and
+    the paper grid plans (fp references shared; calibrating methods count their images)."""
+    import pathlib
+
+    from qbench.costs import plan_sweep
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "sweeps"
+    toy = load_sweep(str(root / "toy.yaml"))
+    assert {c.method for c in toy.cells} >= {"fp", "naive", "qsched"}
+    paper = plan_sweep(load_sweep(str(root / "paper.yaml")), gpus=8)
+    methods = {c["method"].split()[0] for c in paper["cells"]}
+    assert {"fp", "qsched/naive", "mixdq", "qsched/mixdq"} <= methods
+    assert all(c["calibration_images"] > 0 for c in paper["cells"] if c["method"].startswith(("mixdq", "qsched")))
+    assert paper["total"]["images"] == sum(c["images"] for c in paper["cells"])
