@@ -190,3 +190,19 @@ def test_per_prompt_sqnr_of_replayed_calls():
         rows = [0 + i, 2 + i]
         want = al.sqnr(torch.cat([p1[rows].flatten(), p2[rows].flatten()]), torch.cat([t1[rows].flatten(), t2[rows].flatten()]))
         assert s[i] == pytest.approx(want)
+
+
+def test_c_level_prints_of_the_ilp_solver_stay_off_stdout():
+    """HiGHS printf()s debug lines despite ``disp=False``; they went into ``qbench calibrate``'s
+    JSON on stdout. What C code writes while the solver runs goes to stderr."""
+    import subprocess
+    import sys
+
+    code = ("import ctypes; from qbench.quant.allocate import _c_stdout_to_stderr, solve_allocation\n"
+            "print('before', flush=True)\n"
+            "with _c_stdout_to_stderr():\n"
+            "    ctypes.CDLL(None).printf(b'from C\\n')\n"
+            "print(solve_allocation({'a': {2: 0.1, 8: 0.9}, 'b': {2: 0.5, 8: 0.6}}, {'a': 1, 'b': 1}, 5.0, tol=0.02))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines() == ["before", "{'a': 8, 'b': 2}"]
+    assert "from C" in out.stderr

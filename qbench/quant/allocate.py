@@ -23,8 +23,12 @@ Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), an
 """
 from __future__ import annotations
 
+import ctypes
 import math
-from collections.abc import Mapping, Sequence
+import os
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -102,6 +106,27 @@ def mean_bits(bits: Mapping[str, int], params: Mapping[str, int]) -> float:
     return sum(bits[n] * params[n] for n in bits) / total
 
 
+@contextmanager
+def _c_stdout_to_stderr() -> Iterator[None]:
+    """Send what C code writes to file descriptor 1 to descriptor 2 meanwhile, so that a
+    command's stdout (e.g. ``qbench calibrate``'s JSON) holds only what qbench prints. libc's
+    buffer is flushed before the descriptor is restored."""
+    try:
+        sys.stdout.flush()
+        saved = os.dup(1)
+    except (OSError, ValueError, AttributeError):  # no real descriptor 1 (embedded interpreters)
+        yield
+        return
+    libc = ctypes.CDLL(None)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        libc.fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def solve_allocation(scores: Mapping[str, Mapping[int, float]], params: Mapping[str, int], budget: float,
                      tol: float = 0.02, candidates: Sequence[int] | None = None) -> dict[str, int] | None:
     """The maximum-score allocation ``{layer: bits}`` with parameter-weighted mean bits within
@@ -135,8 +160,9 @@ def solve_allocation(scores: Mapping[str, Mapping[int, float]], params: Mapping[
     frac = np.array([params[x] / total for x in names])
     load = np.concatenate([frac[i] * np.asarray(widths, dtype=np.float64) for i in range(n)])[None, :]
     cons = [LinearConstraint(one, 1.0, 1.0), LinearConstraint(load, budget - tol, budget + tol)]
-    res = milp(c, constraints=cons, integrality=np.ones(n * m), bounds=Bounds(np.zeros(n * m), ub),
-               options={"mip_rel_gap": 0.0, "disp": False})
+    with _c_stdout_to_stderr():  # HiGHS printf()s debug lines despite disp=False (scipy 1.16)
+        res = milp(c, constraints=cons, integrality=np.ones(n * m), bounds=Bounds(np.zeros(n * m), ub),
+                   options={"mip_rel_gap": 0.0, "disp": False})
     if res.status != 0 or res.x is None:
         return None
     x = np.round(res.x).reshape(n, m)
