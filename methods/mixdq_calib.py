@@ -211,21 +211,42 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             f"{n_fw} x {steps * math.ceil(len(prompts) / batch)} denoiser passes (+ {len(prompts)} full-precision trajectories if needed)")
     advance = ctx.progress("mixdq sensitivity", len(configs))
     scores: dict[str, dict[str, dict[int, float]]] = {"w": {n: {} for n in layers}, "a": {n: {} for n in layers}}
-    eta_said = False
-    for i, (n, kind, b) in enumerate(configs):
-        apply = weight_apply(n, b) if kind == "w" else act_apply(n, b)
+    world = ctx.dist.world if ctx.dist is not None else 1
+    done: list[tuple[str, str, int]] = []
+    eta_said = [False]
+
+    def measure(c: tuple[str, str, int]) -> tuple[list[tuple[str, str, float]], bool]:
+        """One single-layer config's per-prompt scores (from the cache when there)."""
+        n, kind, b = c
         k = key(n, kind, b)
+        before = runner.computed
+        apply = weight_apply(n, b) if kind == "w" else act_apply(n, b)
         v = runner.image_scores(k, apply, ssim, "ssim") if n in content else runner.output_sqnr(k, apply)
-        scores[kind][n][b] = float(np.mean(v))
         advance(1)
-        if not eta_said and runner.computed >= 2 and "ssim" in runner.seconds and "sqnr" in runner.seconds:
-            left = [c for c in configs[i + 1:] if (key(*c), prompts[0].id) not in cache]
-            per = {g: runner.seconds[g] / max(1, sum(1 for c in configs[:i + 1] if (c[0] in content) == (g == "ssim"))) for g in ("ssim", "sqnr")}
-            eta = sum(per["ssim" if c[0] in content else "sqnr"] for c in left)
+        done.append(c)
+        if not eta_said[0] and runner.computed >= 2 and "ssim" in runner.seconds and "sqnr" in runner.seconds:
+            eta_said[0] = True
+            per = {g: runner.seconds[g] / max(1, sum(1 for d in done if (d[0] in content) == (g == "ssim"))) for g in ("ssim", "sqnr")}
+            left = [d for d in configs if (key(*d), prompts[0].id) not in cache]
+            eta = sum(per["ssim" if d[0] in content else "sqnr"] for d in left) / world
             ctx.say(f"mixdq: measured {runner.seconds['ssim'] + runner.seconds['sqnr']:.1f} s so far; about {eta:.0f} s of sensitivity left")
-            eta_said = True
+        return [(k, p.id, float(x)) for p, x in zip(prompts, v)], runner.computed > before
+
+    # a sharded run (torchrun / accelerate) splits the configs into contiguous blocks, one per
+    # rank; every rank then holds every score (and the main rank's cache file all of them)
+    results = ctx.map_batches(measure, configs)
+    for (n, kind, b), (recs, _) in zip(configs, results):
+        new = [r for r in recs if (r[0], r[1]) not in cache]
+        if new:
+            cache.put(new)
+        scores[kind][n][b] = float(np.mean([r[2] for r in recs]))
     t_sens, c_sens = time.perf_counter() - t0, time.process_time() - c0
-    sens_counts = {"computed": runner.computed, "reused": runner.reused, "images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
+    n_computed = sum(1 for _, fresh in results if fresh)
+    local = {"images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
+    sens_images_here = runner.images_generated
+    if ctx.dist is not None:  # the work of every rank
+        local = {k: sum(part[k] for part in ctx.dist.gather(local)) for k in local}
+    sens_counts = {"computed": n_computed, "reused": len(configs) - n_computed, **local}
 
     # -- weights: (B, k) sweep, ILP per group, image MSE picks -----------------------------------
     t1, c1 = time.perf_counter(), time.process_time()
@@ -261,10 +282,22 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         mse: dict[str, float] = {}
         if len(uniq) > 1:
             adv = ctx.progress(f"mixdq {what} allocations (image MSE)", len(uniq))
-            for (pt, full), row in zip(cands, rows):
-                if row["sha"] not in mse:
-                    mse[row["sha"]] = float(np.mean(runner.image_scores(f"mse:{row['sha']}", applied(full), _mse, "mse")))
-                    adv(1)
+            firsts: dict[str, dict[str, dict[str, Any]]] = {}
+            for (_, full), row in zip(cands, rows):
+                firsts.setdefault(row["sha"], full)
+
+            def one(item: tuple[str, dict[str, dict[str, Any]]]) -> list[tuple[str, str, float]]:
+                sha, full = item
+                v = runner.image_scores(f"mse:{sha}", applied(full), _mse, "mse")
+                adv(1)
+                return [(f"mse:{sha}", p.id, float(x)) for p, x in zip(prompts, v)]
+
+            # sharded runs: contiguous blocks of the distinct allocations per rank, as above
+            for sha, recs in zip(firsts, ctx.map_batches(one, list(firsts.items()))):
+                new = [r for r in recs if (r[0], r[1]) not in cache]
+                if new:
+                    cache.put(new)
+                mse[sha] = float(np.mean([r[2] for r in recs]))
         for row in rows:
             row["mse"] = mse.get(row["sha"])
         best = min(range(len(rows)), key=lambda i: (rows[i]["mse"] if rows[i]["mse"] is not None else 0.0, -rows[i]["mean"], i))
@@ -315,7 +348,10 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     os.makedirs(os.path.dirname(path), exist_ok=True)
     from qbench.calibctx import ArtefactStore
 
-    store = ArtefactStore(os.path.dirname(path))
+    store = ArtefactStore(os.path.dirname(path), write=ctx.is_main)  # one writer in a sharded run
+    alloc_images = runner.images_generated - sens_images_here
+    if ctx.dist is not None:
+        alloc_images = sum(ctx.dist.gather(alloc_images))
     stem = os.path.basename(path)[: -len(".json")]
     header = (f"MixDQ allocation (qbench mixdq) for {method.cfg.model} --bits {method.bits}: mean W{mean_w:.3f} A{mean_a:.3f} over {len(layers)} Linear layers\n"
               f"chosen split: B={chosen['B']:.3f} k={chosen['k']:.3f} (b_quality={chosen['b_q']:.3f}, b_content={chosen['b_c']:.3f})\n"
@@ -328,7 +364,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "sensitivity_cpu_s": round(c_sens, 2), "allocation_cpu_s": round(c_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
         "counts": {"layers": len(layers), "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,
                    "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows}),
-                   "allocation_images": runner.images_generated - sens_counts["images_generated"]},
+                   "allocation_images": alloc_images},
         "calibration_prompts": [p.id for p in prompts], "yaml": yaml_path, "json": path, "key": method.allocation_key(),
     }
     store.save_json(os.path.basename(path), result, ctx.provenance(method.describe()))

@@ -83,3 +83,31 @@ def test_qsched_calibration_shards_its_batches_and_chooses_the_same_coefficients
     assert cal1["images"] == cal2["images"] == 3 * 3 * 4 and cal1["jaq_after"] == cal2["jaq_after"]
     assert {k: v["value"] for k, v in run1["metrics"].items()} == {k: v["value"] for k, v in run2["metrics"].items()}
     assert _hashes(run1["result"]["images_dir"]) == _hashes(run2["result"]["images_dir"]) and per1 == per2
+
+
+def test_mixdq_calibration_shards_its_configs_and_allocates_the_same(tmp_path):
+    """MixDQ's sensitivity configs and candidate allocations are split across 2 ranks
+    (CalibrationContext.map_batches); every rank gets every score, so the allocation, the run's
+    images and its numbers equal the one-process run's, and the main rank's score cache holds
+    all of them."""
+    args = ["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W3A8", "--prompts", "toy:3", "--metrics", "psnr",
+            "--calib-prompts", "toy-calib:2", "-O", "k_sweep=0.8,1.2", "-O", "b_sweep=2.8,3", "-O", "a_candidates=8",
+            "--latency-warmup", "0", "--latency-repeats", "1", "--no-progress"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    env = _env(tmp_path)
+    r1 = subprocess.run([sys.executable, "-m", "qbench", *args, "--out-dir", str(one)], env=env, capture_output=True, text=True, timeout=900)
+    assert r1.returncode == 0, r1.stderr[-2000:]
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519",
+                         "-m", "qbench", *args, "--out-dir", str(two)], env=env, capture_output=True, text=True, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    (run1, per1), (run2, per2) = _stored(one), _stored(two)
+    rep1, rep2 = run1["result"]["method_report"], run2["result"]["method_report"]
+    assert rep1["allocation_origin"] == rep2["allocation_origin"] == "calibrated"
+    yaml1, yaml2 = (open(r["calibration"]["yaml"]).read() for r in (rep1, rep2))
+    assert yaml1 == yaml2 and "mean W" in yaml1
+    cal1, cal2 = (r["calibration"]["counts"] for r in (rep1, rep2))
+    assert cal1 == cal2 and cal1["computed"] == cal1["configs"] > 0
+    assert {k: v["value"] for k, v in run1["metrics"].items()} == {k: v["value"] for k, v in run2["metrics"].items()}
+    assert _hashes(run1["result"]["images_dir"]) == _hashes(run2["result"]["images_dir"]) and per1 == per2
+    caches = [sorted(p.read_text().splitlines()) for d in (one, two) for p in d.rglob("*sensitivity*.jsonl")]
+    assert len(caches) == 2 and caches[0] == caches[1]
