@@ -194,9 +194,10 @@ def _sweep(sweep, args: argparse.Namespace) -> int:
         return 1 if out["failed"] else 0
     ids = out["ran"] + out["skipped"]
     cfg0 = sweep.cells[0]
-    ns = argparse.Namespace(model=None, baseline=None, runs=",".join(ids), metrics=None, wide=False,
-                            out_dir=cfg0.out_dir, db=cfg0.db, json=False)
-    cmd_compare(ns)
+    # the sweep's runs through the commands' own parsers (their defaults stay theirs)
+    where = ["--runs", ",".join(ids), "--out-dir", cfg0.out_dir] + (["--db", cfg0.db] if cfg0.db else [])
+    cmd_compare(build_parser().parse_args(["compare", *where]))
+    cmd_report(build_parser().parse_args(["report", *where]))
     say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
     for f in out["failed"]:
         say(f"  failed: {f}")

@@ -72,6 +72,8 @@ def test_sweep_runs_every_cell_then_resumes_without_redoing_finished_cells(tmp_p
     assert calls[3:] == [("naive", "W4A8")], "finished cells are skipped; only the killed one runs again"
     assert out.count("finished (run") == 2 and "1 run, 2 already finished, 0 failed" in out
     assert "qbench compare — toy-flux" in out and "naive W4A8" in out
+    report = tmp_path / "out" / "report-toy-flux.md"  # the sweep ends with its report
+    assert report.exists() and "naive W4A8" in report.read_text()
 
 
 def test_multi_valued_run_flags_make_a_sweep(tmp_path, capsys):
