@@ -357,6 +357,12 @@ def operand(layer, device: torch.device) -> Any:
     return op
 
 
+def operand_nbytes(layer, path: str) -> int:
+    """Bytes the layer's cached operand for ``path`` holds (0 if it has not run on that path)."""
+    hit = _OPERANDS.get(layer, {}).get(path)
+    return 0 if hit is None else hit[1].resident_nbytes()
+
+
 def resident_extra_nbytes(layer) -> int:
     """Bytes the layer's cached operands hold beyond its stored buffers (prepacked int8 weights,
     column sums); 0 before its first forward."""
