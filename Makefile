@@ -5,6 +5,7 @@
 #   make bench          speed + memory regression: pytest-benchmark vs tests/bench/baseline.json
 #   make regress        `qbench regress`: quality cells and benchmarks, a table of what moved
 #   make report-check   a report opened in headless Chromium: every image loads, the table is there
+#   make gpu-check      on a CUDA machine: gpu tests, every method on the tiny twins, GPU kernel benchmark
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
@@ -20,7 +21,7 @@ OUT_DIR = reports
 RUN_ARGS ?=
 JOB_ARGS = $(if $(MODEL),--model $(MODEL)) --out-dir $(OUT_DIR)
 
-.PHONY: setup run test bench bench-baseline bench-kernels regress report-check clean
+.PHONY: setup run test bench bench-baseline bench-kernels gpu-check regress report-check clean
 
 setup: $(STAMP)
 
@@ -50,6 +51,12 @@ bench-baseline: $(STAMP)
 
 bench-kernels: $(STAMP)
 	$(OFFLINE) $(BIN)/qbench bench-kernels
+
+# on a machine with one CUDA GPU (< 8 min): pytest -m gpu, every method x tiny twin x mode on
+# CUDA, the GPU kernel benchmark (bf16, _int_mm, torchao, Triton W4A8) -> $(OUT_DIR)/gpu_check.json;
+# exits 2 with one line where there is no CUDA device
+gpu-check: $(STAMP)
+	$(OFFLINE) $(BIN)/python tools/gpu_check.py --out $(OUT_DIR)/gpu_check.json
 
 regress: $(STAMP)
 	$(OFFLINE) $(BIN)/qbench regress

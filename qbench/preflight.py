@@ -216,6 +216,10 @@ def plan_run(cfg: RunConfig) -> RunPlan:
         p.check("", check_steps, ref, cfg.steps)
     if ref is not None and method is not None:
         p.check("", check_layer_names, method, ref)
+        if getattr(method, "mode", None) == "kernel":  # QBENCH_KERNEL_PATH and the device's integer GEMM
+            from qbench.quant.backends import selection
+
+            p.check("", selection, ref.device)
     calib_prompts: list[Prompt] = []
     if method is not None and prompts:
         calib_prompts = p.check("", calibration_prompts, cfg, method, prompts) or []

@@ -243,7 +243,9 @@ def test_bench_rows_small_shape():
     from qbench.quant.bench import bench_kernels, rows_table
 
     rows = bench_kernels([("tiny", 32, 640, 64)], ("W8A8", "W4A8"), repeats=1)
-    by = {r.bits: r for r in rows}
+    by = {r.bits: r for r in rows if r.chosen}  # one row per timed path; every path gives the chosen one's bits
+    assert len(by) == 2 and all(r.same_as_chosen for r in rows)
+    assert all(r.resident_ratio_fp16 >= r.bytes_ratio_fp16 for r in rows)
     assert by["W4A8"].bytes_ratio_fp16 <= 0.27 and 0.5 <= by["W8A8"].bytes_ratio_fp16 <= 0.51
     assert by["W8A8"].rel_err < by["W4A8"].rel_err < 0.2
     assert all(r.fp32_ms > 0 and r.quant_ms > 0 for r in rows)

@@ -21,7 +21,7 @@ from torch import nn
 
 from qbench.errors import ConfigError
 from qbench.models.base import module_nbytes, tensor_parts
-from qbench.quant import kernels
+from qbench.quant import backends, kernels
 from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore, conv2d_supported
 from qbench.quant.spec import QuantConfig, _is_pattern
 
@@ -33,6 +33,9 @@ class QuantReport:
     mode: str
     bits: str
     kernel_path: str | None
+    #: the GEMM selection behind ``kernel_path`` (qbench.quant.backends.Selection.to_dict: path,
+    #: reason, forced, the CPU's flags and the probe's timings); None outside kernel mode
+    kernel: dict[str, Any] | None = None
     layers: list[dict[str, Any]] = field(default_factory=list)  # name, type, bits, shape, packed_bytes
     skipped: list[dict[str, str]] = field(default_factory=list)  # name, reason (only layers of quantizable types)
     bytes_before: int = 0
@@ -48,6 +51,7 @@ class QuantReport:
             "mode": self.mode,
             "bits": self.bits,
             "kernel_path": self.kernel_path,
+            "kernel": self.kernel,
             "layers_quantized": self.n_quantized,
             "layers_skipped": len(self.skipped),
             "bytes_before": self.bytes_before,
@@ -164,6 +168,7 @@ def quantize_(module: nn.Module, config: QuantConfig) -> QuantReport:
     if config.mode == "kernel" and device is not None and swaps:
         weight_only = all(new.spec.a_bits is None for _, new in swaps)
         report.kernel_path = kernels.kernel_path(device, weight_only)
+        report.kernel = backends.kernel_info(device)
     report.bytes_after = module_nbytes(module)
     stored = sum(new.stored_nbytes() for _, new in swaps)
     report.bytes_packed = report.bytes_after - stored + sum(new.packed_nbytes for _, new in swaps)
@@ -202,6 +207,11 @@ def size_report(module: nn.Module) -> dict[str, Any]:
     * ``bytes_16bit``: the same module with every floating-point tensor at 2 bytes per element
       (quantized layers counted at their original float shapes): the FP16/BF16 model papers
       compare with;
+    * ``kernel_cache_bytes``: what kernel mode's integer GEMM holds beyond the stored buffers, for
+      the layers that have run (``qbench.quant.backends.resident_extra_nbytes``: oneDNN's
+      prepacked int8 weights - 1 byte per weight, 2 with the 7-bit split, so more than the
+      packed int4 codes - and cached int32 column sums); 0 before the first forward;
+      ``resident_with_cache_bytes`` = ``resident_bytes + kernel_cache_bytes``;
     * ``deploy_bytes``: quantized layers in the packed kernel format (codes two per byte for
       <= 4 bits, scales, zeros; bias at 2 bytes) and every other floating tensor at 2 bytes.
       Equal to ``bytes_16bit`` for an unquantized module. In simulate mode it is *computed* (the
@@ -245,8 +255,11 @@ def size_report(module: nn.Module) -> dict[str, Any]:
     else:
         kind = ("simulated (simulate mode stores float weights: the size these layers would have in kernel mode's packed format, "
                 "integer group scales for per-group weights)")
+    cache = sum(backends.resident_extra_nbytes(m) for m in quant.values() if m.mode == "kernel")
     return {
         "resident_bytes": module_nbytes(module),
+        "kernel_cache_bytes": int(cache),
+        "resident_with_cache_bytes": module_nbytes(module) + int(cache),
         "bytes_16bit": int(b16),
         "deploy_bytes": int(deploy),
         "deploy_vs_16bit": deploy / b16 if b16 else None,

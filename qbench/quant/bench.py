@@ -1,7 +1,14 @@
-"""Kernel benchmark: the quantized linear layer vs the FP32 layer at diffusion GEMM shapes.
+"""Kernel benchmark: the quantized linear layer on every CPU GEMM path vs the FP32 layer.
 
-``bench_kernels(...) -> list[BenchRow]``; ``main(argv)`` prints a rich table
-(``qbench bench-kernels`` / ``python -m qbench.quant.bench``). Shapes are tokens x in x out:
+``bench_kernels(...) -> list[BenchRow]`` (one row per shape x bits x timed path);
+``main(argv)`` prints the path kernel mode chose for this machine (:mod:`qbench.quant.backends`:
+CPU flags, probe) and a table with, per shape and bit width, FP32 ``F.linear`` = 1.0 and the
+time of every path it timed, the chosen one marked (``qbench bench-kernels`` /
+``python -m qbench.quant.bench``). All paths give the same bits (checked here too: ``same``).
+Paths that the probe found inexact on this CPU, or slower than ``--max-probe-ratio`` x FP32 at
+the probe shape (``torch._int_mm``'s ~125x reference loop on CPUs without VNNI), are listed
+with the probe's numbers and not timed at full size (``--all-paths`` times them anyway).
+Shapes are tokens x in x out:
 
 * SDXL-Turbo UNet transformer blocks (attention projections and GEGLU feed-forward) of the
   640- and 1280-channel stages: 4096/1024 tokens are the 64x64 / 32x32 latent grids of those
@@ -24,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import statistics
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -50,11 +58,14 @@ class BenchRow:
     k: int
     n: int
     bits: str
-    path: str
+    path: str  # the backends path timed (int_mm, onednn, onednn-split)
+    chosen: bool  # the path kernel mode uses on this machine
     fp32_ms: float
     quant_ms: float
     ratio: float  # quant / fp32 latency
     bytes_ratio_fp16: float  # stored weight bytes / (2*K*N)
+    resident_ratio_fp16: float  # (stored + what the path holds resident, e.g. prepacked int8) / (2*K*N)
+    same_as_chosen: bool  # output bit-identical to the chosen path's
     max_abs_err: float
     mean_abs_err: float
     rel_err: float  # ||y_q - y|| / ||y||
@@ -80,13 +91,36 @@ def _weight_bytes(layer: nn.Module) -> int:
     return sum(b.numel() * b.element_size() for name, b in layer.named_buffers() if name in ("qweight", "s1", "sg", "scale", "zero"))
 
 
+def timed_paths(all_paths: bool = False, max_probe_ratio: float = 10.0) -> tuple[list[str], dict[str, str]]:
+    """(paths to time, {path: why not timed}) on this CPU, from the process's probe."""
+    from qbench.quant import backends
+
+    sel = backends.selection("cpu")
+    timed, skipped = [], {}
+    for p in backends.CPU_PATHS:
+        r = sel.probe.get(p)
+        if p == sel.path or all_paths:
+            timed.append(p)
+        elif r is None or not r.available or not r.exact:
+            skipped[p] = r.note if r else "not probed (path forced)"
+        elif r.vs_fp32 is not None and r.vs_fp32 > max_probe_ratio:
+            skipped[p] = f"{r.vs_fp32:.1f}x FP32 at the probe shape (> {max_probe_ratio:g}x: not timed at full size)"
+        else:
+            timed.append(p)
+    return timed, skipped
+
+
 def bench_shape(
-    name: str, m: int, k: int, n: int, bits: str, *, repeats: int = 5, seed: int = 0, group_size: int = 32
-) -> BenchRow:
+    name: str, m: int, k: int, n: int, bits: str, *, paths: Sequence[str] | None = None, repeats: int = 5, seed: int = 0, group_size: int = 32
+) -> list[BenchRow]:
+    """One row per path in ``paths`` (default: :func:`timed_paths`) for a ``bits`` kernel-mode
+    layer [K -> N] on ``m`` random tokens, FP32 ``F.linear`` timed interleaved with them."""
+    from qbench.quant import backends
     from qbench.quant.api import quantize_
-    from qbench.quant.kernels import kernel_path
     from qbench.quant.spec import QuantConfig
 
+    chosen = backends.selection("cpu").path
+    paths = list(paths if paths is not None else timed_paths()[0])
     g = torch.Generator().manual_seed(seed)
     fp = nn.Linear(k, n, bias=True)
     with torch.no_grad():
@@ -97,26 +131,33 @@ def bench_shape(
     holder[0].load_state_dict(fp.state_dict())
     quantize_(holder, QuantConfig(bits=bits, mode="kernel", group_size=group_size))
     q = holder[0]
+
+    def on(path):
+        def f():
+            with backends.forced_path(path):
+                return q(x)
+
+        return f
+
+    fns = [on(p) for p in paths]
     with torch.inference_mode():
         y = fp(x)
-        yq = q(x)
-        fp_ms, q_ms = _median_ms([lambda: fp(x), lambda: q(x)], repeats)
-    err = (yq - y).abs()
-    return BenchRow(
-        shape=name,
-        m=m,
-        k=k,
-        n=n,
-        bits=bits,
-        path=kernel_path("cpu"),
-        fp32_ms=fp_ms,
-        quant_ms=q_ms,
-        ratio=q_ms / fp_ms,
-        bytes_ratio_fp16=_weight_bytes(q) / (2 * k * n),
-        max_abs_err=float(err.max()),
-        mean_abs_err=float(err.mean()),
-        rel_err=float((yq - y).norm() / y.norm()),
-    )
+        outs = {p: f() for p, f in zip(paths, fns)}
+        ms = _median_ms([lambda: fp(x)] + fns, repeats)
+    ref = outs.get(chosen, next(iter(outs.values())))
+    stored = _weight_bytes(q)
+    rows = []
+    for p, q_ms in zip(paths, ms[1:]):
+        yq = outs[p]
+        err = (yq - y).abs()
+        extra = backends.operand_nbytes(q, p)
+        rows.append(BenchRow(
+            shape=name, m=m, k=k, n=n, bits=bits, path=p, chosen=p == chosen, fp32_ms=ms[0], quant_ms=q_ms, ratio=q_ms / ms[0],
+            bytes_ratio_fp16=stored / (2 * k * n), resident_ratio_fp16=(stored + extra) / (2 * k * n),
+            same_as_chosen=bool(torch.equal(yq, ref)), max_abs_err=float(err.max()), mean_abs_err=float(err.mean()),
+            rel_err=float((yq - y).norm() / y.norm()),
+        ))
+    return rows
 
 
 def bench_kernels(
@@ -125,17 +166,18 @@ def bench_kernels(
     *,
     repeats: int = 5,
     flux_tokens: int | None = 1024,
+    paths: Sequence[str] | None = None,
     progress: Callable[[BenchRow], None] | None = None,
 ) -> list[BenchRow]:
     rows = []
-    for name, m, k, n in shapes or SHAPES:
+    for name, m, k, n in SHAPES if shapes is None else shapes:
         if flux_tokens and name.startswith("flux"):
             m = flux_tokens
         for b in bits:
-            row = bench_shape(name, m, k, n, b, repeats=repeats)
-            rows.append(row)
-            if progress:
-                progress(row)
+            for row in bench_shape(name, m, k, n, b, paths=paths, repeats=repeats):
+                rows.append(row)
+                if progress:
+                    progress(row)
     return rows
 
 
@@ -190,56 +232,75 @@ def compare_cpu_paths(m: int = 1024, k: int = 3072, n: int = 3072, repeats: int 
 
 
 def rows_table(rows: Sequence[BenchRow], title: str):
+    """One line per shape x bits: FP32 ms, each timed path's time as a multiple of FP32 (the
+    chosen path marked ``*``), stored and resident weight bytes over FP16, error vs FP32."""
     from rich.table import Table
 
+    paths = list(dict.fromkeys(r.path for r in rows))
     t = Table(title=title)
-    for col in ("shape", "M x K x N", "bits", "fp32 ms", "quant ms", "ratio", "bytes/fp16", "max err", "mean err", "rel err"):
+    for col in ("shape", "M x K x N", "bits", "fp32 ms", *(f"{p} x" for p in paths), "stored/fp16", "resident/fp16 (chosen)", "rel err", "same bits"):
         t.add_column(col, justify="left" if col in ("shape", "bits") else "right")
+    groups: dict[tuple, list[BenchRow]] = {}
     for r in rows:
-        t.add_row(
-            r.shape,
-            f"{r.m}x{r.k}x{r.n}",
-            r.bits,
-            f"{r.fp32_ms:.1f}",
-            f"{r.quant_ms:.1f}",
-            f"{r.ratio:.2f}",
-            f"{r.bytes_ratio_fp16:.3f}",
-            f"{r.max_abs_err:.2e}",
-            f"{r.mean_abs_err:.2e}",
-            f"{r.rel_err:.4f}",
-        )
+        groups.setdefault((r.shape, r.m, r.k, r.n, r.bits), []).append(r)
+    for (shape, m, k, n, bits), rs in groups.items():
+        by = {r.path: r for r in rs}
+        main_row = next((r for r in rs if r.chosen), rs[0])
+        cells = [f"{by[p].ratio:.2f}{'*' if by[p].chosen else ''}" if p in by else "-" for p in paths]
+        t.add_row(shape, f"{m}x{k}x{n}", bits, f"{main_row.fp32_ms:.1f}", *cells, f"{main_row.bytes_ratio_fp16:.3f}",
+                  f"{main_row.resident_ratio_fp16:.3f}", f"{main_row.rel_err:.4f}", "yes" if all(r.same_as_chosen for r in rs) else "NO")
     return t
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``qbench bench-kernels``; raises ConfigError for bad ``--bits`` / an ``--only`` that matches nothing."""
     from rich.console import Console
 
-    p = argparse.ArgumentParser(prog="qbench bench-kernels", description=__doc__.splitlines()[0])
-    p.add_argument("--bits", default="W8A8,W4A8", help="comma-separated bit specs (default W8A8,W4A8)")
-    p.add_argument("--repeats", type=int, default=5, help="timed runs per layer (median reported)")
-    p.add_argument("--flux-tokens", type=int, default=1024, help="tokens for the FLUX shapes (real: 4096 at 1024 px)")
+    from qbench.errors import ConfigError
+    from qbench.quant import backends
+    from qbench.quant.spec import BitSpec
+
+    p = argparse.ArgumentParser(prog="qbench bench-kernels", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    p.add_argument("--bits", default="W8A8,W4A8", help="comma-separated bit specs with quantized activations (default W8A8,W4A8)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per layer and path (median reported; default 3)")
+    p.add_argument("--flux-tokens", type=int, default=1024, help="tokens for the FLUX shapes (default 1024; real: 4096 at 1024 px)")
     p.add_argument("--only", default=None, help="substring filter on shape names (e.g. sdxl)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--chunk-rows", type=int, default=None, help="rows per int_linear chunk (default: 256 per thread)")
-    p.add_argument("--paths", action="store_true", help="also time the candidate CPU paths at 1024x3072x3072")
-    p.add_argument("--json", default=None, help="write the rows to this JSON file")
+    p.add_argument("--all-paths", action="store_true", help="time every available path, even inexact or very slow ones")
+    p.add_argument("--max-probe-ratio", type=float, default=10.0, help="skip paths slower than this x FP32 at the probe shape (default 10)")
+    p.add_argument("--paths", action="store_true", help="also time other libraries' CPU paths (bf16, torchao, aten) at 1024x3072x3072")
+    p.add_argument("--json", default=None, help="write the selection and the rows to this JSON file")
     a = p.parse_args(argv)
+    bits = [b.strip().upper() for b in a.bits.split(",") if b.strip()]
+    for b in bits:
+        if BitSpec.parse(b).a is None:
+            raise ConfigError(f"--bits {b}: kernel mode's integer GEMM needs quantized activations (W#A8); weight-only layers dequantize")
+    shapes = [s for s in SHAPES if not a.only or a.only in s[0]]
+    if not shapes:
+        raise ConfigError(f"--only {a.only!r} matches no shape; shapes: {', '.join(s[0] for s in SHAPES)}")
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.chunk_rows:
         from qbench.quant import kernels
 
         kernels.CHUNK_ROWS = a.chunk_rows
-    console = Console()
-    shapes = [s for s in SHAPES if not a.only or a.only in s[0]]
-    bits = [b.strip().upper() for b in a.bits.split(",") if b.strip()]
-    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    rows = bench_kernels(shapes, bits, repeats=a.repeats, flux_tokens=a.flux_tokens, progress=lambda r: console.print(f"  {r.shape} {r.bits}: {r.ratio:.2f}x", highlight=False))
-    console.print(rows_table(rows, f"quantized linear (kernel mode) vs FP32 on CPU; median of {a.repeats}"))
+    console = Console(width=None if sys.stdout.isatty() else 170)  # the table, unwrapped, in logs
+    console.print(f"torch {torch.__version__}, {torch.get_num_threads()} threads", highlight=False)
+    sel = backends.selection("cpu")
+    console.print(f"chosen: {sel.describe()}\n  why: {sel.reason}", highlight=False)
+    for name, r in sel.probe.items():
+        console.print(f"  probe 256x1024x1024 {name}: " + (f"{r.ms:.2f} ms = {r.vs_fp32:.2f}x FP32" if r.ms else r.note), highlight=False)
+    paths, skipped = timed_paths(a.all_paths, a.max_probe_ratio)
+    for path, why in skipped.items():
+        console.print(f"  not timed: {path} ({why})", highlight=False)
+    rows = bench_kernels(shapes, bits, repeats=a.repeats, flux_tokens=a.flux_tokens, paths=paths,
+                         progress=lambda r: console.print(f"  {r.shape} {r.bits} {r.path}: {r.ratio:.2f}x", highlight=False))
+    console.print(rows_table(rows, f"kernel-mode linear vs FP32 F.linear (= 1.00) on CPU; median of {a.repeats}; * = chosen path"))
     if a.paths:
         from rich.table import Table
 
-        t = Table(title="CPU execution paths, 1024x3072x3072")
+        t = Table(title="other CPU paths, 1024x3072x3072")
         t.add_column("path")
         t.add_column("ms", justify="right")
         t.add_column("vs fp32", justify="right")
@@ -250,7 +311,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         import json
 
         with open(a.json, "w", encoding="utf-8") as f:
-            json.dump([r.to_dict() for r in rows], f, indent=2)
+            json.dump({"selection": sel.to_dict(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "skipped": skipped, "rows": [r.to_dict() for r in rows]}, f, indent=2)
     return 0
 
 

@@ -6,62 +6,39 @@ folds the integer group scales into the int8 weight ``w8 = sg * q``)::
     x[m, k] ~= sx[m] * (xq[m, k] - zx[m])
     w[n, k] ~= s1[n] * w8[n, k]
     y[m, n]  = sx[m] * s1[n] * (sum_k xq[m, k] * w8[n, k]  -  zx[m] * sum_k w8[n, k])
-                               '---- int8 x int8 -> int32 ----'   '- wsum[n], per call -'
+                               '---- int8 x int8 -> int32 ----'   '- colsum[n] -'
 
-CPU path (measured with ``qbench bench-kernels --paths``; numbers in the README): unpack the
-int4 codes into int8 (times the integer group scales) per call, then ``torch._int_mm`` (oneDNN
-s8s8 GEMM, AMX/VNNI on this CPU). Measured alternatives, 1024x3072x3072, 2 threads,
-``OMP_WAIT_POLICY=PASSIVE``, relative to FP32 (qbench W8A8 0.38x, W4A8 0.54x, bare
-``torch._int_mm`` 0.18x): ``aten._weight_int4pack_mm_for_cpu`` takes bf16 activations (W4A16,
-not A8) and ran 1.90x; torchao ``Int8DynamicActivationIntxWeightConfig(int4, PerGroup(32))``
-stores int4 in int8 bytes and ran 1.66x; torchao ``Int8DynamicActivationInt8WeightConfig``
-(W8A8) 0.40x; ``aten._dyn_quant_matmul_4bit`` is a float reference on x86 (~25 s); torchao 0.18's
-``da8w4_linear_cpu`` has no compiled CPU kernel in the installed wheel.
+Evaluated in float32 as the exact sequence (each step one IEEE-rounded operation, no fused
+multiply-add, so that every backend - ``_int_mm``, oneDNN, the Triton kernel - gives the same
+bits; :func:`epilogue`)::
 
-CUDA path (UNTESTED on a GPU: none was available when it was written): the same functions run
-on CUDA tensors; ``torch._int_mm`` dispatches to cuBLASLt's int8 GEMM there and needs
-``M > 16`` and ``K, N`` multiples of 8, so :func:`int8_mm` pads. The installed torchao 0.18 build
-has neither the CUTLASS s8s4 nor the Marlin-QQQ W4A8 op (no such op in ``torchao.ops``, no such
-symbol in its ``_C_cutlass_90a`` library), so there is no torchao W4A8 GEMM to call; int4
-weights are unpacked to int8 on the GPU per call.
+    y = float32(acc) * s1;  y = y - zx * (float32(colsum) * s1);  y = y * sx;  y = y + bias
+
+The integer GEMM itself is chosen per machine and per layer by :mod:`qbench.quant.backends`
+(``torch._int_mm`` on VNNI/AMX CPUs and CUDA, oneDNN's u8s8 qlinear on other x86 CPUs, a fused
+Triton W4A8 kernel on CUDA); this module holds the math they share.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 
 from qbench.quant import pack as packing
 from qbench.quant.primitives import act_qparams, check_finite, quantize
 
-CPU_PATH = "int4/int8 unpack + torch._int_mm (int8 x int8 -> int32), oneDNN"
-CUDA_PATH = "int4/int8 unpack + torch._int_mm (cuBLASLt int8 GEMM) [untested on GPU]"
-
-
-WEIGHT_ONLY_PATH = "packed int weights dequantized per call + float GEMM (weight-only)"
-
 
 def kernel_path(device: torch.device | str, weight_only: bool = False) -> str:
+    """One line naming the GEMM kernel mode runs on ``device`` and the machine's capability
+    (probes once per process); raises :class:`~qbench.errors.QBenchError` for a device without one."""
+    from qbench.quant import backends
+
     dev = torch.device(device)
-    if dev.type in ("cpu", "cuda") and weight_only:
-        return WEIGHT_ONLY_PATH + (" [untested on GPU]" if dev.type == "cuda" else "")
-    if dev.type == "cpu":
-        return CPU_PATH
-    if dev.type == "cuda":
-        return CUDA_PATH
-    raise RuntimeError(f"kernel mode has no integer GEMM for device {dev.type!r}; use --mode simulate")
-
-
-def int8_mm(xq: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
-    """``xq`` [M, K] int8 @ ``w8`` [N, K] int8 ^T -> int32 [M, N]."""
-    if xq.device.type == "cuda":  # cuBLASLt: M > 16, K and N multiples of 8
-        m, k = xq.shape
-        n = w8.shape[0]
-        pm, pk, pn = max(17, -(-m // 8) * 8) - m, (-k) % 8, (-n) % 8
-        if pm or pk or pn:
-            xq = F.pad(xq, (0, pk, 0, pm))
-            w8 = F.pad(w8, (0, pk, 0, pn))
-            return torch._int_mm(xq, w8.t())[:m, :n]
-    return torch._int_mm(xq, w8.t())
+    sel = backends.selection(dev)  # refuses devices without an integer GEMM
+    if weight_only:
+        where = sel.caps.summary() if sel.caps is not None else dev.type
+        return f"{dev.type} dequant: packed int weights dequantized per call + float GEMM (weight-only) | {where}"
+    return sel.describe()
 
 
 def quantize_act_int(
@@ -103,9 +80,24 @@ def chunk_rows(m: int, k: int, n: int) -> int:
     return 256 * max(1, torch.get_num_threads())
 
 
+def epilogue(y: torch.Tensor, sx: torch.Tensor, zx: torch.Tensor | None, ws1: torch.Tensor | None, bias: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    """``out = (y - zx * ws1) * sx + bias`` for ``y = float32(acc) * s1`` [M, N] (overwritten).
+
+    ``sx`` float32 [M|1, 1], ``zx`` int32 [M|1, 1] or None, ``ws1 = float32(colsum) * s1`` [1, N],
+    ``bias`` float32 [1, N] or None. One IEEE-rounded float32 operation per step (torch's
+    ``addr``/``addcmul`` fuse multiply-adds on AVX2/AVX512 CPUs, which no other backend
+    reproduces), mirrored operation for operation by the Triton kernel's epilogue."""
+    if zx is not None:
+        y.sub_(zx.to(torch.float32) * ws1)
+    if bias is None:
+        return torch.mul(y, sx, out=out)
+    y.mul_(sx)
+    return torch.add(y, bias, out=out)
+
+
 def int_linear(
     x2: torch.Tensor,
-    w8: torch.Tensor,
+    op: Any,
     s1: torch.Tensor,
     bias: torch.Tensor | None,
     *,
@@ -114,39 +106,30 @@ def int_linear(
     a_granularity: str,
     static: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Quantize ``x2`` [M, K] to integers, int GEMM with ``w8`` [N, Kp], rescale; float32 [M, N].
+    """Quantize ``x2`` [M, K] to integers, int GEMM with the operand ``op`` (a
+    :mod:`qbench.quant.backends` operand over the int8 weight [N, Kp]: ``op.bind(s1)`` gives
+    ``xq -> float32(acc) * s1``, ``op.colsum()`` int32 [N]), rescale; float32 [M, N].
 
     Runs in row chunks (per-token scales are row-local; a dynamic per-tensor scale is computed
     over all rows first), writing each chunk's rescaled output into one [M, N] result."""
     m, k = x2.shape
-    n, kp = w8.shape
+    n, kp = op.n, op.kp
     if static is None and a_granularity == "tensor":  # one scale for the whole tensor, not per chunk
         static = act_qparams(x2, a_bits, a_symmetric, "tensor")
         static = (static[0].reshape(1, 1), None if static[1] is None else static[1].reshape(1, 1))
     s1 = s1.to(torch.float32).view(1, -1)
     asym = (static[1] is not None) if static is not None else not a_symmetric
-    ws1 = None
-    if asym:
-        # column sums of the int8 weight by the same int GEMM with a row of ones (exact int32;
-        # computed per call rather than stored, to keep the W4A8 format at <= 0.27x FP16 bytes)
-        wsum = int8_mm(torch.ones(1, kp, dtype=torch.int8, device=w8.device), w8).view(-1)
-        ws1 = wsum.to(torch.float32) * s1.view(-1)
+    # column sums of the int8 weight (exact int32), for the activation zero point
+    ws1 = op.colsum().to(torch.float32).view(1, -1) * s1 if asym else None
     b = None if bias is None else bias.to(torch.float32).view(1, -1)
+    mm = op.bind(s1)
     out = torch.empty(m, n, dtype=torch.float32, device=x2.device)
     step = chunk_rows(m, k, n)
     for i in range(0, m, step):
         xq, sx, zx = quantize_act_int(x2[i : i + step], a_bits, a_symmetric, a_granularity, static)
         if kp != k:  # zero-padded weight columns: any activation value there contributes 0
-            xq = F.pad(xq, (0, kp - k))
-        y = int8_mm(xq, w8).to(torch.float32).mul_(s1)  # (a type-promoting mul measured 2x slower)
-        if zx is not None:
-            y.addr_(zx.to(torch.float32).expand(y.shape[0], 1).reshape(-1), ws1, alpha=-1.0)
-        sx = sx.to(torch.float32).expand(y.shape[0], 1)
-        dst = out[i : i + step]
-        if b is not None:
-            torch.addcmul(b, y, sx, out=dst)
-        else:
-            torch.mul(y, sx, out=dst)
+            xq = torch.nn.functional.pad(xq, (0, kp - k))
+        epilogue(mm(xq), sx.to(torch.float32), zx, ws1, b, out[i : i + step])
     return out
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qbench.errors import ConfigError, QBenchError
-from qbench.quant import kernels
+from qbench.quant import backends, kernels
 from qbench.quant import pack as packing
 from qbench.quant.primitives import (
     EPS,
@@ -255,10 +255,9 @@ class _QuantCore(nn.Module):
         if not quant_act:
             w = kernels.dequant_weight(bufs, spec.w_bits, self.group_size, self.two_level, self.k, x2.dtype)
             return F.linear(x2, w, None if self.bias is None else self.bias.to(x2.dtype))
-        w8 = kernels.weight_int8(bufs, spec.w_bits, self.group_size, self.two_level)
-        y = kernels.int_linear(
+        # the integer GEMM chosen for this machine and layer (qbench.quant.backends)
+        y = backends.operand(self, x2.device).linear(
             x2,
-            w8,
             self.s1,
             self.bias,
             a_bits=spec.a_bits,
