@@ -271,6 +271,12 @@ def _notes(model, method=None) -> list[str]:
         notes.append("tiny twin with RANDOM weights: learned metrics are meaningless; numbers check mechanics only")
     if model.spec.family.startswith("toy"):
         notes.append("TOY WORLD: synthetic 32x32 scenes, models and CLIP trained in this repo; numbers do not transfer to real images")
+    if str(model.device).startswith("cpu"):
+        from qbench.measure import omp_wait_policy
+
+        if omp_wait_policy() != "PASSIVE":
+            notes.append(f"OMP_WAIT_POLICY was {omp_wait_policy()} when torch loaded: on a busy CPU OpenMP's active wait can make latency many times "
+                         "slower (170x measured on a shared 2-core machine); import qbench before torch, or set OMP_WAIT_POLICY=PASSIVE")
     if method is not None and method.mode == "kernel" and (model.spec.is_tiny or model.spec.family.startswith("toy")):
         notes.append("kernel-mode latency on a tiny model is dominated by per-call activation quantization and int4 unpacking of small layers; see `qbench bench-kernels` for real GEMM shapes")
     return notes

@@ -190,6 +190,15 @@ def device_name(device: str) -> str:
     return f"cpu: {name}"
 
 
+def omp_wait_policy() -> str:
+    """The ``OMP_WAIT_POLICY`` torch's OpenMP runtime started with, as far as qbench can know:
+    ``"PASSIVE"`` (qbench's default), the user's value, or ``"unset (active wait)"``."""
+    import qbench
+
+    v = qbench.OMP_WAIT_POLICY_AT_TORCH_LOAD
+    return v.upper() if v else "unset (active wait)"
+
+
 def provenance(device: str) -> dict[str, Any]:
     import torch
 
@@ -203,5 +212,6 @@ def provenance(device: str) -> dict[str, Any]:
         "device": device,
         "device_name": device_name(device),
         "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy": omp_wait_policy(),
         "versions": {p: _version(p) for p in _PACKAGES},
     }
