@@ -243,6 +243,10 @@ class QSched(Method):
 
             steps = MODELS.get(model_name).steps
         stem = f"{model_name}_{self.cfg.bits}_{self.opts['base']}_{self.opts['parameterisation']}_{steps}steps"
+        if self.opts["base_options"]:  # e.g. another MixDQ allocation: its own checkpoint, never overwriting
+            from qbench.config import stable_hash
+
+            stem += "_" + stable_hash(self.opts["base_options"], 8)
         return os.path.join(self.cfg.out_dir, self.name, stem.replace("/", "-") + ".json")  # = ctx.artefacts.path(...)
 
     def _peek_checkpoint(self) -> dict[str, Any] | None:
@@ -251,7 +255,12 @@ class QSched(Method):
         if self.opts["recalibrate"]:
             return None
         path = self.stored_checkpoint_path()
-        return load_checkpoint(path) if os.path.exists(path) else None
+        if not os.path.exists(path):
+            return None
+        ckpt = load_checkpoint(path)
+        # calibrated over another state of the base method (e.g. a recalibrated allocation): the
+        # run will calibrate again, so the plan must count it
+        return ckpt if _jsonable(ckpt.get("base_describe")) == _jsonable(self.base.describe()) else None
 
     def _eval_overlap(self, ids: list[str], texts: list[str]) -> int:
         """How many calibration prompts (by id or text) are among the run's evaluation prompts."""
@@ -325,12 +334,12 @@ class QSched(Method):
                 self.ckpt, self.ckpt_path, self.ckpt_origin = ckpt, path, "stored"
                 ctx.say(f"qsched: using stored checkpoint {path}")
                 return
-            ctx.say(f"qsched: stored checkpoint {path} was calibrated with other base-method settings; recalibrating")
+            ctx.say(f"qsched: stored checkpoint {path} was calibrated over another state of the base method; recalibrating (it is replaced)")
+        elif not self.opts["recalibrate"]:
+            ctx.say(f"qsched: no stored checkpoint for {self.cfg.model} {self.cfg.bits} base={self.opts['base']} ({path}); calibrating first")
         if not prompts:
             raise QBenchError("qsched: no checkpoint and no calibration prompts")
         self.eval_overlap = 0  # the harness refuses calibration prompts that overlap the evaluation prompts
-        if not self.opts["recalibrate"]:
-            ctx.say(f"qsched: no stored checkpoint for {self.cfg.model} {self.cfg.bits} base={self.opts['base']} ({path}); calibrating first")
         self.ckpt = self.calibrate_coefficients(model, prompts, ctx)
         validate_checkpoint(self.ckpt, source=path)
         name = os.path.basename(path)  # the store's root is <out_dir>/qsched: the stored path

@@ -265,3 +265,26 @@ def test_default_own_budget_keeps_the_whole_calibration_20x_below_the_grid(make_
     cal = m.ckpt["calibration"]
     assert cal["grid"]["images"] == 200 and cal["search_options"]["max_images"] == 200 // 20 - 2
     assert cal["images"] * 20 <= cal["grid"]["images"] and calls["n"] == cal["images_generated"] <= cal["images"]
+
+
+def test_checkpoints_are_kept_apart_per_base_options_and_base_state(make_cfg, tmp_path):
+    """Q-Sched over a base with other options (e.g. another MixDQ allocation) gets its own
+    checkpoint file instead of overwriting the first; a stored checkpoint calibrated over another
+    state of the base is not offered to the plan (the run will recalibrate, and --dry-run says so)."""
+    plain = qs.QSched(make_cfg(model="toy-flux", method="qsched", bits="W4A8", out_dir=str(tmp_path)))
+    gs64 = qs.QSched(make_cfg(model="toy-flux", method="qsched", bits="W4A8", out_dir=str(tmp_path),
+                              method_options={"base_options": {"group_size": 64}}))
+    other = qs.QSched(make_cfg(model="toy-flux", method="qsched", bits="W4A8", out_dir=str(tmp_path),
+                               method_options={"base_options": {"group_size": 128}}))
+    paths = {m.stored_checkpoint_path() for m in (plain, gs64, other)}
+    assert len(paths) == 3
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    ckpt = json.load(open(os.path.join(repo, "reports", "baselines", "qsched", "toy-flux_W4A8.json")))
+    os.makedirs(os.path.dirname(plain.stored_checkpoint_path()), exist_ok=True)
+    with open(plain.stored_checkpoint_path(), "w") as f:
+        json.dump(ckpt, f)
+    assert plain._peek_checkpoint() is not None and plain.calibration_cost(25) is None  # same base state: reused
+    ckpt["base_describe"]["options"]["group_size"] = 64  # calibrated over another base state
+    with open(plain.stored_checkpoint_path(), "w") as f:
+        json.dump(ckpt, f)
+    assert plain._peek_checkpoint() is None and plain.calibration_cost(25)["images"] > 0
