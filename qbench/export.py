@@ -191,7 +191,9 @@ def load_quantized(path: str, *, device: str | None = None, torch_dtype=None):
         raise QBenchError(f"could not load the export {path}: {str(e).splitlines()[0]}") from None
     if device is not None:
         pipe.to(device)
-    return pipe
+    from qbench.quant.api import guard_pipeline_save
+
+    return guard_pipeline_save(pipe)
 
 
 def export(cfg, out: str, *, force: bool = False, show_progress: bool = True, log: Callable[[str], None] | None = None) -> dict[str, Any]:

@@ -194,9 +194,23 @@ def test_plain_save_pretrained_refuses_in_one_line(mode, tmp_path):
     assert "\n" not in msg and "qbench export" in msg and "load_quantized" in msg
     with pytest.raises(QBenchError, match="qbench export"):
         m.denoiser.state_dict()
-    assert not os.path.exists(tmp_path / "plain" / "transformer" / "diffusion_pytorch_model.safetensors")
+    assert not os.path.exists(tmp_path / "plain"), "refused before anything was written (no half-written pipeline)"
     with pytest.raises(QBenchError, match="qbench export"):
         torch.save(m.denoiser.state_dict(), str(tmp_path / "sd.pt"))
+
+
+def test_save_pretrained_of_a_loaded_export_refuses_up_front_and_fp_still_saves(tmp_path):
+    from qbench.export import load_quantized, save_quantized
+    from qbench.models.loader import load_model
+
+    m = _quantized("toy-flux", "W8A8", "kernel")
+    save_quantized(m.pipe, str(tmp_path / "exp"))
+    pipe = load_quantized(str(tmp_path / "exp"))
+    with pytest.raises(QBenchError, match="qbench export"):
+        pipe.save_pretrained(str(tmp_path / "again"))
+    assert not os.path.exists(tmp_path / "again")
+    load_model("toy-flux", device="cpu").pipe.save_pretrained(str(tmp_path / "fp"))  # unquantized: saves as ever
+    assert os.path.exists(tmp_path / "fp" / "model_index.json")
 
 
 def test_bad_inputs(tmp_path, capsys):

@@ -224,6 +224,9 @@ def load_model(name: str, *, model_path: str | None = None, device: str = "auto"
         _fuse_lora(pipe, spec, where, local_only)
     pipe.set_progress_bar_config(disable=True)
     pipe.to(ref.device)
+    from qbench.quant.api import guard_pipeline_save
+
+    guard_pipeline_save(pipe)  # save_pretrained refuses up front once a method has quantized a component
     return LoadedModel(spec=spec, pipe=pipe, source=ref.source, device=ref.device, dtype=ref.dtype, fingerprint=ref.fingerprint)
 
 

@@ -179,6 +179,29 @@ def quant_layers(module: nn.Module) -> list[tuple[str, _QuantCore]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, _QuantCore)]
 
 
+def guard_pipeline_save(pipe: Any) -> Any:
+    """Make ``pipe.save_pretrained`` refuse, before it writes anything, while a component holds
+    qbench-quantized layers (diffusers saves component by component, so the per-layer refusal came
+    only after the other components were written: a half-written folder). An unquantized
+    pipeline saves as before. Raises :class:`~qbench.errors.QBenchError` (one line) on save."""
+    from qbench.errors import QBenchError
+    from qbench.quant.linear import SAVE_REFUSED
+
+    original = getattr(type(pipe), "save_pretrained", None)
+    if original is None or getattr(pipe, "_qbench_save_guard", False):
+        return pipe
+
+    def save_pretrained(*args: Any, **kwargs: Any) -> Any:
+        comps = getattr(pipe, "components", {}) or {}
+        if any(isinstance(c, nn.Module) and quant_layers(c) for c in comps.values()):
+            raise QBenchError(SAVE_REFUSED)
+        return original(pipe, *args, **kwargs)
+
+    object.__setattr__(pipe, "save_pretrained", save_pretrained)
+    object.__setattr__(pipe, "_qbench_save_guard", True)
+    return pipe
+
+
 def observe_(module: nn.Module, on: bool = True) -> int:
     """Switch observation of static-activation layers on/off; returns how many layers observe."""
     n = 0
