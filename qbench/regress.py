@@ -45,6 +45,8 @@ CELLS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("naive", "W8A8", {}),
     ("naive", "W4A8", {}),
     ("qsched", "W4A8", {"qsched_ckpt": "{repo}/reports/baselines/qsched/{model}_W4A8.json"}),
+    ("mixdq", "W4A8", {"allocation": "{repo}/reports/baselines/mixdq/{model}_W4A8.yaml"}),
+    ("torchao", "W8A8", {"config": "int8dq"}),
 )
 #: metrics measured against the full-precision images: not checked on the fp cell (itself)
 REFERENCE_METRICS = ("psnr", "ssim")
@@ -193,19 +195,37 @@ def print_table(title: str, against: str, rows: list[dict[str, Any]]) -> None:
 
     from qbench.tables import console
 
-    t = Table(title=Text(f"{title} — against {against}"), title_justify="left")
-    for col in ("cell", "metric", "baseline", "current", "change", "limit", "tolerance", "status"):
-        t.add_column(col, justify="left" if col in ("cell", "metric", "tolerance", "status") else "right", no_wrap=True)
+    from rich import box
+
     style = {"WORSE": "bold red", "missing": "bold red", "better": "yellow", "new": "yellow", "ok": "green"}
 
     def num(v):
         return "-" if v is None else f"{v:.5g}" if abs(v) < 1e4 else f"{v:.0f}"
 
+    body = []
     for r in sorted(rows, key=lambda r: (r["status"] == "ok", r["cell"], r["metric"])):
         ch = "-" if r["change"] is None else f"{r['change']:+.4g}" + (f" ({100 * r['change'] / r['baseline']:+.1f}%)" if r["baseline"] else "")
-        t.add_row(*[Text(x) for x in (r["cell"], r["metric"], num(r["baseline"]), num(r["current"]), ch, num(r["limit"]), r["tolerance"])],
-                  Text(r["status"], style=style.get(r["status"], "")))
-    console().print(t)
+        body.append([r["cell"], r["metric"], num(r["baseline"]), num(r["current"]), ch, num(r["limit"]), r["tolerance"], r["status"]])
+    # numbers are never cut: their columns keep their full width and the cell names wrap; below
+    # 120 columns the tolerance rules move under the table (one line per metric)
+    con = console()
+    narrow = con.width < 120
+    heads = ["cell", "metric", "baseline", "current", "change", "limit", "tolerance", "status"]
+    if narrow:
+        heads.remove("tolerance")
+        body = [b[:6] + b[7:] for b in body]
+    t = Table(title=Text(f"{title} — against {against}"), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+              collapse_padding=True)
+    for i, col in enumerate(heads):
+        wraps = col in ("cell", "tolerance")
+        t.add_column(col, justify="left" if col in ("cell", "metric", "tolerance", "status") else "right", no_wrap=not wraps,
+                     overflow="fold", min_width=None if wraps else max([len(col)] + [len(b[i]) for b in body]))
+    for b in body:
+        t.add_row(*[Text(x) for x in b[:-1]], Text(b[-1], style=style.get(b[-1], "")))
+    con.print(t)
+    if narrow:
+        for metric, tol in sorted({(r["metric"], r["tolerance"]) for r in rows}):
+            con.print(Text(f"tolerance {metric}: {tol}", style="dim"))
 
 
 def add_arguments(p) -> None:

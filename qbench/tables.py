@@ -217,18 +217,37 @@ def print_plan_table(plan: dict, con) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    t = Table(title=f"qbench plan — {plan['gpus']} x {plan['gpu']} at {plan['effective_tflops']:.0f} effective TFLOP/s each", title_justify="left")
-    for col in ("model", "method", "prompts", "new images", "calib images", "forwards", "TFLOP/img", "PFLOP", "GPU-h", "wall h"):
-        t.add_column(col, justify="left" if col in ("model", "method") else "right")
+    from rich import box
 
-    def cells(r: dict, bold: bool = False) -> list:
-        vals = [r.get("model", "total"), r.get("method", ""), f"{r['prompts']:,}" if "prompts" in r else "", f"{r['images']:,}",
-                f"{r['calibration_images']:,}", f"{r['forwards']:,}", f"{r['tflops_per_image']:.1f}" if "tflops_per_image" in r else "",
-                f"{r['pflops']:,.1f}", f"{r['gpu_hours']:,.1f}", f"{r['wall_h']:,.1f}"]
-        return [Text(v, style="bold" if bold else "") for v in vals]
+    narrow = con.width < 120  # counts in k / M so that every number fits at 80 columns (--json: exact)
 
-    for r in plan["cells"]:
-        t.add_row(*cells(r))
-    t.add_row(*cells(plan["total"], bold=True))
+    def count(n: int) -> str:
+        if not narrow or n < 10_000:
+            return f"{n:,}"
+        return f"{n / 1e6:.2f}M" if n >= 1_000_000 else f"{n / 1e3:.0f}k"
+
+    def cells(r: dict) -> list[str]:
+        name = [r.get("model", "total"), r.get("method", "")]
+        nums = [count(r["prompts"]) if "prompts" in r else "", count(r["images"]), count(r["calibration_images"]), count(r["forwards"]),
+                f"{r['tflops_per_image']:.1f}" if "tflops_per_image" in r else "",
+                f"{r['pflops']:,.0f}" if narrow else f"{r['pflops']:,.1f}", f"{r['gpu_hours']:,.1f}", f"{r['wall_h']:,.1f}"]
+        if narrow:  # one text column (model and method), no TFLOP/img (the model's, same in each of its rows)
+            return [" ".join(x for x in name if x)] + nums[:4] + nums[5:]
+        return name + nums
+
+    rows = [cells(r) for r in plan["cells"]] + [cells(plan["total"])]
+    t = Table(title=f"qbench plan — {plan['gpus']} x {plan['gpu']} at {plan['effective_tflops']:.0f} effective TFLOP/s each", title_justify="left",
+              box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD, pad_edge=not narrow)
+    heads = (("cell", "n", "images", "calib", "fwd", "PFLOP", "GPU-h", "wall h") if narrow else
+             ("model", "method", "prompts", "new images", "calib images", "forwards", "TFLOP/img", "PFLOP", "GPU-h", "wall h"))
+    for i, col in enumerate(heads):
+        text = col in ("model", "method", "cell")  # numbers keep their full width; the text wraps
+        t.add_column(col, justify="left" if text else "right", no_wrap=not text, overflow="fold",
+                     min_width=None if text else max([len(col)] + [len(r[i]) for r in rows]))
+    for i, r in enumerate(rows):
+        t.add_row(*[Text(v, style="bold" if i == len(rows) - 1 else "") for v in r])
     con.print(t)
+    if narrow:
+        con.print(Text("n: prompts · images: new images · calib: calibration images · fwd: denoiser forwards "
+                       "(k = thousand, M = million; a wider terminal or --json shows exact counts and TFLOP per image)", style="dim"))
     con.print(Text(plan["assumptions"], style="dim"))
