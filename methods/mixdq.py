@@ -59,7 +59,10 @@ What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
 The allocation is stored as ``<out_dir>/mixdq/<model>_<bits>_<key>.yaml`` (MixDQ's format,
 ``layer.name: 4``, or ``{w: 4, a: 16}`` where a layer's activations differ from ``--bits``) plus a
 ``.json`` with sensitivities, the sweep and provenance; ``naive --bits <same> -O layers=FILE``
-loads the YAML (the same layers, without the BOS path), ``mixdq -O allocation=FILE`` too.
+loads the YAML (the same layers, without the BOS path), ``mixdq -O allocation=FILE`` too. The
+YAML's header comment names the model and ``--bits`` it was made for; ``mixdq`` refuses a file
+made for another model or ``--bits`` (its widths were solved for that budget), ``naive`` one made
+for another model; files without the header (MixDQ's public YAMLs) are taken as they are.
 """
 from __future__ import annotations
 
@@ -74,7 +77,7 @@ from qbench.api import Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
-from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig, load_overrides
+from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig, load_overrides, made_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
@@ -161,6 +164,23 @@ def parse_allocation(source: Any, bits: BitSpec) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_made_for(path: str, model: str, bits: BitSpec) -> None:
+    """Refuse (ConfigError, one line) an allocation whose header names another model or --bits:
+    its widths were solved for that budget, and the run would be labelled with this one."""
+    made = made_for(path)
+    if made is None:
+        return
+    m, b = made
+    try:
+        same_bits = BitSpec.parse(b) == bits
+    except (ConfigError, ValueError):
+        same_bits = False
+    if m == model and same_bits:
+        return
+    fix = (f"pass --bits {b}" if m == model else f"pass --model {m} --bits {b}") + f", or calibrate one for {model} --bits {bits} (qbench calibrate --method mixdq)"
+    raise ConfigError(f"mixdq allocation {path} was made for {m} --bits {b} (its header), this run is {model} --bits {bits}: {fix}")
+
+
 class MixDQ(Method):
     name = "mixdq"
     description = "MixDQ-style mixed precision: BOS-aware text layers, metric-decoupled sensitivity, ILP bit allocation"
@@ -198,6 +218,8 @@ class MixDQ(Method):
         if o["a_fp16"] and self.bits.a is None:
             raise ConfigError("mixdq: a_fp16 applies to quantized activations; --bits has A16 (weight-only)")
         self.given = parse_allocation(o["allocation"], self.bits) if o["allocation"] else None
+        if self.given is not None:
+            check_made_for(o["allocation"], cfg.model, self.bits)
         self.alloc: dict[str, dict[str, Any]] | None = None
         self.origin: str | None = None  # option | stored | calibrated
         self.calib_info: dict[str, Any] = {}
@@ -396,4 +418,4 @@ def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
     }
 
 
-__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "overrides_of", "parse_allocation", "run_calibration"]
+__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "check_made_for", "overrides_of", "parse_allocation", "run_calibration"]

@@ -219,3 +219,44 @@ def test_bad_options_are_one_line(tmp_path, capsys, argv, needle):
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith("qbench: error:") and needle in lines[0], err
     assert not (tmp_path / "qbench.sqlite").exists()
+
+
+def _header_yaml(tmp_path, model, bits, name="alloc.yaml"):
+    p = tmp_path / name
+    p.write_text(f"# MixDQ allocation (qbench mixdq) for {model} --bits {bits}: mean W2.011 A8.000 over 2 Linear layers\n"
+                 "# chosen split: B=2.000 k=1.000\ncontext_embedder: 2\nproj_out: 4\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("model,bits,needle", [
+    ("toy-flux", "W3A8", "was made for toy-flux --bits W3A8 (its header), this run is toy-flux --bits W4A8: pass --bits W3A8, or calibrate"),
+    ("tiny-lcm", "W4A8", "was made for tiny-lcm --bits W4A8 (its header), this run is toy-flux --bits W4A8: pass --model tiny-lcm --bits W4A8"),
+])
+def test_allocation_made_for_other_bits_or_model_is_refused(tmp_path, capsys, model, bits, needle):
+    path = _header_yaml(tmp_path, model, bits)
+    code = main(["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "-O", f"allocation={path}"])
+    _, err = capsys.readouterr()
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("qbench: error:") and needle in lines[0], err
+
+
+def test_naive_layers_file_made_for_another_model_is_refused(tmp_path, capsys):
+    path = _header_yaml(tmp_path, "tiny-lcm", "W4A8")
+    code = main(["run", "--model", "toy-flux", "--method", "naive", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "-O", f"layers={path}"])
+    _, err = capsys.readouterr()
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "was made for tiny-lcm (its header), this run is toy-flux" in lines[0], err
+
+
+def test_allocation_header_is_parsed_and_headerless_files_pass(tmp_path):
+    from qbench.methods.mixdq import check_made_for
+    from qbench.quant.spec import BitSpec, made_for
+
+    assert made_for(_header_yaml(tmp_path, "toy-flux", "W3A8")) == ("toy-flux", "W3A8")
+    check_made_for(_header_yaml(tmp_path, "toy-flux", "W3A8"), "toy-flux", BitSpec(3, 8))  # same model and bits: accepted
+    plain = tmp_path / "public.yaml"  # MixDQ's public YAMLs have no header
+    plain.write_text("# weight bit-widths\ncontext_embedder: 2\n")
+    assert made_for(str(plain)) is None
+    check_made_for(str(plain), "toy-flux", BitSpec(4, 8))

@@ -174,6 +174,22 @@ def load_overrides(source: str | os.PathLike | dict[str, Any] | None) -> dict[st
     return data
 
 
+#: a header comment on the first line of a per-layer file that qbench wrote: ``# ... for <model> --bits <W#A#>...``
+_MADE_FOR = re.compile(r"^#.*\bfor (\S+) --bits (W\d+A\d+)\b")
+
+
+def made_for(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(model, bits)`` named by the first-line header comment of a per-layer file written by qbench
+    (e.g. ``# MixDQ allocation (qbench mixdq) for toy-flux --bits W3A8: ...``), or None for a file
+    without one (hand-written or public maps) or one that cannot be read. Reads the first line only."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = _MADE_FOR.match(f.readline())
+    except (OSError, UnicodeDecodeError, TypeError):
+        return None
+    return (m.group(1), m.group(2)) if m else None
+
+
 def _is_pattern(key: str) -> bool:
     return any(c in key for c in "*?[")
 
