@@ -270,6 +270,28 @@ class MixDQ(Method):
         st = self._stored()
         return None if st is None else {n: {"w": v["w"], "a": v["a"]} for n, v in st["allocation"].items()}
 
+    def check_layers(self, denoiser: Any) -> None:
+        """Preflight of ``-O allocation=FILE`` on the denoiser built on the meta device: every
+        layer it names exists and can be quantized (ConfigError listing the missing names), so a
+        wrong file fails before any model loads or reference image is generated."""
+        if self.given is None:
+            return
+        import difflib
+
+        from qbench.quant.api import _check_overrides
+
+        named = dict(denoiser.named_modules())
+        missing = sorted(n for n in self.given if n not in named)
+        if missing:
+            hint = next(((n, c[0]) for n in missing[:5] for c in [difflib.get_close_matches(n, list(named), n=1, cutoff=0.6)] if c), None)
+            more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ConfigError(f"mixdq allocation {self.opts['allocation']} names {len(missing)} layer(s) that are not modules of {self.cfg.model}'s denoiser "
+                              f"({type(denoiser).__name__}): {', '.join(missing[:5])}{more}" + (f"; did you mean {hint[1]!r} for {hint[0]!r}?" if hint else ""))
+        try:
+            _check_overrides(named, self.qconfig.replace(overrides=overrides_of(self.given)))
+        except ConfigError as e:
+            raise ConfigError(f"mixdq allocation {self.opts['allocation']}: {e}") from None
+
     # -- protocol ---------------------------------------------------------------------------------
     @property
     def mode(self) -> str:

@@ -260,3 +260,17 @@ def test_allocation_header_is_parsed_and_headerless_files_pass(tmp_path):
     plain.write_text("# weight bit-widths\ncontext_embedder: 2\n")
     assert made_for(str(plain)) is None
     check_made_for(str(plain), "toy-flux", BitSpec(4, 8))
+
+
+def test_allocation_layer_names_are_checked_before_anything_loads(tmp_path, capsys):
+    """A wrong layer name is found by the preflight (denoiser on the meta device), listed with the
+    run's other problems, before the model loads or any reference image is generated."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("context_embedder: 4\ntransformer_blocks.0.attn.to_qq: 2\nnope.layer: 8\n")
+    code = main(["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "--metrics", "psnr", "-M", "foo=1", "-O", f"allocation={bad}"])
+    _, err = capsys.readouterr()
+    assert code != 0 and "Traceback" not in err and "problems, nothing was loaded or generated" in err, err
+    assert "names 2 layer(s) that are not modules of toy-flux's denoiser (FluxTransformer2DModel): nope.layer, transformer_blocks.0.attn.to_qq" in err, err
+    assert "did you mean 'transformer_blocks.0.attn.to_q' for 'transformer_blocks.0.attn.to_qq'" in err and "unknown metric option 'foo'" in err
+    assert not (tmp_path / "o" / "qbench.sqlite").exists()
