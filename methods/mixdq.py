@@ -88,6 +88,8 @@ CONTENT = {
     "UNet2DConditionModel": ("*attn2*", "*ff*"),
     "FluxTransformer2DModel": ("context_embedder", "*text_embedder*", "*add_q_proj", "*add_k_proj", "*add_v_proj", "*to_add_out", "*ff*", "*proj_mlp"),
 }
+#: options that only steer the calibration (nothing of a given allocation's images depends on them)
+CALIBRATION_ONLY = {"w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
 PASS_THROUGH = ("group_size", "include", "exclude", "w_clip", "group_scales", "a_granularity")
 
 
@@ -368,12 +370,27 @@ class MixDQ(Method):
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """Everything that changes the images. With ``-O allocation=FILE`` the options that only
+        steer the calibration (the sweep, candidates, content patterns, ...) change nothing and are
+        left out; the allocation's sha (of its ``{layer: {w, a}}`` map, not the file's bytes) is
+        what identifies the configuration, and :attr:`label` carries its first 8 hex digits."""
         alloc = self._peek()
-        opts = {k: v for k, v in self.opts.items() if k not in ("allocation", "recalibrate", "calib_batch_size")}
+        drop = {"allocation", "recalibrate", "calib_batch_size"} | (CALIBRATION_ONLY if self.given is not None else set())
+        opts = {k: v for k, v in self.opts.items() if k not in drop}
         out: dict[str, Any] = {"method": self.name, "bits": str(self.bits), "mode": self.mode, "options": opts, "allocation": None}
         if alloc is not None:
             out["allocation"] = {"sha": stable_hash(overrides_of(alloc), 16), "layers": len(alloc)}
+        if self.given is not None:
+            out["allocation"]["given"] = True
         return out
+
+    @property
+    def label(self) -> str:
+        """``mixdq W3A8 simulate``; with ``-O allocation=FILE`` ``mixdq W3A8 simulate alloc=<8 hex>``
+        (the allocation's sha), so that a given allocation and the calibrated one, or two given
+        ones, are different configurations in ``compare`` and ``export-results``."""
+        base = f"{self.name} {self.bits} {self.mode}"
+        return base if self.given is None else f"{base} alloc={stable_hash(overrides_of(self.given), 16)[:8]}"
 
     def report(self) -> dict[str, Any]:
         if self._qreport is None:

@@ -4,6 +4,8 @@ so each run takes seconds): calibrate -> stored allocation -> run, the YAML roun
 one-line errors."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -67,6 +69,14 @@ def test_calibrate_then_run_tiny_lcm_and_yaml_round_trip(tmp_path, capsys):
     assert n["effective_bits"]["by_layer"] == m["effective_bits"]["by_layer"] == r["effective_bits"]["by_layer"]
     assert all(np.array_equal(a, b) for a, b in zip(_images(n), _images(m)))
     assert m["images_dir"] != r["images_dir"]  # describe() carries the BOS setting: another image folder
+    # a given allocation is its own configuration: the label names its sha, the sweep options are not in it
+    sha8 = m["method"]["allocation"]["sha"][:8]
+    assert m["label"] == f"mixdq W4A8 simulate alloc={sha8}" and r["label"] == "mixdq W4A8 simulate"
+    assert "k_sweep" not in m["method"]["options"] and r["method"]["options"]["k_sweep"] == 1 and "bos" in m["method"]["options"]
+    assert main(["compare", "--out-dir", out, "--model", "tiny-lcm", "--csv", "-"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    confs = sorted(row["configuration"] for row in rows if row["method"] == "mixdq")
+    assert confs == ["mixdq W4A8 sim", f"mixdq W4A8 sim alloc={sha8}"], confs
 
 
 def test_kernel_mode_runs_each_layer_at_its_width(tmp_path, capsys):
