@@ -284,3 +284,23 @@ def test_allocation_layer_names_are_checked_before_anything_loads(tmp_path, caps
     assert "names 2 layer(s) that are not modules of toy-flux's denoiser (FluxTransformer2DModel): nope.layer, transformer_blocks.0.attn.to_qq" in err, err
     assert "did you mean 'transformer_blocks.0.attn.to_q' for 'transformer_blocks.0.attn.to_qq'" in err and "unknown metric option 'foo'" in err
     assert not (tmp_path / "o" / "qbench.sqlite").exists()
+
+
+def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
+    """tiny-lcm with FAST: 4 content + 2 quality layers x 4 widths (W2, W4, W8, A8), 2 prompts in one
+    batch of 4 steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation
+    images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes, in both lines."""
+    from qbench.methods.mixdq_calib import work
+
+    assert work(2, 32, 8, 4, 1, 2) | {"what": ""} == {"images": 38, "reference_images": 2, "sensitivity_images": 32, "allocation_images_max": 4,
+                                                      "forward_passes": 32, "what": ""}
+    assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1], *_opts()]) == 0
+    out, err = capsys.readouterr()
+    est = [x for x in err.splitlines() if "mixdq: calibrating on" in x]
+    todo = [x for x in err.splitlines() if "to compute at most" in x]
+    assert len(est) == 1 and len(todo) == 1, err
+    for line in est + todo:
+        assert "38 images, 32 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
+        assert "32 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es)" in line, line
+    counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
+    assert counts["forward_passes"] == 32 and counts["images_generated"] - counts["allocation_images"] == 32, counts
