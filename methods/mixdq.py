@@ -100,8 +100,10 @@ def _options() -> tuple:
     return (
         Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8)"),
         Opt("a_candidates", "any", None, "candidate activation widths (default 4,8)"),
-        Opt("k_sweep", "any", None, "ratios k = b_content/b_quality swept (default MixDQ's linspace(0.46, 1.36, 10))"),
-        Opt("b_sweep", "any", None, "overall weight budgets swept, each <= W (default linspace(W-0.3, W, 10))"),
+        Opt("k_sweep", "any", None, "the values of k = b_content/b_quality to sweep, a list (k_sweep=1 means k = 1.0, not 1 point; "
+            "default MixDQ's linspace(0.46, 1.36, 10))"),
+        Opt("b_sweep", "any", None, "the overall weight budgets B to sweep, a list of bits in [narrowest candidate, W] (b_sweep=2 means B = 2.0 bits, "
+            "not 2 points; default linspace(W-0.3, W, 10))"),
         Opt("tolerance", "float", 0.02, "allowed deviation of a group's mean bits from its budget", minimum=0.0),
         Opt("act_alloc", "str", "mixed", "activation widths: mixed (ILP, mean = A) or uniform (A, a_fp16 layers at 16)", choices=("mixed", "uniform")),
         Opt("a_k_sweep", "any", None, "k values of the activation split (default 1)"),
@@ -215,8 +217,10 @@ class MixDQ(Method):
         self.a_k_sweep = _numbers("a_k_sweep", o["a_k_sweep"], [1.0])
         if min(self.k_sweep + self.a_k_sweep) <= 0:
             raise ConfigError("mixdq: k_sweep and a_k_sweep values must be > 0")
-        if max(self.b_sweep) > w + o["tolerance"] + 1e-9 or min(self.b_sweep) < self.w_cands[0] - 1e-9:
-            raise ConfigError(f"mixdq: b_sweep values must lie in [{self.w_cands[0]}, W{w}], got {self.b_sweep}")
+        bad = [b for b in self.b_sweep if b > w + o["tolerance"] + 1e-9 or b < self.w_cands[0] - 1e-9]
+        if bad:
+            raise ConfigError(f"mixdq: b_sweep values must lie in [{self.w_cands[0]} (narrowest of w_candidates), W{w} (--bits)], got {', '.join(f'{b:g}' for b in bad)}: "
+                              f"b_sweep lists weight budgets B in bits (b_sweep=2 means B = 2.0, not 2 points)")
         if o["a_fp16"] and self.bits.a is None:
             raise ConfigError("mixdq: a_fp16 applies to quantized activations; --bits has A16 (weight-only)")
         self.given = parse_allocation(o["allocation"], self.bits) if o["allocation"] else None

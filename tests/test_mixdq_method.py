@@ -212,7 +212,10 @@ BAD = [
     (["--bits", "W4A8", "-O", "w_candidates=2.5"], "w_candidates must be"),
     (["--bits", "W8A8", "-O", "w_candidates=2,4"], "outside the candidate widths"),
     (["--bits", "W4A8", "-O", "k_sweep=-1"], "must be > 0"),
-    (["--bits", "W4A8", "-O", "b_sweep=5"], "b_sweep values must lie in"),
+    (["--bits", "W4A8", "-O", "b_sweep=5"], "b_sweep values must lie in [2 (narrowest of w_candidates), W4 (--bits)], got 5: b_sweep lists weight budgets B in bits (b_sweep=2 means B = 2.0, not 2 points)"),
+    (["--bits", "W3A8", "-O", "b_sweep=1,2.8"], "b_sweep values must lie in [2 (narrowest of w_candidates), W3 (--bits)], got 1:"),
+    (["--bits", "W3A8", "-O", "w_candidates=4,8", "-O", "b_sweep=3"], "W3 lies outside the candidate widths"),
+    (["--bits", "W4A8", "-O", "w_candidates=3,4,8", "-O", "b_sweep=2.5,4"], "must lie in [3 (narrowest of w_candidates), W4 (--bits)], got 2.5"),
     (["--bits", "W4A8", "-O", "act_alloc=some"], "act_alloc must be one of"),
     (["--bits", "W4A8", "-O", "bos=maybe"], "bos must be true or false"),
     (["--bits", "W4A8", "-O", "kswep=1"], "did you mean 'k_sweep'"),
@@ -304,3 +307,21 @@ def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
         assert "32 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es)" in line, line
     counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
     assert counts["forward_passes"] == 32 and counts["images_generated"] - counts["allocation_images"] == 32, counts
+
+
+def test_sweep_option_help_says_they_are_values_not_counts():
+    from qbench.methods.mixdq import MixDQ
+
+    helps = {o.name: o.help for o in MixDQ.OPTIONS}
+    assert "b_sweep=2 means B = 2.0 bits, not 2 points" in helps["b_sweep"] and "[narrowest candidate, W]" in helps["b_sweep"]
+    assert "k_sweep=1 means k = 1.0, not 1 point" in helps["k_sweep"]
+
+
+def test_b_sweep_below_mixdqs_range_is_said(tmp_path, capsys):
+    """b_sweep=2 under W4A8 is a budget of 2 bits (legal: every layer at the narrowest candidate), not
+    2 points; the calibration says the mean will be about that, under a W4 label."""
+    assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1],
+                 *_opts(b_sweep="2")]) == 0
+    out, err = capsys.readouterr()
+    assert "b_sweep budgets 2 lie below MixDQ's range [W4 - 0.3, W4]: the allocation's mean weight bits will be about that, under a W4 label" in err, err
+    assert abs(json.loads(out)["mean_w"] - 2.0) <= 0.02 + 1e-9
