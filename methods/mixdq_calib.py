@@ -150,7 +150,7 @@ def _mse(images: list[Any], prompts: list[Any], refs: list[Any]) -> list[float]:
 def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any) -> dict[str, Any]:
     """Sensitivity of every (layer, width), then the allocation; writes YAML + JSON."""
     import torch
-    from qbench.methods.mixdq import allocation_yaml, overrides_of
+    from qbench.methods.mixdq_alloc import allocation_yaml, overrides_of
 
     from qbench.quant.bos import BOSAwareLinear, token_keep_mask
     from qbench.quant.linear import QuantLinear

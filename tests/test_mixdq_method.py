@@ -264,7 +264,8 @@ def test_naive_layers_file_made_for_another_model_is_refused(tmp_path, capsys):
 
 
 def test_allocation_header_is_parsed_and_headerless_files_pass(tmp_path):
-    from qbench.methods.mixdq import check_made_for
+    from qbench.methods.mixdq_alloc import check_made_for
+
     from qbench.quant.spec import BitSpec, made_for
 
     assert made_for(_header_yaml(tmp_path, "toy-flux", "W3A8")) == ("toy-flux", "W3A8")
