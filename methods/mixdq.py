@@ -59,7 +59,10 @@ What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
 The allocation is stored as ``<out_dir>/mixdq/<model>_<bits>_<key>.yaml`` (MixDQ's format,
 ``layer.name: 4``, or ``{w: 4, a: 16}`` where a layer's activations differ from ``--bits``) plus a
 ``.json`` with sensitivities, the sweep and provenance; ``naive --bits <same> -O layers=FILE``
-loads the YAML (the same layers, without the BOS path), ``mixdq -O allocation=FILE`` too.
+loads the YAML (the same layers, without the BOS path), ``mixdq -O allocation=FILE`` too. The
+YAML's header comment names the model and ``--bits`` it was made for; ``mixdq`` refuses a file
+made for another model or ``--bits`` (its widths were solved for that budget), ``naive`` one made
+for another model; files without the header (MixDQ's public YAMLs) are taken as they are.
 """
 from __future__ import annotations
 
@@ -68,13 +71,14 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+from qbench.methods.mixdq_alloc import allocation_yaml, check_made_for, overrides_of, parse_allocation
 from qbench.methods.mixdq_calib import calibrate_allocation, probe_text_stream
 
 from qbench.api import Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
-from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig, load_overrides
+from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
@@ -85,6 +89,8 @@ CONTENT = {
     "UNet2DConditionModel": ("*attn2*", "*ff*"),
     "FluxTransformer2DModel": ("context_embedder", "*text_embedder*", "*add_q_proj", "*add_k_proj", "*add_v_proj", "*to_add_out", "*ff*", "*proj_mlp"),
 }
+#: options that only steer the calibration (nothing of a given allocation's images depends on them)
+CALIBRATION_ONLY = {"w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
 PASS_THROUGH = ("group_size", "include", "exclude", "w_clip", "group_scales", "a_granularity")
 
 
@@ -95,8 +101,10 @@ def _options() -> tuple:
     return (
         Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8)"),
         Opt("a_candidates", "any", None, "candidate activation widths (default 4,8)"),
-        Opt("k_sweep", "any", None, "ratios k = b_content/b_quality swept (default MixDQ's linspace(0.46, 1.36, 10))"),
-        Opt("b_sweep", "any", None, "overall weight budgets swept, each <= W (default linspace(W-0.3, W, 10))"),
+        Opt("k_sweep", "any", None, "the values of k = b_content/b_quality to sweep, a list (k_sweep=1 means k = 1.0, not 1 point; "
+            "default MixDQ's linspace(0.46, 1.36, 10))"),
+        Opt("b_sweep", "any", None, "the overall weight budgets B to sweep, a list of bits in [narrowest candidate, W] (b_sweep=2 means B = 2.0 bits, "
+            "not 2 points; default linspace(W-0.3, W, 10))"),
         Opt("tolerance", "float", 0.02, "allowed deviation of a group's mean bits from its budget", minimum=0.0),
         Opt("act_alloc", "str", "mixed", "activation widths: mixed (ILP, mean = A) or uniform (A, a_fp16 layers at 16)", choices=("mixed", "uniform")),
         Opt("a_k_sweep", "any", None, "k values of the activation split (default 1)"),
@@ -131,36 +139,6 @@ def _numbers(name: str, values: Any, default: list, cast=float) -> list:
     return [cast(v) for v in nums]
 
 
-def overrides_of(alloc: dict[str, dict[str, Any]]) -> dict[str, dict[str, int]]:
-    """Allocation ``{name: {"w", "a"}}`` (a None = 16) -> QuantConfig overrides."""
-    return {n: {"w": int(v["w"]), "a": 16 if v["a"] is None else int(v["a"])} for n, v in alloc.items()}
-
-
-def allocation_yaml(alloc: dict[str, dict[str, Any]], bits: BitSpec, header: str) -> str:
-    """MixDQ's per-layer YAML (``name: 4``; ``name: {w: 4, a: 16}`` where a differs from ``bits``)."""
-    lines = [f"# {line}" for line in header.splitlines()]
-    for n in sorted(alloc):
-        w, a = alloc[n]["w"], alloc[n]["a"]
-        lines.append(f"{n}: {w}" if a == bits.a else f"{n}: {{w: {w}, a: {16 if a is None else a}}}")
-    return "\n".join(lines) + "\n"
-
-
-def parse_allocation(source: Any, bits: BitSpec) -> dict[str, dict[str, Any]]:
-    """A YAML/JSON allocation file or mapping -> ``{name: {"w", "a"}}`` (refuses fp16 entries:
-    MixDQ quantizes every layer it allocates)."""
-    out = {}
-    for name, v in load_overrides(source).items():
-        if isinstance(v, bool) or not isinstance(v, (int, dict)):
-            raise ConfigError(f"mixdq allocation entry {name!r}: expected bits (4) or {{w: 4, a: 8}}, got {v!r}")
-        w, a = (v, bits.a) if isinstance(v, int) else (v.get("w", bits.w), v.get("a", 16 if bits.a is None else bits.a))
-        a = None if a in (16, None) else a
-        BitSpec(int(w), None if a is None else int(a))
-        out[str(name)] = {"w": int(w), "a": None if a is None else int(a)}
-    if not out:
-        raise ConfigError("mixdq allocation is empty")
-    return out
-
-
 class MixDQ(Method):
     name = "mixdq"
     description = "MixDQ-style mixed precision: BOS-aware text layers, metric-decoupled sensitivity, ILP bit allocation"
@@ -193,11 +171,15 @@ class MixDQ(Method):
         self.a_k_sweep = _numbers("a_k_sweep", o["a_k_sweep"], [1.0])
         if min(self.k_sweep + self.a_k_sweep) <= 0:
             raise ConfigError("mixdq: k_sweep and a_k_sweep values must be > 0")
-        if max(self.b_sweep) > w + o["tolerance"] + 1e-9 or min(self.b_sweep) < self.w_cands[0] - 1e-9:
-            raise ConfigError(f"mixdq: b_sweep values must lie in [{self.w_cands[0]}, W{w}], got {self.b_sweep}")
+        bad = [b for b in self.b_sweep if b > w + o["tolerance"] + 1e-9 or b < self.w_cands[0] - 1e-9]
+        if bad:
+            raise ConfigError(f"mixdq: b_sweep values must lie in [{self.w_cands[0]} (narrowest of w_candidates), W{w} (--bits)], got {', '.join(f'{b:g}' for b in bad)}: "
+                              f"b_sweep lists weight budgets B in bits (b_sweep=2 means B = 2.0, not 2 points)")
         if o["a_fp16"] and self.bits.a is None:
             raise ConfigError("mixdq: a_fp16 applies to quantized activations; --bits has A16 (weight-only)")
         self.given = parse_allocation(o["allocation"], self.bits) if o["allocation"] else None
+        if self.given is not None:
+            check_made_for(o["allocation"], cfg.model, self.bits)
         self.alloc: dict[str, dict[str, Any]] | None = None
         self.origin: str | None = None  # option | stored | calibrated
         self.calib_info: dict[str, Any] = {}
@@ -247,6 +229,28 @@ class MixDQ(Method):
             return self.given
         st = self._stored()
         return None if st is None else {n: {"w": v["w"], "a": v["a"]} for n, v in st["allocation"].items()}
+
+    def check_layers(self, denoiser: Any) -> None:
+        """Preflight of ``-O allocation=FILE`` on the denoiser built on the meta device: every
+        layer it names exists and can be quantized (ConfigError listing the missing names), so a
+        wrong file fails before any model loads or reference image is generated."""
+        if self.given is None:
+            return
+        import difflib
+
+        from qbench.quant.api import _check_overrides
+
+        named = dict(denoiser.named_modules())
+        missing = sorted(n for n in self.given if n not in named)
+        if missing:
+            hint = next(((n, c[0]) for n in missing[:5] for c in [difflib.get_close_matches(n, list(named), n=1, cutoff=0.6)] if c), None)
+            more = f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+            raise ConfigError(f"mixdq allocation {self.opts['allocation']} names {len(missing)} layer(s) that are not modules of {self.cfg.model}'s denoiser "
+                              f"({type(denoiser).__name__}): {', '.join(missing[:5])}{more}" + (f"; did you mean {hint[1]!r} for {hint[0]!r}?" if hint else ""))
+        try:
+            _check_overrides(named, self.qconfig.replace(overrides=overrides_of(self.given)))
+        except ConfigError as e:
+            raise ConfigError(f"mixdq allocation {self.opts['allocation']}: {e}") from None
 
     # -- protocol ---------------------------------------------------------------------------------
     @property
@@ -324,12 +328,27 @@ class MixDQ(Method):
 
     # -- bookkeeping ------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
+        """Everything that changes the images. With ``-O allocation=FILE`` the options that only
+        steer the calibration (the sweep, candidates, content patterns, ...) change nothing and are
+        left out; the allocation's sha (of its ``{layer: {w, a}}`` map, not the file's bytes) is
+        what identifies the configuration, and :attr:`label` carries its first 8 hex digits."""
         alloc = self._peek()
-        opts = {k: v for k, v in self.opts.items() if k not in ("allocation", "recalibrate", "calib_batch_size")}
+        drop = {"allocation", "recalibrate", "calib_batch_size"} | (CALIBRATION_ONLY if self.given is not None else set())
+        opts = {k: v for k, v in self.opts.items() if k not in drop}
         out: dict[str, Any] = {"method": self.name, "bits": str(self.bits), "mode": self.mode, "options": opts, "allocation": None}
         if alloc is not None:
             out["allocation"] = {"sha": stable_hash(overrides_of(alloc), 16), "layers": len(alloc)}
+        if self.given is not None:
+            out["allocation"]["given"] = True
         return out
+
+    @property
+    def label(self) -> str:
+        """``mixdq W3A8 simulate``; with ``-O allocation=FILE`` ``mixdq W3A8 simulate alloc=<8 hex>``
+        (the allocation's sha), so that a given allocation and the calibrated one, or two given
+        ones, are different configurations in ``compare`` and ``export-results``."""
+        base = f"{self.name} {self.bits} {self.mode}"
+        return base if self.given is None else f"{base} alloc={stable_hash(overrides_of(self.given), 16)[:8]}"
 
     def report(self) -> dict[str, Any]:
         if self._qreport is None:
@@ -396,4 +415,4 @@ def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
     }
 
 
-__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "overrides_of", "parse_allocation", "run_calibration"]
+__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "check_made_for", "overrides_of", "parse_allocation", "run_calibration"]

@@ -83,9 +83,26 @@ def act_widths(method: MixDQ) -> list[int]:
     return sorted(set(method.a_cands) | {a}) if method.opts["act_alloc"] == "mixed" else [a]
 
 
+def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: int, points: int) -> dict[str, Any]:
+    """The calibration's work counted one way for the estimate and the progress line.
+
+    ``images`` = ``n`` full-precision reference images + ``sens_images`` (content layers: one
+    image per prompt per (layer, width) config) + at most ``points`` allocations x ``n`` images
+    (the image-MSE pick; an upper bound: equal allocations are scored once);
+    ``forward_passes`` = ``quality_configs`` x ``steps`` x ``batches`` denoiser calls replayed on
+    captured inputs for the output SQNR of the quality layers (no images)."""
+    alloc = points * n
+    return {"images": n + sens_images + alloc, "reference_images": n, "sensitivity_images": sens_images, "allocation_images_max": alloc,
+            "forward_passes": quality_configs * steps * batches,
+            "what": f"{n} full-precision reference + {sens_images} sensitivity images (content layers: SSIM) + at most {alloc} allocation images "
+                    f"({points} allocations x {n}); {quality_configs * steps * batches} denoiser passes = {quality_configs} quality-layer configs "
+                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)"}
+
+
 def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
-    """Images and denoiser passes of a calibration on ``n`` prompts (upper bounds), from the
-    denoiser's config (meta device, no weights) when it is on disk."""
+    """Images and denoiser passes of a calibration on ``n`` prompts with nothing cached (upper
+    bounds; :func:`work` says what each counts), from the denoiser's config (meta device, no
+    weights) when it is on disk."""
     from qbench.models.loader import get_spec
 
     spec = get_spec(method.cfg.model)
@@ -98,9 +115,9 @@ def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
         return {"images": n * (1 + points), "what": f"MixDQ sensitivity (layer count known after loading: + {widths} x {n} images per content layer, "
                 f"{widths} x {steps * math.ceil(n / batch)} denoiser passes per quality layer) and at most {points} allocations x {n} images"}
     nc, nq = census
-    return {"images": n * (1 + nc * widths + points), "forward_passes": nq * widths * steps * math.ceil(n / batch),
-            "what": f"MixDQ sensitivity of {nc} content layers (SSIM, {widths} widths x {n} images) and {nq} quality layers "
-                    f"(output SQNR on captured calls), then at most {points} allocations x {n} images; cached scores are reused"}
+    out = work(n, nc * widths * n, nq * widths, steps, math.ceil(n / batch), points)
+    out["what"] = f"MixDQ on {nc} content + {nq} quality layers x {widths} widths: " + out["what"] + "; cached scores are reused"
+    return out
 
 
 def _census(method: MixDQ, spec: Any) -> tuple[int, int] | None:
@@ -133,7 +150,7 @@ def _mse(images: list[Any], prompts: list[Any], refs: list[Any]) -> list[float]:
 def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any) -> dict[str, Any]:
     """Sensitivity of every (layer, width), then the allocation; writes YAML + JSON."""
     import torch
-    from qbench.methods.mixdq import allocation_yaml, overrides_of
+    from qbench.methods.mixdq_alloc import allocation_yaml, overrides_of
 
     from qbench.quant.bos import BOSAwareLinear, token_keep_mask
     from qbench.quant.linear import QuantLinear
@@ -206,9 +223,14 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     n_img = sum(len(runner.missing(key(*c))) for c in todo if c[0] in content)
     n_fw = sum(1 for c in todo if c[0] not in content)
     steps = method.cfg.steps or model.spec.steps
+    low = [b for b in method.b_sweep if b < W - al.MIXDQ_B_BELOW - 1e-9]
+    if low:  # legal (B is a budget in bits), but the mean then sits well below the --bits label
+        ctx.say(f"mixdq: note: b_sweep budgets {', '.join(f'{b:g}' for b in low)} lie below MixDQ's range [W{W} - {al.MIXDQ_B_BELOW:g}, W{W}]: "
+                f"the allocation's mean weight bits will be about that, under a W{W} label")
+    todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep))
     ctx.say(f"mixdq: sensitivity of {len(layers)} layers ({len(content)} content: SSIM on images; {len(layers) - len(content)} quality: output SQNR) x widths "
-            f"W{method.w_cands} A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute: {n_img} images + "
-            f"{n_fw} x {steps * math.ceil(len(prompts) / batch)} denoiser passes (+ {len(prompts)} full-precision trajectories if needed)")
+            f"W{method.w_cands} A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute at most: "
+            f"{todo_work['images']} images, {todo_work['forward_passes']} denoiser passes ({todo_work['what']}; the reference images are reused when cached)")
     advance = ctx.progress("mixdq sensitivity", len(configs))
     scores: dict[str, dict[str, dict[int, float]]] = {"w": {n: {} for n in layers}, "a": {n: {} for n in layers}}
     world = ctx.dist.world if ctx.dist is not None else 1

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from qbench.api import Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError
-from qbench.quant.spec import QUANT_OPTIONS, QuantConfig, load_overrides
+from qbench.quant.spec import QUANT_OPTIONS, QuantConfig, load_overrides, made_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
@@ -79,6 +79,10 @@ class Naive(Method):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.qconfig, self._overrides = build_quant_config(cfg.bits, cfg.mode, self.options, self.name)
+        layers = self.options.get("layers")
+        made = made_for(layers) if isinstance(layers, str) else None
+        if made is not None and made[0] != cfg.model:  # a per-layer file qbench wrote for another model
+            raise ConfigError(f"layer file {layers} was made for {made[0]} (its header), this run is {cfg.model}: its layer names and widths are that model's")
         self._reports: dict[str, Any] = {}
         self._prepared = False
 

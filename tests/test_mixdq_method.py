@@ -4,6 +4,8 @@ so each run takes seconds): calibrate -> stored allocation -> run, the YAML roun
 one-line errors."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 
@@ -67,6 +69,14 @@ def test_calibrate_then_run_tiny_lcm_and_yaml_round_trip(tmp_path, capsys):
     assert n["effective_bits"]["by_layer"] == m["effective_bits"]["by_layer"] == r["effective_bits"]["by_layer"]
     assert all(np.array_equal(a, b) for a, b in zip(_images(n), _images(m)))
     assert m["images_dir"] != r["images_dir"]  # describe() carries the BOS setting: another image folder
+    # a given allocation is its own configuration: the label names its sha, the sweep options are not in it
+    sha8 = m["method"]["allocation"]["sha"][:8]
+    assert m["label"] == f"mixdq W4A8 simulate alloc={sha8}" and r["label"] == "mixdq W4A8 simulate"
+    assert "k_sweep" not in m["method"]["options"] and r["method"]["options"]["k_sweep"] == 1 and "bos" in m["method"]["options"]
+    assert main(["compare", "--out-dir", out, "--model", "tiny-lcm", "--csv", "-"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    confs = sorted(row["configuration"] for row in rows if row["method"] == "mixdq")
+    assert confs == ["mixdq W4A8 sim", f"mixdq W4A8 sim alloc={sha8}"], confs
 
 
 def test_kernel_mode_runs_each_layer_at_its_width(tmp_path, capsys):
@@ -202,7 +212,10 @@ BAD = [
     (["--bits", "W4A8", "-O", "w_candidates=2.5"], "w_candidates must be"),
     (["--bits", "W8A8", "-O", "w_candidates=2,4"], "outside the candidate widths"),
     (["--bits", "W4A8", "-O", "k_sweep=-1"], "must be > 0"),
-    (["--bits", "W4A8", "-O", "b_sweep=5"], "b_sweep values must lie in"),
+    (["--bits", "W4A8", "-O", "b_sweep=5"], "b_sweep values must lie in [2 (narrowest of w_candidates), W4 (--bits)], got 5: b_sweep lists weight budgets B in bits (b_sweep=2 means B = 2.0, not 2 points)"),
+    (["--bits", "W3A8", "-O", "b_sweep=1,2.8"], "b_sweep values must lie in [2 (narrowest of w_candidates), W3 (--bits)], got 1:"),
+    (["--bits", "W3A8", "-O", "w_candidates=4,8", "-O", "b_sweep=3"], "W3 lies outside the candidate widths"),
+    (["--bits", "W4A8", "-O", "w_candidates=3,4,8", "-O", "b_sweep=2.5,4"], "must lie in [3 (narrowest of w_candidates), W4 (--bits)], got 2.5"),
     (["--bits", "W4A8", "-O", "act_alloc=some"], "act_alloc must be one of"),
     (["--bits", "W4A8", "-O", "bos=maybe"], "bos must be true or false"),
     (["--bits", "W4A8", "-O", "kswep=1"], "did you mean 'k_sweep'"),
@@ -219,3 +232,97 @@ def test_bad_options_are_one_line(tmp_path, capsys, argv, needle):
     lines = [x for x in err.strip().splitlines() if x.strip()]
     assert code != 0 and len(lines) == 1 and lines[0].startswith("qbench: error:") and needle in lines[0], err
     assert not (tmp_path / "qbench.sqlite").exists()
+
+
+def _header_yaml(tmp_path, model, bits, name="alloc.yaml"):
+    p = tmp_path / name
+    p.write_text(f"# MixDQ allocation (qbench mixdq) for {model} --bits {bits}: mean W2.011 A8.000 over 2 Linear layers\n"
+                 "# chosen split: B=2.000 k=1.000\ncontext_embedder: 2\nproj_out: 4\n")
+    return str(p)
+
+
+@pytest.mark.parametrize("model,bits,needle", [
+    ("toy-flux", "W3A8", "was made for toy-flux --bits W3A8 (its header), this run is toy-flux --bits W4A8: pass --bits W3A8, or calibrate"),
+    ("tiny-lcm", "W4A8", "was made for tiny-lcm --bits W4A8 (its header), this run is toy-flux --bits W4A8: pass --model tiny-lcm --bits W4A8"),
+])
+def test_allocation_made_for_other_bits_or_model_is_refused(tmp_path, capsys, model, bits, needle):
+    path = _header_yaml(tmp_path, model, bits)
+    code = main(["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "-O", f"allocation={path}"])
+    _, err = capsys.readouterr()
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("qbench: error:") and needle in lines[0], err
+
+
+def test_naive_layers_file_made_for_another_model_is_refused(tmp_path, capsys):
+    path = _header_yaml(tmp_path, "tiny-lcm", "W4A8")
+    code = main(["run", "--model", "toy-flux", "--method", "naive", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "-O", f"layers={path}"])
+    _, err = capsys.readouterr()
+    lines = [x for x in err.strip().splitlines() if x.strip()]
+    assert code == 2 and len(lines) == 1 and "was made for tiny-lcm (its header), this run is toy-flux" in lines[0], err
+
+
+def test_allocation_header_is_parsed_and_headerless_files_pass(tmp_path):
+    from qbench.methods.mixdq_alloc import check_made_for
+
+    from qbench.quant.spec import BitSpec, made_for
+
+    assert made_for(_header_yaml(tmp_path, "toy-flux", "W3A8")) == ("toy-flux", "W3A8")
+    check_made_for(_header_yaml(tmp_path, "toy-flux", "W3A8"), "toy-flux", BitSpec(3, 8))  # same model and bits: accepted
+    plain = tmp_path / "public.yaml"  # MixDQ's public YAMLs have no header
+    plain.write_text("# weight bit-widths\ncontext_embedder: 2\n")
+    assert made_for(str(plain)) is None
+    check_made_for(str(plain), "toy-flux", BitSpec(4, 8))
+
+
+def test_allocation_layer_names_are_checked_before_anything_loads(tmp_path, capsys):
+    """A wrong layer name is found by the preflight (denoiser on the meta device), listed with the
+    run's other problems, before the model loads or any reference image is generated."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("context_embedder: 4\ntransformer_blocks.0.attn.to_qq: 2\nnope.layer: 8\n")
+    code = main(["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:2", "--out-dir", str(tmp_path / "o"),
+                 "--no-progress", "--metrics", "psnr", "-M", "foo=1", "-O", f"allocation={bad}"])
+    _, err = capsys.readouterr()
+    assert code != 0 and "Traceback" not in err and "problems, nothing was loaded or generated" in err, err
+    assert "names 2 layer(s) that are not modules of toy-flux's denoiser (FluxTransformer2DModel): nope.layer, transformer_blocks.0.attn.to_qq" in err, err
+    assert "did you mean 'transformer_blocks.0.attn.to_q' for 'transformer_blocks.0.attn.to_qq'" in err and "unknown metric option 'foo'" in err
+    assert not (tmp_path / "o" / "qbench.sqlite").exists()
+
+
+def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
+    """tiny-lcm with FAST: 4 content + 2 quality layers x 4 widths (W2, W4, W8, A8), 2 prompts in one
+    batch of 4 steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation
+    images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes, in both lines."""
+    from qbench.methods.mixdq_calib import work
+
+    assert work(2, 32, 8, 4, 1, 2) | {"what": ""} == {"images": 38, "reference_images": 2, "sensitivity_images": 32, "allocation_images_max": 4,
+                                                      "forward_passes": 32, "what": ""}
+    assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1], *_opts()]) == 0
+    out, err = capsys.readouterr()
+    est = [x for x in err.splitlines() if "mixdq: calibrating on" in x]
+    todo = [x for x in err.splitlines() if "to compute at most" in x]
+    assert len(est) == 1 and len(todo) == 1, err
+    for line in est + todo:
+        assert "38 images, 32 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
+        assert "32 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es)" in line, line
+    counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
+    assert counts["forward_passes"] == 32 and counts["images_generated"] - counts["allocation_images"] == 32, counts
+
+
+def test_sweep_option_help_says_they_are_values_not_counts():
+    from qbench.methods.mixdq import MixDQ
+
+    helps = {o.name: o.help for o in MixDQ.OPTIONS}
+    assert "b_sweep=2 means B = 2.0 bits, not 2 points" in helps["b_sweep"] and "[narrowest candidate, W]" in helps["b_sweep"]
+    assert "k_sweep=1 means k = 1.0, not 1 point" in helps["k_sweep"]
+
+
+def test_b_sweep_below_mixdqs_range_is_said(tmp_path, capsys):
+    """b_sweep=2 under W4A8 is a budget of 2 bits (legal: every layer at the narrowest candidate), not
+    2 points; the calibration says the mean will be about that, under a W4 label."""
+    assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1],
+                 *_opts(b_sweep="2")]) == 0
+    out, err = capsys.readouterr()
+    assert "b_sweep budgets 2 lie below MixDQ's range [W4 - 0.3, W4]: the allocation's mean weight bits will be about that, under a W4 label" in err, err
+    assert abs(json.loads(out)["mean_w"] - 2.0) <= 0.02 + 1e-9

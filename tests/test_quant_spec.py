@@ -117,6 +117,10 @@ def test_load_overrides_files(tmp_path):
     lst.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="map"):
         load_overrides(str(lst))
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\x00\x01\xff")
+    with pytest.raises(ConfigError, match=r"bin\.yaml is not UTF-8 text \(invalid byte at offset 2\)"):
+        load_overrides(str(binary))
 
 
 def test_to_dict_is_json_able():

@@ -143,7 +143,10 @@ class Override:
 
 
 def load_overrides(source: str | os.PathLike | dict[str, Any] | None) -> dict[str, Any]:
-    """Per-layer overrides from a dict or a YAML/JSON file (``layer.name: {w: 8, a: 8}`` / ``fp16`` / ``8``)."""
+    """Per-layer overrides from a dict or a YAML/JSON file (``layer.name: {w: 8, a: 8}`` / ``fp16`` / ``8``).
+
+    Raises ConfigError (one line naming the file) when the file is missing, unreadable, not UTF-8,
+    not YAML/JSON or not a map."""
     if source is None:
         return {}
     if isinstance(source, dict):
@@ -151,8 +154,13 @@ def load_overrides(source: str | os.PathLike | dict[str, Any] | None) -> dict[st
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise ConfigError(f"layer override file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"layer override file {path} is not UTF-8 text (invalid byte at offset {e.start}); expected YAML/JSON `layer.name: bits`") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read layer override file {path}: {e.strerror or e}") from None
     import yaml
 
     try:
@@ -164,6 +172,22 @@ def load_overrides(source: str | os.PathLike | dict[str, Any] | None) -> dict[st
     if not isinstance(data, dict):
         raise ConfigError(f"layer override file {path} must hold a map of layer name -> bits, got {type(data).__name__}")
     return data
+
+
+#: a header comment on the first line of a per-layer file that qbench wrote: ``# ... for <model> --bits <W#A#>...``
+_MADE_FOR = re.compile(r"^#.*\bfor (\S+) --bits (W\d+A\d+)\b")
+
+
+def made_for(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(model, bits)`` named by the first-line header comment of a per-layer file written by qbench
+    (e.g. ``# MixDQ allocation (qbench mixdq) for toy-flux --bits W3A8: ...``), or None for a file
+    without one (hand-written or public maps) or one that cannot be read. Reads the first line only."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            m = _MADE_FOR.match(f.readline())
+    except (OSError, UnicodeDecodeError, TypeError):
+        return None
+    return (m.group(1), m.group(2)) if m else None
 
 
 def _is_pattern(key: str) -> bool:
