@@ -192,6 +192,10 @@ class QSched(Method):
             images = (self.opts["max_images"] if self.opts["max_images"] is not None else default_budget) + n_prompts
         return {"images": images, "what": f"Q-Sched {self.opts['search']} search over {n} coefficients (at most; cached scores are reused)"}
 
+    def check_layers(self, denoiser: Any) -> None:
+        """The base method's layer checks (e.g. a MixDQ allocation file's layer names)."""
+        self.base.check_layers(denoiser)
+
     def metric_needs(self) -> list[tuple[str, dict[str, Any]]]:
         """The JAQ scorer, when this run will calibrate (no usable checkpoint, no injected scorer)."""
         if self._scorer is not None or self._peek_checkpoint() is not None:

@@ -43,6 +43,7 @@ def _files(tmp_path):
     w("listcap.json", json.dumps([{"caption": ["a", "b"]}]))
     w("badlayers.yaml", "transformer_blocks.0.attn.to_q: {w: 4, group_size: 7}\n")
     w("bin.yaml", b"\x00\x01\xff", "wb")
+    w("nolayer.yaml", "transformer_blocks.99.attn.to_q: 4\n")
     w("notadb.sqlite", "this is a text file, not a database\n")
     (tmp_path / "promptdir").mkdir()
     d["promptdir"] = str(tmp_path / "promptdir") + "/"
@@ -73,6 +74,8 @@ CASES = [
     ("naive unknown option", ["--method", "naive", "--bits", "W4A8", "-O", "groupsize=64"], "did you mean 'group_size'"),
     ("naive bad layers file", ["--method", "naive", "--bits", "W4A8", "-O", "layers={badlayers.yaml}"], "group_size"),
     ("naive layers file not UTF-8", ["--method", "naive", "--bits", "W4A8", "-O", "layers={bin.yaml}"], "bin.yaml is not UTF-8"),
+    ("qsched over a mixdq allocation of missing layers", ["--method", "qsched", "--bits", "W4A8", "-O", "base=mixdq",
+                                                           "-O", "base_options={\"allocation\": \"{nolayer.yaml}\"}"], "transformer_blocks.99"),
     ("mixdq allocation file not UTF-8", ["--method", "mixdq", "--bits", "W4A8", "-O", "allocation={bin.yaml}"], "bin.yaml is not UTF-8"),
     ("unknown metric option", ["--metrics", "psnr", "-M", "foo=1"], "unknown metric option 'foo'"),
     ("inapplicable metric option", ["--metrics", "psnr", "-M", "fid_protocol=clean"], "applies to fid, fid-fp"),
