@@ -38,6 +38,8 @@ class External(Method):
     description = "a pipeline you quantized with any tool, scored as given (qbench.harness.run(cfg, pipe=...))"
     OPTIONS = _options()
     EXPORTABLE = False
+    #: runs only with a pipeline handed to qbench.harness.run (no regression cell, no sweep cell)
+    RUNS_FROM_CONFIG = False
     EXPORT_HINT = "the pipeline came from outside qbench"
 
     def __init__(self, cfg):
