@@ -1,6 +1,6 @@
 """Markdown of reports/mixdq-toy.md from the runs of reports/scripts/mixdq_toy.sh.
 
-    python reports/scripts/mixdq_toy_md.py OUT_DIR EVAL_PROMPTS BITS > reports/mixdq-toy.md
+    python reports/scripts/mixdq_toy_md.py OUT_DIR EVAL_PROMPTS > reports/mixdq-toy.md
 
 Reads each model's ``qbench run --json`` outputs, its ``qbench calibrate`` summary and the
 allocation JSON it names, and the per-prompt scores in the model's results database; paired
