@@ -236,6 +236,14 @@ def print_plan_table(plan: dict, con) -> None:
         return name + nums
 
     rows = [cells(r) for r in plan["cells"]] + [cells(plan["total"])]
+    if con.width < 72:  # too narrow for the columns: one wrapped line per cell, every value labelled
+        con.print(Text(f"qbench plan — {plan['gpus']} x {plan['gpu']} at {plan['effective_tflops']:.0f} effective TFLOP/s each"))
+        for i, r in enumerate(rows):
+            con.print(Text(f"{r[0]}: n {r[1]} · images {r[2]} · calib {r[3]} · fwd {r[4]} · PFLOP {r[5]} · GPU-h {r[6]} · wall h {r[7]}",
+                           style="bold" if i == len(rows) - 1 else ""))
+        con.print(Text("(k = thousand, M = million; a wider terminal or --json shows exact counts)", style="dim"))
+        con.print(Text(plan["assumptions"], style="dim"))
+        return
     t = Table(title=f"qbench plan — {plan['gpus']} x {plan['gpu']} at {plan['effective_tflops']:.0f} effective TFLOP/s each", title_justify="left",
               box=box.SIMPLE_HEAD if narrow else box.HEAVY_HEAD, pad_edge=not narrow)
     heads = (("cell", "n", "images", "calib", "fwd", "PFLOP", "GPU-h", "wall h") if narrow else

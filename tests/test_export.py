@@ -209,6 +209,9 @@ def test_save_pretrained_of_a_loaded_export_refuses_up_front_and_fp_still_saves(
     with pytest.raises(QBenchError, match="qbench export"):
         pipe.save_pretrained(str(tmp_path / "again"))
     assert not os.path.exists(tmp_path / "again")
+    with pytest.raises(QBenchError, match="qbench export"):  # the quantized component saved on its own
+        pipe.transformer.save_pretrained(str(tmp_path / "alone"))
+    assert not os.path.exists(tmp_path / "alone")
     load_model("toy-flux", device="cpu").pipe.save_pretrained(str(tmp_path / "fp"))  # unquantized: saves as ever
     assert os.path.exists(tmp_path / "fp" / "model_index.json")
 

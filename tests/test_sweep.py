@@ -130,3 +130,23 @@ def test_committed_sweep_files_load_and_plan():
     assert {"fp", "qsched/naive", "mixdq", "qsched/mixdq"} <= methods
     assert all(c["calibration_images"] > 0 for c in paper["cells"] if c["method"].startswith(("mixdq", "qsched")))
     assert paper["total"]["images"] == sum(c["images"] for c in paper["cells"])
+
+
+@pytest.mark.parametrize("width", [50, 80, 120, 200])
+def test_plan_table_never_cuts_a_number(width):
+    """`qbench plan` at any terminal width: no value cut with an ellipsis, every cell named."""
+    import io
+
+    from rich.console import Console
+
+    from qbench.tables import print_plan_table
+
+    cell = {"model": "flux-schnell", "method": "qsched/mixdq W4A8 simulate", "prompts": 30000, "images": 30000, "calibration_images": 4000,
+            "forwards": 136000, "pflops": 9803.5, "gpu_hours": 6.9, "wall_h": 0.9, "tflops_per_image": 288.3}
+    total = {"images": 960000, "calibration_images": 67112, "forwards": 5135560, "pflops": 80083.1, "gpu_hours": 56.2, "wall_h": 7.0}
+    plan = {"cells": [cell], "total": total, "gpus": 8, "gpu": "h100", "effective_tflops": 396.0, "assumptions": "FLOPs counted on the meta device"}
+    buf = io.StringIO()
+    print_plan_table(plan, Console(file=buf, width=width, force_terminal=False))
+    out = buf.getvalue()
+    assert "…" not in out and "flux-schnell" in out and "56.2" in out and "7.0" in out
+    assert ("960k" if width < 120 else "960,000") in out

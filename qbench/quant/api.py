@@ -190,16 +190,33 @@ def guard_pipeline_save(pipe: Any) -> Any:
     original = getattr(type(pipe), "save_pretrained", None)
     if original is None or getattr(pipe, "_qbench_save_guard", False):
         return pipe
+    comps = getattr(pipe, "components", {}) or {}
 
     def save_pretrained(*args: Any, **kwargs: Any) -> Any:
-        comps = getattr(pipe, "components", {}) or {}
-        if any(isinstance(c, nn.Module) and quant_layers(c) for c in comps.values()):
+        if any(isinstance(c, nn.Module) and quant_layers(c) for c in (getattr(pipe, "components", {}) or {}).values()):
             raise QBenchError(SAVE_REFUSED)
         return original(pipe, *args, **kwargs)
 
     object.__setattr__(pipe, "save_pretrained", save_pretrained)
     object.__setattr__(pipe, "_qbench_save_guard", True)
+    for comp in comps.values():  # a component saved on its own (its config.json came before the refusal)
+        if isinstance(comp, nn.Module) and hasattr(type(comp), "save_pretrained"):
+            _guard_module_save(comp)
     return pipe
+
+
+def _guard_module_save(module: nn.Module) -> None:
+    from qbench.errors import QBenchError
+    from qbench.quant.linear import SAVE_REFUSED
+
+    original = type(module).save_pretrained
+
+    def save_pretrained(*args: Any, **kwargs: Any) -> Any:
+        if quant_layers(module):
+            raise QBenchError(SAVE_REFUSED)
+        return original(module, *args, **kwargs)
+
+    object.__setattr__(module, "save_pretrained", save_pretrained)
 
 
 def observe_(module: nn.Module, on: bool = True) -> int:
