@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -192,13 +191,11 @@ def guard_pipeline_save(pipe: Any) -> Any:
     if original is None or getattr(pipe, "_qbench_save_guard", False):
         return pipe
     comps = getattr(pipe, "components", {}) or {}
-    ref = weakref.ref(pipe)  # no reference cycle: a dropped pipeline is freed at once, not by the GC
 
     def save_pretrained(*args: Any, **kwargs: Any) -> Any:
-        p = ref()
-        if any(isinstance(c, nn.Module) and quant_layers(c) for c in (getattr(p, "components", {}) or {}).values()):
+        if any(isinstance(c, nn.Module) and quant_layers(c) for c in (getattr(pipe, "components", {}) or {}).values()):
             raise QBenchError(SAVE_REFUSED)
-        return original(p, *args, **kwargs)
+        return original(pipe, *args, **kwargs)
 
     object.__setattr__(pipe, "save_pretrained", save_pretrained)
     object.__setattr__(pipe, "_qbench_save_guard", True)
@@ -213,13 +210,11 @@ def _guard_module_save(module: nn.Module) -> None:
     from qbench.quant.linear import SAVE_REFUSED
 
     original = type(module).save_pretrained
-    ref = weakref.ref(module)
 
     def save_pretrained(*args: Any, **kwargs: Any) -> Any:
-        m = ref()
-        if quant_layers(m):
+        if quant_layers(module):
             raise QBenchError(SAVE_REFUSED)
-        return original(m, *args, **kwargs)
+        return original(module, *args, **kwargs)
 
     object.__setattr__(module, "save_pretrained", save_pretrained)
 
