@@ -9,6 +9,7 @@ knows any particular method.
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -144,6 +145,7 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
                 references, n_ref = generate_cached(fp_model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
                 timings["reference_s"] = time.perf_counter() - t
                 del fp_model
+                gc.collect()  # free it now (pipelines can hold reference cycles), before the quantized run's memory is measured
             t = time.perf_counter()
             ctx = _calibration_context(plan, model, progress, say, dist)
             method.prepare(model)
