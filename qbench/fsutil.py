@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader never sees a half-written file, and writers never collide.
+"""Atomic file writes (a reader never sees a half-written file, and writers never collide) and
+the sha256 of a file.
 
 Every write goes to a uniquely named temporary file in the target's own folder
 (``tempfile.mkstemp``, unique across processes and threads, so two writers never share one
@@ -9,6 +10,7 @@ readers and writers and against a killed process, not against power loss.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from typing import Callable
@@ -60,3 +62,12 @@ def atomic_write_text(path: str, text: str, encoding: str = "utf-8") -> str:
 
 
 __all__ = ["atomic_write", "atomic_write_text"]
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of the file at ``path``, read in 4 MiB blocks. Raises OSError if unreadable."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -19,7 +19,6 @@ Provenance: a weights file may have a sidecar ``<file>.qbench.json`` (written by
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import urllib.error
@@ -29,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbench.errors import ConfigError, MissingWeightsError, QBenchError
+from qbench.fsutil import sha256_file
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -168,11 +168,7 @@ def file_sha256(path: str) -> str:
     st = os.stat(path)
     key = (os.path.realpath(path), st.st_size, st.st_mtime)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_file(path)
     return _SHA_CACHE[key]
 
 

@@ -27,7 +27,6 @@ imported (diffusers resolves a library it does not know from ``sys.modules`` onl
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from typing import Any
@@ -37,7 +36,7 @@ from diffusers import ModelMixin
 from torch import nn
 
 from qbench.errors import QBenchError
-from qbench.fsutil import atomic_write, atomic_write_text
+from qbench.fsutil import atomic_write, atomic_write_text, sha256_file
 
 FORMAT = "qbench-quantized-component"
 VERSION = 1
@@ -58,14 +57,6 @@ def _library(module: nn.Module) -> str:
     if lib not in LIBRARIES:
         raise QBenchError(f"cannot save a {type(module).__name__} ({type(module).__module__}): only diffusers and transformers components are supported")
     return lib
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_component(module: nn.Module, folder: str) -> dict[str, Any]:
@@ -107,7 +98,7 @@ def save_component(module: nn.Module, folder: str) -> dict[str, Any]:
         "class": type(module).__name__,
         "dtype": str(max(set(floats), key=floats.count)).replace("torch.", "") if floats else None,
         "tensors_file": TENSORS_FILE,
-        "tensors_sha256": _sha256(path),
+        "tensors_sha256": sha256_file(path),
         "aliases": aliases,
         "layers": {n: m.to_config() for n, m in layers},
     }
@@ -175,7 +166,7 @@ def load_component(folder: str, torch_dtype: torch.dtype | None = None) -> nn.Mo
     path = os.path.join(folder, qcfg.get("tensors_file") or TENSORS_FILE)
     if not os.path.isfile(path):
         raise QBenchError(f"{folder}: the tensor file {os.path.basename(path)} is missing")
-    if _sha256(path) != qcfg.get("tensors_sha256"):
+    if sha256_file(path) != qcfg.get("tensors_sha256"):
         raise QBenchError(f"{path} does not match the sha256 recorded in {CONFIG_FILE}: the file was changed or is incomplete")
     state = load_file(path)
     for alias, name in qcfg["aliases"].items():

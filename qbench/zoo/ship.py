@@ -5,14 +5,13 @@ run dtype (float32 on CPU), so the float32 "full-precision" reference is the fp1
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import time
 
 from qbench.errors import MissingWeightsError
-from qbench.fsutil import atomic_write_text
+from qbench.fsutil import atomic_write_text, sha256_file
 from qbench.zoo import common
 
 SHIPPED = {"toy-clip": "clip", "toy-lcm": "unet", "toy-flux": "flux"}
@@ -22,14 +21,6 @@ COMMANDS = {
     "unet": "qbench zoo train unet --minutes 40 --seed 0 --batch 32",
     "flux": "qbench zoo train flux --minutes 40 --seed 0 --batch 32",
 }
-
-
-def sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def training_phases(rows: list[dict], final_step: int | None) -> list[dict]:
@@ -124,7 +115,7 @@ def write_manifest() -> dict:
             rel = os.path.relpath(p, common.WEIGHTS_DIR)
             if rel == "MANIFEST.json":
                 continue
-            files[rel] = {"sha256": sha256(p), "bytes": os.path.getsize(p)}
+            files[rel] = {"sha256": sha256_file(p), "bytes": os.path.getsize(p)}
     manifest = {
         "what": "the toy world's trained models (qbench/zoo); every number they produce is a toy-world number",
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -145,6 +136,6 @@ def verify() -> list[str]:
     bad = []
     for rel, info in m["files"].items():
         p = os.path.join(common.WEIGHTS_DIR, rel)
-        if not os.path.exists(p) or sha256(p) != info["sha256"]:
+        if not os.path.exists(p) or sha256_file(p) != info["sha256"]:
             bad.append(rel)
     return bad
