@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,41 +183,36 @@ def quant_layers(module: nn.Module) -> list[tuple[str, _QuantCore]]:
 def guard_pipeline_save(pipe: Any) -> Any:
     """Make ``pipe.save_pretrained`` refuse, before it writes anything, while a component holds
     qbench-quantized layers (diffusers saves component by component, so the per-layer refusal came
-    only after the other components were written: a half-written folder). An unquantized
+    only after the other components were written: a half-written folder); the same for each
+    component's own ``save_pretrained`` (its config.json came before the refusal). An unquantized
     pipeline saves as before. Raises :class:`~qbench.errors.QBenchError` (one line) on save."""
-    from qbench.errors import QBenchError
-    from qbench.quant.linear import SAVE_REFUSED
-
-    original = getattr(type(pipe), "save_pretrained", None)
-    if original is None or getattr(pipe, "_qbench_save_guard", False):
+    if getattr(type(pipe), "save_pretrained", None) is None or getattr(pipe, "_qbench_save_guard", False):
         return pipe
-    comps = getattr(pipe, "components", {}) or {}
 
-    def save_pretrained(*args: Any, **kwargs: Any) -> Any:
-        if any(isinstance(c, nn.Module) and quant_layers(c) for c in (getattr(pipe, "components", {}) or {}).values()):
-            raise QBenchError(SAVE_REFUSED)
-        return original(pipe, *args, **kwargs)
+    def modules(obj: Any) -> list[nn.Module]:
+        return [obj] if isinstance(obj, nn.Module) else [c for c in (getattr(obj, "components", {}) or {}).values() if isinstance(c, nn.Module)]
 
-    object.__setattr__(pipe, "save_pretrained", save_pretrained)
+    for obj in [pipe] + modules(pipe):
+        if hasattr(type(obj), "save_pretrained"):
+            _refuse_save_while_quantized(obj, lambda obj=obj: modules(obj))
     object.__setattr__(pipe, "_qbench_save_guard", True)
-    for comp in comps.values():  # a component saved on its own (its config.json came before the refusal)
-        if isinstance(comp, nn.Module) and hasattr(type(comp), "save_pretrained"):
-            _guard_module_save(comp)
     return pipe
 
 
-def _guard_module_save(module: nn.Module) -> None:
+def _refuse_save_while_quantized(obj: Any, modules: Callable[[], list[nn.Module]]) -> None:
+    """Shadow ``obj.save_pretrained`` with one that raises while any of ``modules()`` holds
+    qbench-quantized layers (checked at call time) and otherwise calls the class's own."""
     from qbench.errors import QBenchError
     from qbench.quant.linear import SAVE_REFUSED
 
-    original = type(module).save_pretrained
+    original = type(obj).save_pretrained
 
     def save_pretrained(*args: Any, **kwargs: Any) -> Any:
-        if quant_layers(module):
+        if any(quant_layers(m) for m in modules()):
             raise QBenchError(SAVE_REFUSED)
-        return original(module, *args, **kwargs)
+        return original(obj, *args, **kwargs)
 
-    object.__setattr__(module, "save_pretrained", save_pretrained)
+    object.__setattr__(obj, "save_pretrained", save_pretrained)
 
 
 def observe_(module: nn.Module, on: bool = True) -> int:
