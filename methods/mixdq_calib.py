@@ -147,6 +147,15 @@ def _mse(images: list[Any], prompts: list[Any], refs: list[Any]) -> list[float]:
     return [float(np.mean((np.asarray(a, np.float64) / 255.0 - np.asarray(b, np.float64) / 255.0) ** 2)) for a, b in zip(images, refs)]
 
 
+def _gathered_mean(cache: Any, recs: list[tuple[str, str, float]]) -> float:
+    """Store the ``(key, prompt id, score)`` records another rank computed (those this rank's
+    cache lacks) and return their mean score."""
+    new = [r for r in recs if (r[0], r[1]) not in cache]
+    if new:
+        cache.put(new)
+    return float(np.mean([r[2] for r in recs]))
+
+
 def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any) -> dict[str, Any]:
     """Sensitivity of every (layer, width), then the allocation; writes YAML + JSON."""
     import torch
@@ -258,10 +267,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     # rank; every rank then holds every score (and the main rank's cache file all of them)
     results = ctx.map_batches(measure, configs)
     for (n, kind, b), (recs, _) in zip(configs, results):
-        new = [r for r in recs if (r[0], r[1]) not in cache]
-        if new:
-            cache.put(new)
-        scores[kind][n][b] = float(np.mean([r[2] for r in recs]))
+        scores[kind][n][b] = _gathered_mean(cache, recs)
     t_sens, c_sens = time.perf_counter() - t0, time.process_time() - c0
     n_computed = sum(1 for _, fresh in results if fresh)
     local = {"images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
@@ -316,10 +322,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
 
             # sharded runs: contiguous blocks of the distinct allocations per rank, as above
             for sha, recs in zip(firsts, ctx.map_batches(one, list(firsts.items()))):
-                new = [r for r in recs if (r[0], r[1]) not in cache]
-                if new:
-                    cache.put(new)
-                mse[sha] = float(np.mean([r[2] for r in recs]))
+                mse[sha] = _gathered_mean(cache, recs)
         for row in rows:
             row["mse"] = mse.get(row["sha"])
         best = min(range(len(rows)), key=lambda i: (rows[i]["mse"] if rows[i]["mse"] is not None else 0.0, -rows[i]["mean"], i))
