@@ -112,7 +112,7 @@ def _options() -> tuple:
         Opt("content", "list", None, "fnmatch patterns of content (SSIM-scored) layers (default per architecture)"),
         Opt("bos", "bool", True, "BOS-aware text-fed layers (token 0 in full precision, its k/v cached)"),
         Opt("text_token_rule", "str", "none", "text streams without a prompt-independent token 0: none, first or outlier token in FP", choices=("none", "first", "outlier")),
-        Opt("allocation", "str", None, "a per-layer YAML allocation to use instead of calibrating"),
+        Opt("allocation", "str", None, "a per-layer YAML allocation to use instead of calibrating", path=True),
         Opt("recalibrate", "bool", False, "calibrate even if a stored allocation exists"),
         Opt("calib_batch_size", "int", None, "images per generation batch while calibrating (default --batch-size)", minimum=1),
         *(q[n] for n in PASS_THROUGH),

@@ -100,7 +100,7 @@ def _qsched_options() -> tuple:
         Opt("calib_batch_size", "int", 5, "images per calibration batch", minimum=1),
         Opt("max_images", "int", None, "own-search budget (default: the 2-scalar grid's images / 20 minus the identity baseline)", minimum=1),
         Opt("search_options", "map", {}, "own_search keyword arguments (coarse, rungs, keep, ...)"),
-        Opt("qsched_ckpt", "str", None, "a Q-Sched checkpoint JSON to use instead of the stored one"),
+        Opt("qsched_ckpt", "str", None, "a Q-Sched checkpoint JSON to use instead of the stored one", path=True),
         Opt("recalibrate", "bool", False, "calibrate even if a stored checkpoint exists"),
         Opt("scorer_options", "map", {}, "options of the JAQ scorer (metric options)"),
         Opt("progress", "bool", True, "show the calibration progress bar"),
@@ -147,6 +147,7 @@ class QSched(Method):
         self._steps: int | None = None
         self._calib_prompts: list[Any] = []
         self._ctx: Any = None
+        self._calib_identity: Any = None
 
     def _check_options(self) -> None:
         """Relations between options (their types are checked by ``OPTIONS``)."""
@@ -225,6 +226,12 @@ class QSched(Method):
 
     def report(self) -> dict[str, Any]:
         out: dict[str, Any] = {"base": self.base.report(), "checkpoint": self.ckpt_path, "checkpoint_origin": self.ckpt_origin, "calib_eval_overlap": self.eval_overlap}
+        if self.ckpt_path and os.path.isfile(self.ckpt_path):  # a given file is used as given, labelled by its content
+            from qbench.identity import file_digest
+
+            out["checkpoint_sha256"] = file_digest(self.ckpt_path)
+        if self.ckpt is not None and self.ckpt_origin != "option":
+            out["checkpoint_identity"] = (self.ckpt.get("identity") or {}).get("key")
         if self.ckpt is not None:
             cal = self.ckpt.get("calibration", {})
             out.update(
@@ -239,32 +246,92 @@ class QSched(Method):
         return f"qsched/{self.opts['base']} {self.cfg.bits} {self.mode}"
 
     # -- checkpoint lookup ------------------------------------------------------------------------
+    def code_modules(self) -> list[str]:
+        """Q-Sched's modules plus its base method's."""
+        return sorted(set(super().code_modules()) | set(self.base.code_modules()))
+
+    def calibration_identity(self):
+        """The :class:`~qbench.identity.Identity` of the checkpoint this configuration calibrates:
+        the model (spec, weights content), the base method's full description and code, every
+        search option, the scorer's options and code, the calibration prompts' ids and texts, seed,
+        steps, guidance, resolution, dtype and device type, the generation code and libraries. A
+        stored checkpoint is used only under this key (its file name carries it)."""
+        from qbench.identity import digest
+
+        base_state = digest(self.base.describe())  # a base that calibrates changes its description when it does
+        if self._calib_identity is None or self._calib_identity[0] != base_state:
+            from qbench.generation import model_code, model_inputs
+            from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
+            from qbench.models.loader import get_spec, locate_model
+            from qbench.prompts import load_prompts
+
+            cfg = self.cfg
+            spec = get_spec(cfg.model)
+            ref = locate_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+            calib = self.calib_spec or cfg.calib_prompts or f"{spec.calib_prompts}:{self.calibration_prompts_n}"
+            prompts = load_prompts(calib)
+            scorer = ["custom", getattr(self._scorer, "__qualname__", repr(self._scorer))] if self._scorer is not None else ["jaq"]
+            from qbench.catalog import METRICS
+
+            scorer_code = [METRICS.entry("jaq").target.partition(":")[0]] if self._scorer is None else [self._scorer.__module__]
+            self._calib_identity = base_state, make("qsched-checkpoint", {
+                **model_inputs(ref),
+                "settings": self.settings(),
+                "base_files": self.base.option_files(),
+                "scorer": scorer,
+                "scorer_options": {**cfg.metric_options, **dict(self.opts["scorer_options"])},
+                "calibration_prompts": [[p.id, p.text] for p in prompts],
+                "seed": cfg.seed,
+                "steps": int(cfg.steps or spec.steps),
+                "guidance": spec.guidance if cfg.guidance is None else cfg.guidance,
+                "resolution": int(cfg.resolution or spec.resolution),
+                "dtype": str(ref.dtype),
+                "device_type": ref.device.split(":")[0],
+            }, code={"generation": model_code(ref), "method": self.code_modules() + ["qbench.calibration"], "scorer": scorer_code},
+                libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES + tuple(self.base.LIBRARIES))
+        return self._calib_identity[1]
+
     def stored_checkpoint_path(self, model_name: str | None = None, steps: int | None = None) -> str:
+        """``<out_dir>/qsched/<model>_<bits>_<base>_<parameterisation>_<steps>steps_<key>.json``,
+        ``key`` the first 12 characters of :meth:`calibration_identity`'s key: a calibration under
+        other inputs (prompts, grid, scorer, base state, code) has another file, never this one."""
         model_name = model_name or self.cfg.model
         steps = steps or self._steps or self.cfg.steps
         if steps is None:
             from qbench.catalog import MODELS
 
             steps = MODELS.get(model_name).steps
-        stem = f"{model_name}_{self.cfg.bits}_{self.opts['base']}_{self.opts['parameterisation']}_{steps}steps"
-        if self.opts["base_options"]:  # e.g. another MixDQ allocation: its own checkpoint, never overwriting
-            from qbench.config import stable_hash
-
-            stem += "_" + stable_hash(self.opts["base_options"], 8)
+        stem = f"{model_name}_{self.cfg.bits}_{self.opts['base']}_{self.opts['parameterisation']}_{steps}steps_{self.calibration_identity().key[:12]}"
         return os.path.join(self.cfg.out_dir, self.name, stem.replace("/", "-") + ".json")  # = ctx.artefacts.path(...)
+
+    def _stored_checkpoint(self) -> dict[str, Any] | None:
+        """The stored checkpoint of :meth:`calibration_identity`, if one exists and records that key
+        (none while the model's weights cannot be located: nothing was calibrated on them here)."""
+        from qbench.errors import MissingWeightsError
+
+        try:
+            path = self.stored_checkpoint_path()
+        except MissingWeightsError:
+            return None
+        if not os.path.exists(path):
+            return None
+        ckpt = load_checkpoint(path)
+        return ckpt if (ckpt.get("identity") or {}).get("key") == self.calibration_identity().key else None
 
     def _peek_checkpoint(self) -> dict[str, Any] | None:
         if self.opts["qsched_ckpt"]:
             return load_checkpoint(self.opts["qsched_ckpt"])
         if self.opts["recalibrate"]:
             return None
-        path = self.stored_checkpoint_path()
-        if not os.path.exists(path):
-            return None
-        ckpt = load_checkpoint(path)
-        # calibrated over another state of the base method (e.g. a recalibrated allocation): the
-        # run will calibrate again, so the plan must count it
-        return ckpt if _jsonable(ckpt.get("base_describe")) == _jsonable(self.base.describe()) else None
+        return self._stored_checkpoint()
+
+    def identity_describe(self) -> dict[str, Any]:
+        """Settings plus what determines the coefficients: the given checkpoint's content, else the
+        calibration's identity key (the coefficients follow from it), so a stored run is found
+        again whether or not its checkpoint has been written yet."""
+        if self.opts["qsched_ckpt"]:
+            return {**self.settings(), "files": self.option_files()}
+        return {**self.settings(), "base_files": self.base.option_files(), "calibration": self.calibration_identity().key}
 
     def _eval_overlap(self, ids: list[str], texts: list[str]) -> int:
         """How many calibration prompts (by id or text) are among the run's evaluation prompts."""
@@ -331,20 +398,20 @@ class QSched(Method):
             self.ckpt, self.ckpt_path, self.ckpt_origin = ckpt, path, "option"
             return
         path = self.stored_checkpoint_path()
-        if os.path.exists(path) and not self.opts["recalibrate"]:
-            ckpt = load_checkpoint(path)
-            self._check_ckpt_fits(ckpt, path)
-            if _jsonable(ckpt.get("base_describe")) == _jsonable(self.base.describe()):
-                self.ckpt, self.ckpt_path, self.ckpt_origin = ckpt, path, "stored"
-                ctx.say(f"qsched: using stored checkpoint {path}")
-                return
-            ctx.say(f"qsched: stored checkpoint {path} was calibrated over another state of the base method; recalibrating (it is replaced)")
-        elif not self.opts["recalibrate"]:
-            ctx.say(f"qsched: no stored checkpoint for {self.cfg.model} {self.cfg.bits} base={self.opts['base']} ({path}); calibrating first")
+        stored = None if self.opts["recalibrate"] else self._stored_checkpoint()
+        if stored is not None:
+            self._check_ckpt_fits(stored, path)
+            self.ckpt, self.ckpt_path, self.ckpt_origin = stored, path, "stored"
+            ctx.say(f"qsched: using stored checkpoint {path} (identity {self.calibration_identity().key})")
+            return
+        if not self.opts["recalibrate"]:
+            ctx.say(f"qsched: no checkpoint calibrated under these inputs (identity {self.calibration_identity().key}: model, base, "
+                    f"prompts, search, scorer, code); calibrating first -> {path}")
         if not prompts:
             raise QBenchError("qsched: no checkpoint and no calibration prompts")
         self.eval_overlap = 0  # the harness refuses calibration prompts that overlap the evaluation prompts
         self.ckpt = self.calibrate_coefficients(model, prompts, ctx)
+        self.ckpt["identity"] = self.calibration_identity().record()
         validate_checkpoint(self.ckpt, source=path)
         name = os.path.basename(path)  # the store's root is <out_dir>/qsched: the stored path
         self.ckpt_path = ctx.artefacts.save_json(name, self.ckpt)
@@ -376,10 +443,6 @@ class QSched(Method):
             self.ckpt_path = self.opts["qsched_ckpt"] or self.stored_checkpoint_path()
             self.ckpt_origin = "option" if self.opts["qsched_ckpt"] else "stored"
         apply_qsched(model.pipe, self.ckpt)
-
-
-def _jsonable(obj: Any) -> Any:
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 __all__ = [

@@ -324,9 +324,9 @@ def make_checkpoint(coeffs: QSchedCoefficients, *, steps: int, provenance: dict[
     the method passes its calibration context's provenance)."""
     c_eps, c_x = coeffs.resolve(steps)
     if provenance is None:
-        from qbench.imagecache import code_version
+        from qbench.measure import qbench_version
 
-        provenance = {"code": code_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        provenance = {"qbench": qbench_version(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     return {"format": CKPT_FORMAT, **coeffs.to_dict(), "steps": steps, "c_eps": c_eps, "c_x": c_x, **fields, "provenance": provenance}
 
 

@@ -62,6 +62,7 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
     base-converted ``model``; returns a checkpoint dict (``make_checkpoint``). The pipeline's
     scheduler is restored afterwards (also on Ctrl-C)."""
     from qbench.calibration import CachedObjective, lattice, run_search
+    from qbench.imagecache import sha
 
     o = method.opts
     param, steps = o["parameterisation"], int(method._steps)
@@ -80,7 +81,9 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
         "base": method.base.describe(),
         "parameterisation": param,
         "scorer": scorer_desc,
-    })
+        "seed_rule": "run seed + prompt index",
+    }, code={"method": method.code_modules() + ["qbench.calibration"],
+             "scorer": [method._scorer.__module__ if method._scorer is not None else "qbench.metrics.jaq"]})
     axis = lattice(float(o["grid_lo"]), float(o["grid_hi"]), int(o["grid_n"]))
     n = n_params(param, steps)
     grid_images, default_budget = own_budget(len(axis), n, len(prompts))
@@ -94,7 +97,8 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
     t0 = time.perf_counter()
     try:
         advance = ctx.progress(f"qsched {search} search: images generated", total + len(prompts))
-        obj = CachedObjective(compute, [p.id for p in prompts], batch_size=int(o["calib_batch_size"]), cache=cache, on_images=advance,
+        # a score is kept per (point, prompt id + index + text): an edited prompt text or position is a new item
+        obj = CachedObjective(compute, [f"{p.id}@{p.index}#{sha([p.text], 8)}" for p in prompts], batch_size=int(o["calib_batch_size"]), cache=cache, on_images=advance,
                               map_batches=ctx.map_batches)
         if obj.images_cached:
             ctx.say(f"qsched: resuming from {cache.path} ({obj.images_cached} cached scores are not regenerated)")
@@ -152,31 +156,24 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
 def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None = None) -> dict[str, Any]:
     """``qbench calibrate --method qsched``: load the model, calibrate (always; a stored checkpoint
     for the same model/bits/base is overwritten), write the checkpoint, return a summary."""
-    from qbench.methods.qsched import QSched
-
-    from qbench.calibctx import CalibrationContext
-    from qbench.models.loader import load_model
-    from qbench.preflight import plan_calibration
+    from qbench.phases import calibrate
 
     if cfg.method != "qsched":
         raise ConfigError(f"this calibration is for --method qsched, got {cfg.method!r}")
     opts = dict(cfg.method_options)
     if opts.get("qsched_ckpt"):
-        raise ConfigError("qbench calibrate writes a checkpoint; --qsched-ckpt is for qbench run")
+        raise ConfigError("qbench calibrate writes a checkpoint; -O qsched_ckpt is for qbench run")
     if search is not None:
         opts["search"] = search
     opts["recalibrate"] = True
     opts.setdefault("progress", show_progress)
-    cfg = cfg.replace(method_options=opts)
-    method = QSched(cfg)
-    prompts, ref = plan_calibration(cfg, method)  # every problem at once, before anything loads
-    model = load_model(cfg.model, ref=ref)
-    # full-precision images for a base method that asks for them, made before anything quantizes
-    ctx = CalibrationContext.standalone(model, cfg, prompts, method.name, progress=bool(method.opts["progress"]),
-                                        fp_images=method.NEEDS_FP_CALIBRATION_IMAGES)
-    method.prepare(model)
-    method.calibrate(model, prompts, ctx)
+    # the calibrate sequence of qbench.phases: plan (every problem at once, before anything loads)
+    # -> load -> apply without convert (full-precision images for a base method that asks for
+    # them are made first, through the image cache)
+    state = calibrate(cfg.replace(method_options=opts), show_progress=show_progress)
+    method, cfg = state.plan.method, state.cfg
     assert method.ckpt is not None and method.ckpt_path is not None
+    ctx = method._ctx
     cal = method.ckpt["calibration"]
     ctx.say(
         f"qsched: {cal['search']} search: JAQ {cal['jaq_before']:.4f} -> {cal['jaq_after']:.4f} ({cal['chosen']}); "

@@ -83,6 +83,9 @@ class Method:
     #: the harness generates full-precision images of the calibration prompts before ``prepare``
     #: (``ctx.fp_images()``), e.g. for fidelity-based sensitivity
     NEEDS_FP_CALIBRATION_IMAGES: ClassVar[bool] = False
+    #: libraries (distribution names) whose versions change this method's output beyond the
+    #: generation libraries (torch, diffusers, ...), e.g. ``("torchao",)``: part of its identity
+    LIBRARIES: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, cfg: "RunConfig"):
         from qbench.errors import ConfigError
@@ -143,6 +146,25 @@ class Method:
     def describe(self) -> dict[str, Any]:
         """Everything that changes this method's images; stored with the run, keys the image cache."""
         return {"method": self.name, "bits": None, "mode": self.mode, "options": self.options}
+
+    def code_modules(self) -> list[str]:
+        """The modules whose code computes this method's output: the modules of its class and of
+        its qbench base classes (:func:`qbench.identity.code_digest` adds what they import). A
+        method that runs another (a base method) adds that one's."""
+        return sorted({c.__module__ for c in type(self).__mro__ if c.__module__ not in ("builtins", "abc")})
+
+    def option_files(self) -> dict[str, str]:
+        """``{option: content sha256}`` of the options that name a local file or folder
+        (declared ``Opt(..., path=True)``): part of every identity this method's output enters."""
+        from qbench.identity import option_files
+
+        return option_files(self.options, self.OPTIONS)
+
+    def identity_describe(self) -> dict[str, Any]:
+        """What a stored run of this method is keyed by (``qbench.phases.run_identity``):
+        :meth:`describe` plus the content of the files its options name. A calibrating method
+        whose calibrated values are not known yet returns what determines them instead."""
+        return {**self.describe(), "files": self.option_files()}
 
     def report(self) -> dict[str, Any]:
         """Facts learned while converting (layers quantized, kernel used, ...); stored with the run."""

@@ -261,26 +261,31 @@ class CalibrationContext:
         score.describe = m.describe  # type: ignore[attr-defined]
         return score
 
-    def score_cache(self, name: str, context: dict[str, Any]) -> ScoreCache:
-        """A resumable cache under ``<out_dir>/cache/<method>/``; ``context`` (plus the model, its
-        weights, the run's sampling settings and the code version) names the file."""
-        from qbench.imagecache import code_version, sha
+    def score_cache(self, name: str, context: dict[str, Any], code: dict[str, list[str]] | None = None) -> ScoreCache:
+        """A resumable cache under ``<out_dir>/cache/<method>/``, named by the key of a
+        ``score-cache`` :class:`~qbench.identity.Identity`: ``context`` (what the caller's scores
+        depend on) plus the model, its weights, the run's sampling settings, the code of the
+        generation path and of ``code``'s components (default: the method's registered module and
+        what it imports), and the generation and metric libraries."""
+        from qbench.catalog import METHODS
+        from qbench.generation import model_code, model_inputs
+        from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
 
-        full = {
-            "model": self.model.spec.name,
-            "weights": self.model.source,
-            "weights_fingerprint": self.model.fingerprint,
+        if code is None:
+            target = METHODS.entry(self.method_name).target if self.method_name in METHODS else None
+            code = {"method": [target.partition(":")[0]] if isinstance(target, str) else []}
+        ident = make("score-cache", {
+            **model_inputs(self.model),
             "steps": self.steps,
             "guidance": self.guidance,
             "resolution": self.resolution,
             "seed": self.cfg.seed,
             "dtype": str(self.model.dtype),
             "device_type": self.model.device.split(":")[0],
-            "code": code_version(),
-            **context,
-        }
-        path = os.path.join(self.cfg.out_dir, "cache", self.method_name, f"{self.model.spec.name}-{name}-{sha(full)}.jsonl")
-        return ScoreCache(path, full, write=self.is_main)
+            "context": context,
+        }, code={"generation": model_code(self.model), **code}, libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES)
+        path = os.path.join(self.cfg.out_dir, "cache", self.method_name, f"{self.model.spec.name}-{name}-{ident.key}.jsonl")
+        return ScoreCache(path, ident.record(), write=self.is_main)
 
     def progress(self, what: str, total: int) -> Callable[[int], None]:
         """``advance(n)`` of a new progress task."""
@@ -290,7 +295,7 @@ class CalibrationContext:
         return lambda n: self._progress.advance(task, n)
 
     def provenance(self, method_describe: dict[str, Any]) -> dict[str, Any]:
-        from qbench.imagecache import code_version
+        from qbench.measure import qbench_version
 
         return {
             "model": self.model.spec.name,
@@ -300,7 +305,7 @@ class CalibrationContext:
             "prompt_ids": [p.id for p in self.prompts],
             "seed": self.cfg.seed,
             "steps": self.steps,
-            "code": code_version(),
+            "qbench": qbench_version(),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
 

@@ -278,6 +278,7 @@ def _finished(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
     from qbench.compare import compare, make_row, matches, status_counts
     from qbench.compare_table import print_compare
     from qbench.store import Store
@@ -331,11 +332,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if args.csv:
             write_text(args.csv, to_csv(compare_records(payload)))
         if args.json and args.json != "-":
-            write_text(args.json, json.dumps(payload, indent=1, default=str) + "\n")
+            write_text(args.json, dumps(payload, indent=1) + "\n")
         if "-" in (args.csv, args.json):
             return 0
     if args.json == "-":
-        print(json.dumps(payload, indent=1, default=str))
+        print(dumps(payload, indent=1))
         return 0
     con = console()
     for m in models:
@@ -344,25 +345,27 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
     from qbench.store import Store
     from qbench.tables import console, print_run
 
     run = Store(_db_path(args), create=False).get(args.run)
     if args.json:
-        print(json.dumps(run, indent=1, default=str))
+        print(dumps(run, indent=1))
     else:
         print_run(run, console())
     return 0
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
     from qbench.store import Store
     from qbench.tables import console, print_runs
 
     store = Store(_db_path(args), create=False)
     runs = store.runs(model=args.model, status=args.status)
     if args.json:
-        print(json.dumps(runs, indent=1, default=str))
+        print(dumps(runs, indent=1))
         return 0
     if not runs:
         raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")

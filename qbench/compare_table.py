@@ -88,7 +88,9 @@ def _fmt_delta(d: dict[str, Any] | None) -> str:
     if d["mean"] == 0 and d["se"] == 0:
         return "0 (identical)"  # every prompt scored the same: no difference, nothing to resolve
     s = fmt_se(d["mean"], d["se"], signed=True)
-    return s + (" ~" if d["se"] and math.isfinite(d["se"]) and abs(d["mean"]) < 2 * d["se"] else "")
+    if d["se"] is None or not math.isfinite(d["se"]):
+        return s + " ± n/a"  # n < 2: no standard error, nothing resolved
+    return s + (" ~" if d["se"] and abs(d["mean"]) < 2 * d["se"] else "")
 
 
 def _size_mark(r: dict[str, Any]) -> str:

@@ -18,6 +18,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
 
+from qbench.errors import QBenchError
+
 T = TypeVar("T")
 
 
@@ -45,46 +47,71 @@ class Dist:
         hi = lo + n // w + (1 if r < n % w else 0)
         return list(items[lo:hi])
 
+    # Every collective is an all-gather of (status, payload) pairs, so a rank that fails can tell
+    # the others from wherever they wait: it joins their next collective with a failure record
+    # (:meth:`announce_failure`), and every rank raises :class:`RankFailed` there instead of
+    # hanging in a collective the failed rank never reaches. Ranks stay in lock step because every
+    # phase of a run ends in a collective (``qbench.phases``).
+    def _exchange(self, obj: Any) -> list[Any]:
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        dist.all_gather_object(out, (_OK, obj))
+        failed = [(r, o[1]) for r, o in enumerate(out) if o[0] == _FAILED]
+        if failed:
+            r, msg = failed[0]
+            raise RankFailed(f"rank {r} of {self.world} failed: {msg}" + (f" (and {len(failed) - 1} other ranks)" if len(failed) > 1 else ""))
+        return [o[1] for o in out]
+
+    def announce_failure(self, error: BaseException) -> None:
+        """Join the other ranks' next collective with a failure record (they raise RankFailed)."""
+        if not self.enabled or isinstance(error, RankFailed):
+            return
+        import torch.distributed as dist
+
+        out: list[Any] = [None] * self.world
+        msg = str(error).splitlines()[0][:300] if str(error) else type(error).__name__
+        try:
+            dist.all_gather_object(out, (_FAILED, msg))
+        except Exception:  # noqa: BLE001 - the process group itself is gone: nothing left to tell
+            pass
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's ``obj``, in rank order, on every rank (pickled over the process group)."""
         if not self.enabled:
             return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] = [None] * self.world
-        dist.all_gather_object(out, obj)
-        return out
+        return self._exchange(obj)
 
     def gather_to_main(self, obj: Any) -> list[Any] | None:
-        """Every rank's ``obj`` in rank order on the main rank (None elsewhere): for large states."""
+        """Every rank's ``obj`` in rank order on the main rank (None elsewhere)."""
         if not self.enabled:
             return [obj]
-        import torch.distributed as dist
-
-        out: list[Any] | None = [None] * self.world if self.is_main else None
-        dist.gather_object(obj, out, dst=0)
-        return out
+        out = self._exchange(obj)
+        return out if self.is_main else None
 
     def broadcast(self, obj: Any) -> Any:
         """The main rank's ``obj`` on every rank."""
         if not self.enabled:
             return obj
-        import torch.distributed as dist
-
-        box = [obj if self.is_main else None]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return self._exchange(obj if self.is_main else None)[0]
 
     def barrier(self) -> None:
         if self.enabled:
-            self._state.wait_for_everyone()
+            self._exchange(None)
 
     def any_failed(self, failed: bool) -> bool:
-        """True on every rank when any rank failed (so all stop together instead of hanging)."""
+        """True on every rank when any rank says it failed."""
         return any(self.gather(bool(failed)))
 
     def describe(self) -> dict[str, Any]:
         return {"world_size": self.world, "backend": self.backend, "split": "contiguous blocks of batches by prompt position"}
+
+
+_OK, _FAILED = "ok", "failed"
+
+
+class RankFailed(QBenchError):
+    """Another rank of a sharded run failed; this rank stops the same cell (one line)."""
 
 
 _CURRENT: Dist | None = None

@@ -201,29 +201,24 @@ def export(cfg, out: str, *, force: bool = False, show_progress: bool = True, lo
     ``qbench run`` would, and write it to ``out`` with :func:`save_quantized`. Returns the export
     index. Nothing is generated or stored besides what the method's calibration writes (e.g. a
     Q-Sched checkpoint under ``cfg.out_dir``)."""
-    from qbench.harness import _calibration_context
     from qbench.measure import provenance
-    from qbench.models.loader import load_model
-    from qbench.preflight import plan_run
-    from qbench.progress import make_progress
+    from qbench.phases import RunState, run_phases
     from qbench.quant.api import size_report
 
     say = log or (lambda msg: None)
     _check_out(os.path.abspath(out), force)  # before anything heavy; checked again when writing
-    plan = plan_run(cfg.replace(metrics=[]))
-    cfg, method = plan.cfg, plan.method
-    if not method.uses_bits:
-        raise ConfigError(f"method {method.name!r} does not quantize: nothing to export (save the original pipeline with save_pretrained)")
-    if not getattr(method, "EXPORTABLE", True):
-        raise ConfigError(f"method {method.name!r} does not make qbench-quantized layers: `qbench export` writes those only ({method.EXPORT_HINT})")
-    if plan.calibration:
-        say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
-    model = load_model(cfg.model, ref=plan.ref)
-    with make_progress(show_progress) as progress:
-        ctx = _calibration_context(plan, model, progress, say)
-        method.prepare(model)
-        method.calibrate(model, plan.calib_prompts, ctx)
-        method.convert(model)
+
+    def refuse(state: RunState) -> None:  # after the plan, before anything loads
+        method = state.plan.method
+        if not method.uses_bits:
+            raise ConfigError(f"method {method.name!r} does not quantize: nothing to export (save the original pipeline with save_pretrained)")
+        if not getattr(method, "EXPORTABLE", True):
+            raise ConfigError(f"method {method.name!r} does not make qbench-quantized layers: `qbench export` writes those only ({method.EXPORT_HINT})")
+        if state.plan.calibration:
+            say(f"calibrating first on {state.plan.calib_spec}: {state.plan.calibration['images']} images ({state.plan.calibration['what']})")
+
+    state = run_phases(RunState(cfg.replace(metrics=[]), show_progress=show_progress, say=say, record=False), "export", after_plan=refuse)
+    plan, cfg, method, model = state.plan, state.cfg, state.plan.method, state.model
     if not quantized_components(model.pipe):
         raise QBenchError(f"{method.label} left no qbench-quantized layer in the pipeline: nothing to export")
     size = size_report(model.denoiser)
@@ -240,6 +235,7 @@ def export(cfg, out: str, *, force: bool = False, show_progress: bool = True, lo
         "calibration": {"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
         "exported_with": {k: v for k, v in provenance(model.device).items() if k in ("device", "device_name", "git", "versions")},
         "run_config": cfg.to_dict(),
+        "identity": state.identity.record(),
     }
     doc = save_quantized(model.pipe, out, meta=meta, force=force)
     say(f"exported {method.label} of {cfg.model} to {os.path.abspath(out)}")

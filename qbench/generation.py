@@ -33,24 +33,57 @@ def sampling_settings(model, cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def image_key(model, method_desc: dict[str, Any], cfg: RunConfig) -> tuple[str, dict[str, Any]]:
-    """Folder key of a run's images: everything but the prompts that changes pixels
-    (:mod:`qbench.imagecache`)."""
-    from qbench.imagecache import code_version, sha
+def model_inputs(model) -> dict[str, Any]:
+    """What identifies a model (a :class:`~qbench.models.base.LoadedModel` or a located
+    :class:`~qbench.models.loader.ModelRef`): its spec, where its weights came from and their
+    content fingerprint (hub snapshots: the revision in ``source``)."""
+    import dataclasses
 
     spec = model.spec
-    meta = {
+    return {
         "model": spec.name,
+        "spec": {k: v for k, v in dataclasses.asdict(spec).items() if k != "description"},
         "weights": model.source,
         "weights_fingerprint": model.fingerprint,
-        "pipeline": spec.pipeline_class,
-        "scheduler": [spec.scheduler_class, spec.scheduler_config],
-        "call_kwargs": spec.call_kwargs,
-        "method": method_desc,
-        **sampling_settings(model, cfg),
-        "code": code_version(),
     }
-    return sha(meta), meta
+
+
+def model_code(model) -> list[str]:
+    """The modules whose code loads and runs ``model``: generation, the loader, the module that
+    declares its spec (and builds a tiny twin's weights)."""
+    from qbench.catalog import MODELS
+
+    mods = ["qbench.generation", "qbench.models.loader", "qbench.models.base"]
+    target = MODELS.entry(model.spec.name).target if model.spec.name in MODELS else None
+    if isinstance(target, str):
+        mods.append(target.partition(":")[0])
+    builder = model.spec.tiny_builder  # "module:function" that builds a tiny twin's weights
+    if isinstance(builder, str):
+        mods.append(builder.partition(":")[0])
+    elif callable(builder):
+        mods.append(builder.__module__)
+    return mods
+
+
+def image_identity(model, method, cfg: RunConfig):
+    """The :class:`~qbench.identity.Identity` of a run's image folder: everything but the prompts
+    that changes pixels (the model, the method's full description and code, the sampling
+    settings, the generation code and libraries). Prompt text, seed and batch are in each file's
+    name (:mod:`qbench.imagecache`)."""
+    from qbench.identity import GENERATION_LIBRARIES, make
+
+    return make(
+        "images",
+        {**model_inputs(model), "method": method.describe(), **sampling_settings(model, cfg)},
+        code={"generation": model_code(model), "method": method.code_modules()},
+        libraries=GENERATION_LIBRARIES + tuple(method.LIBRARIES),
+    )
+
+
+def image_key(model, method, cfg: RunConfig) -> tuple[str, dict[str, Any]]:
+    """``(folder key, identity record)`` of a run's images (:func:`image_identity`)."""
+    ident = image_identity(model, method, cfg)
+    return ident.key, ident.record()
 
 
 def comparability(model, cfg: RunConfig, prompts: list[Prompt]) -> dict[str, Any]:

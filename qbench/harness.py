@@ -1,23 +1,22 @@
-"""The harness: ``run(cfg) -> RunResult``.
+"""The harness: ``run(cfg) -> RunResult``, the ``run`` sequence of :mod:`qbench.phases`.
 
-preflight (validate everything, locate every file: :mod:`qbench.preflight`) -> load model ->
-[full-precision reference images, if a metric needs them] -> method.prepare -> method.calibrate
--> method.convert -> generate (batched, per-prompt seeds, image cache, progress) -> latency and
-peak memory (after a flush, before any metric network is loaded) -> metrics (each network loaded
-once) -> model size -> store. Methods and metrics plug in through the registries; nothing here
-knows any particular method.
+plan (validate everything, locate every file: :mod:`qbench.preflight`; the run's identity) ->
+load -> references (full-precision images, if a metric needs them) -> apply (method.prepare ->
+calibrate -> convert) -> generate (batched, per-prompt seeds, image cache, progress) -> measure
+(latency and peak memory, after a flush, before any metric network is loaded) -> score (each
+metric network loaded once) -> store. This module holds the result record and the helpers the
+phases share; methods and metrics plug in through the registries, nothing here knows any
+particular method.
 """
 from __future__ import annotations
 
-import gc
 import os
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from qbench.api import MetricValue, Prompt
 from qbench.config import RunConfig
-from qbench.errors import NonFiniteOutputError, QBenchError, RunInterrupted
+from qbench.errors import QBenchError
 from qbench.generation import (  # noqa: F401  (re-exported: the harness's public helpers)
     CachedImages,
     batches,
@@ -29,7 +28,7 @@ from qbench.generation import (  # noqa: F401  (re-exported: the harness's publi
     seed_for,
 )
 from qbench.imagecache import ImageCache
-from qbench.store import Store, iter_chunks
+from qbench.store import iter_chunks
 
 
 @dataclass
@@ -63,6 +62,11 @@ class RunResult:
     calibration: dict[str, Any] = field(default_factory=dict)
     #: per tokenizer, how many prompts exceed its token limit (``qbench.models.truncation``)
     prompt_truncation: dict[str, Any] = field(default_factory=dict)
+    #: the run's identity (``qbench.phases.run_identity``): its key is what ``qbench sweep``
+    #: matches to call a cell finished
+    identity: dict[str, Any] = field(default_factory=dict)
+    #: the artefacts the run used, by kind, with their identity keys (image folders, ...)
+    reused: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -80,7 +84,9 @@ def _check_writable(path: str) -> None:
 
 
 def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None, pipe=None) -> RunResult | None:
-    """Run ``cfg`` end to end (see the module docstring) and store the result.
+    """Run ``cfg`` end to end and store the result: the ``run`` sequence of
+    :mod:`qbench.phases` (plan -> load -> references -> apply -> generate -> measure -> score ->
+    store).
 
     ``pipe``: a diffusers pipeline the caller brings (quantized by any tool), scored as given
     instead of loading and converting ``cfg.model``: the run's method is ``external``
@@ -94,140 +100,53 @@ def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None
     with several ranks (``torchrun`` / ``accelerate launch``, :mod:`qbench.dist`), every rank
     generates its block of batches and scores it; the main rank stores the run and returns it,
     the others return None."""
-    import dataclasses
+    from qbench.phases import RunState, run_phases
 
-    from qbench.dist import current, rank_device
-    from qbench.imagecache import code_version
-    from qbench.measure import PeakMemory, flush, measure_latency, process_rss, provenance
+    state = RunState(cfg, show_progress=show_progress, say=log or (lambda msg: None), pipe=pipe, plan=plan)
+    run_phases(state, "run")
+    return state.result
+
+
+def build_result(s) -> RunResult:
+    """The :class:`RunResult` of a finished ``run`` sequence (``s``: its :class:`qbench.phases.RunState`)."""
+    from qbench.generation import comparability
+    from qbench.measure import provenance, qbench_version
     from qbench.models.base import module_nbytes
-    from qbench.models.loader import load_model
     from qbench.models.truncation import prompt_truncation
-    from qbench.preflight import plan_run
-    from qbench.progress import make_progress
     from qbench.quant.api import size_report
 
-    dist = current(cfg.device)
-    say = (log or (lambda msg: None)) if dist.is_main else (lambda msg: None)
-    if pipe is not None:  # a brought pipeline is scored as method "external" (qbench/methods/external.py)
-        from qbench.methods.external import config_for, loaded_model
-
-        cfg = config_for(cfg, pipe)
-    plan = plan or plan_run(cfg)
-    cfg, method, prompts = plan.cfg, plan.method, plan.prompts
-    ref = dataclasses.replace(plan.ref, device=rank_device(cfg.device, dist)) if dist.enabled else plan.ref
-    store, run_id = None, None
-    if dist.is_main:
-        _check_writable(cfg.out_dir)
-        store = Store(cfg.db_path)
-        desc = method.describe()
-        run_id = store.start_run(cfg.to_dict(), method.label, desc.get("bits"), method.mode)
-    run_id = dist.broadcast(run_id)
-    ranks = f" on {dist.world} ranks ({dist.backend})" if dist.enabled else ""
-    say(f"run {run_id}: {cfg.model} / {method.label} on {len(prompts)} prompts ({cfg.prompts}){ranks}")
-    if plan.calibration:
-        say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
-    timings: dict[str, float] = {}
-    cache: ImageCache | None = None
-    t_start = time.perf_counter()
-    try:
-        flush(ref.device)
-        rss_before_load = process_rss()
-        t = time.perf_counter()
-        model = loaded_model(plan, pipe) if pipe is not None else load_model(cfg.model, ref=ref)
-        timings["load_s"] = time.perf_counter() - t
-        with make_progress(show_progress and dist.is_main) as progress:
-            references, n_ref, fp_cache = None, 0, None
-            if plan.needs_fp_reference:
-                fp_model = load_model(cfg.model, ref=ref) if pipe is not None else model  # a brought pipeline is not the reference
-                fp_key, fp_meta = image_key(fp_model, fp_method(cfg).describe(), cfg)
-                fp_cache = ImageCache(cfg.out_dir, cfg.model, fp_key, fp_meta)
-                t = time.perf_counter()
-                references, n_ref = generate_cached(fp_model, fp_cache, prompts, cfg, progress, "full-precision references", dist)
-                timings["reference_s"] = time.perf_counter() - t
-                del fp_model
-                gc.collect()  # free it now (pipelines can hold reference cycles), before the quantized run's memory is measured
-            t = time.perf_counter()
-            ctx = _calibration_context(plan, model, progress, say, dist)
-            method.prepare(model)
-            method.calibrate(model, plan.calib_prompts, ctx)
-            method.convert(model)
-            timings["quantize_s"] = time.perf_counter() - t
-            desc = method.describe()  # may now include calibrated values
-            key, meta = image_key(model, desc, cfg)
-            cache = ImageCache(cfg.out_dir, cfg.model, key, meta)
-            t = time.perf_counter()
-            images, n_main = generate_cached(model, cache, prompts, cfg, progress, f"generating ({method.label})", dist)
-            n_gen = n_main + (n_ref if fp_cache is not None and fp_cache.dir == cache.dir else 0)  # fp: its references are its images
-            timings["generate_s"] = time.perf_counter() - t
-            timings["generate_per_image_s"] = timings["generate_s"] / n_main if n_main else float("nan")
-            latency, mem = None, None
-            if dist.is_main:  # latency and memory before any metric network is loaded, after a flush
-                flush(model.device)
-                t = time.perf_counter()
-                with PeakMemory(model.device, baseline=rss_before_load) as mem:
-                    latency = measure_latency(
-                        model, prompts[0].text, seed_for(cfg, prompts[0]), warmup=cfg.latency_warmup, repeats=cfg.latency_repeats,
-                        steps=cfg.steps, guidance=cfg.guidance, resolution=cfg.resolution,
-                    )
-                timings["latency_s"] = time.perf_counter() - t
-                latency["kind"] = _latency_kind(method) + (f"; measured on rank 0 of {dist.world}" if dist.enabled else "")
-            t = time.perf_counter()
-            metrics = _compute_metrics(plan, model.device, prompts, images, references, progress, dist)
-            timings["metrics_s"] = time.perf_counter() - t
-        if not dist.is_main:
-            return None
-        timings["total_s"] = time.perf_counter() - t_start
-        memory = dict(mem.result, measured_during="latency runs (batch 1 generation), metric networks not loaded yet"
-                      + (f", rank 0 of {dist.world}" if dist.enabled else ""))
-        result = RunResult(
-            run_id=run_id,
-            config=cfg.to_dict(),
-            label=method.label,
-            mode=method.mode,
-            bits=desc.get("bits"),
-            model_source=model.source,
-            method=desc,
-            method_report=method.report(),
-            metrics={k: v.to_dict() for k, v in metrics.items()},
-            latency=latency,
-            memory=memory,
-            model_bytes=module_nbytes(model.denoiser),
-            size=size_report(model.denoiser),
-            effective_bits=_bits(method, model),
-            sampling=comparability(model, cfg, prompts),
-            timings=timings,
-            n_images=len(images),
-            n_generated=n_gen,
-            images_dir=cache.dir,
-            provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny,
-                            code=code_version(), **({"distributed": dist.describe()} if dist.enabled else {})),
-            notes=_notes(model, method),
-            calibration={"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
-        )
-        result.prompt_truncation = prompt_truncation(model.pipe, [p.text for p in prompts], model.spec.call_kwargs)
-        store.finish_run(run_id, result.to_dict(), result.metrics,
-                         per_image={k: v.per_image for k, v in metrics.items() if v.per_image})
-        return result
-    except KeyboardInterrupt as e:
-        kept = f"; {cache.dir} keeps the images already made" if cache else ""
-        _mark(store, run_id, "interrupted", str(e) or "KeyboardInterrupt")  # the CLI's SIGTERM handler names its signal
-        raise RunInterrupted(f"run {run_id} interrupted{kept}; re-run the same command to resume (only missing images are generated)") from None
-    except NonFiniteOutputError as e:
-        hint = ("the quantization may be too aggressive (fewer layers or more bits)" if method.uses_bits
-                else f"the {cfg.dtype or 'native'} dtype may overflow: try --dtype float32")
-        _mark(store, run_id, "failed", f"{e}; {hint}")
-        raise NonFiniteOutputError(f"{e}; {hint}") from None
-    except QBenchError as e:
-        _mark(store, run_id, "failed", str(e))
-        raise
-    except BaseException as e:
-        _mark(store, run_id, "failed", f"{type(e).__name__}: {e}")
-        raise
-
-
-def _mark(store, run_id, status: str, error: str) -> None:
-    if store is not None:  # the main rank's
-        store.mark(run_id, status, error)
+    cfg, plan, model, method, dist = s.cfg, s.plan, s.model, s.plan.method, s.dist
+    desc = method.describe()
+    result = RunResult(
+        run_id=s.run_id,
+        config=cfg.to_dict(),
+        label=method.label,
+        mode=method.mode,
+        bits=desc.get("bits"),
+        model_source=model.source,
+        method=desc,
+        method_report=method.report(),
+        metrics={k: v.to_dict() for k, v in s.metrics.items()},
+        latency=s.latency,
+        memory=s.memory,
+        model_bytes=module_nbytes(model.denoiser),
+        size=size_report(model.denoiser),
+        effective_bits=_bits(method, model),
+        sampling=comparability(model, cfg, plan.prompts),
+        timings=s.timings,
+        n_images=len(s.images),
+        n_generated=s.n_generated,
+        images_dir=s.cache.dir,
+        provenance=dict(provenance(model.device), dtype=str(model.dtype).replace("torch.", ""), weights=model.source, tiny_random=model.spec.is_tiny,
+                        qbench=qbench_version(), **({"distributed": dist.describe()} if dist.enabled else {})),
+        notes=_notes(model, method),
+        calibration={"prompts": plan.calib_spec, "prompt_ids": [p.id for p in plan.calib_prompts]} if plan.calib_prompts else {},
+        identity=s.identity.record(),
+        reused={k: {"key": v["key"], "kind": v["kind"]} for k, v in s.reused.items()},
+    )
+    result.timings["total_s"] = sum(v for k, v in s.timings.items() if k.endswith("_s") and k != "generate_per_image_s" and k != "total_s")
+    result.prompt_truncation = prompt_truncation(model.pipe, [p.text for p in plan.prompts], model.spec.call_kwargs)
+    return result
 
 
 def _calibration_context(plan, model, progress, say, dist=None):
@@ -240,7 +159,7 @@ def _calibration_context(plan, model, progress, say, dist=None):
     cfg = plan.cfg
     fp = None
     if getattr(plan.method, "NEEDS_FP_CALIBRATION_IMAGES", False):
-        key, meta = image_key(model, fp_method(cfg).describe(), cfg)
+        key, meta = image_key(model, fp_method(cfg), cfg)
         fp, _ = generate_cached(model, ImageCache(cfg.out_dir, cfg.model, key, meta), plan.calib_prompts, cfg, progress,
                                 "full-precision calibration images", dist)
     return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say, dist=dist)

@@ -2,11 +2,12 @@
 
 A cached image is reused only when everything that changes its pixels is the same:
 
-* the **folder key** (:func:`folder_meta`): model name, weights identity (source + a fingerprint of
-  local weight files), pipeline and scheduler classes and their settings, the method's full
-  description, steps, guidance, resolution, dtype, device type, batch size, and the **code**
-  (qbench's version, a hash of the source files on the pixel path, and the versions of torch,
-  diffusers and transformers);
+* the **folder key** (:func:`qbench.generation.image_identity`, an :class:`qbench.identity.Identity`):
+  the model's spec, weights source and content fingerprint, the method's full description, steps,
+  guidance, resolution, dtype, device type, batch size, the **code** that makes the pixels (the
+  generation and model-loading modules and the method's own modules, each with what it imports:
+  adding another method changes nothing here) and the versions of torch, diffusers, transformers,
+  peft and accelerate;
 * the **file name**: prompt id, seed, and a hash of the prompt's *text* together with the batch the
   image was generated in (the ids, texts and seeds of its batch-mates): batch size and batch
   composition change pixels (batched GEMMs take other code paths; per-tensor activation scales see
@@ -22,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from qbench.errors import QBenchError
@@ -32,9 +32,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from qbench.api import Prompt
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
-#: source folders/files (relative to the qbench package / repo) whose code decides the pixels
-PIXEL_PATH_SOURCES = ("models", "quant", "generation.py", "imagecache.py", "methods")
-PIXEL_PATH_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 
 
 def sha(obj: Any, n: int = 16) -> str:
@@ -42,72 +39,14 @@ def sha(obj: Any, n: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:n]
 
 
-@lru_cache(maxsize=None)
-def source_fingerprint() -> str:
-    """sha256 over the source files of the pixel path (``PIXEL_PATH_SOURCES``): any edit to the
-    model loading, quantization or method code changes it, committed or not."""
-    import qbench
-
-    pkg = os.path.dirname(os.path.abspath(qbench.__file__))
-    h = hashlib.sha256()
-    for rel in PIXEL_PATH_SOURCES:
-        path = os.path.join(pkg, rel)
-        if rel == "methods":  # installed as qbench.methods (package-dir mapping)
-            import qbench.methods
-
-            path = os.path.dirname(os.path.abspath(qbench.methods.__file__))
-        files = [path] if os.path.isfile(path) else sorted(
-            os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs if f.endswith(".py")
-        )
-        for f in files:
-            h.update(os.path.relpath(f, os.path.dirname(path)).encode())
-            with open(f, "rb") as fh:
-                h.update(fh.read())
-    return h.hexdigest()[:16]
-
-
-def code_version() -> dict[str, Any]:
-    """qbench's version, its pixel-path source hash and the pixel-relevant library versions."""
-    from importlib import metadata
-
-    out: dict[str, Any] = {"source_sha": source_fingerprint()}
-    for pkg in ("qbench",) + PIXEL_PATH_LIBRARIES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-_BIG = 64 * 2**20  # files larger than this are fingerprinted by size + first and last MiB
-
-
-@lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        if size <= _BIG:
-            h.update(f.read())
-        else:
-            h.update(f.read(2**20))
-            f.seek(size - 2**20)
-            h.update(f.read())
-    return h.hexdigest()[:16]
-
-
 def weights_fingerprint(folder: str) -> str:
-    """Content fingerprint of a local weights folder: every file's relative path, size and
-    sha256 (files over 64 MiB: size + first and last MiB). Hub snapshots are identified by their
-    revision instead (part of the source string)."""
-    entries = []
-    for d, _, fs in sorted(os.walk(folder)):
-        for f in sorted(fs):
-            p = os.path.join(d, f)
-            if f.startswith(".") or not os.path.isfile(p):
-                continue
-            st = os.stat(p)
-            entries.append((os.path.relpath(p, folder), st.st_size, _file_digest(p, st.st_size, st.st_mtime_ns)))
-    return sha(entries)
+    """Content fingerprint of a local weights folder: every file's relative path and full sha256
+    (:func:`qbench.identity.tree_digest`; digests of large files are remembered under their stat
+    key, so a multi-GB folder is read once). Hub snapshots are identified by their revision
+    instead (part of the source string)."""
+    from qbench.identity import tree_digest
+
+    return tree_digest(folder).digest
 
 
 def batch_signature(members: list[tuple[str, str, int]]) -> str:

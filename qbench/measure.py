@@ -161,6 +161,12 @@ def _version(pkg: str) -> str | None:
         return None
 
 
+def qbench_version() -> dict[str, Any]:
+    """qbench's version and, for a checkout, its git commit (what a stored artefact's provenance
+    records beside its identity)."""
+    return {"version": _version("qbench"), "git": git_hash()}
+
+
 def git_hash() -> str | None:
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     try:

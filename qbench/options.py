@@ -33,6 +33,9 @@ class Opt:
     choices: tuple[Any, ...] = ()
     minimum: float | None = None
     nullable: bool = True
+    #: the value may name a local file or folder whose content is an input (hashed into the
+    #: identity of whatever the option changes: :mod:`qbench.identity`)
+    path: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

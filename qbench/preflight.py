@@ -215,6 +215,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     if ref is not None and cfg.steps:
         p.check("", check_steps, ref, cfg.steps)
     if ref is not None and method is not None:
+        p.check("", check_not_prequantized, ref, cfg)
         p.check("", check_layer_names, method, ref)
         if getattr(method, "mode", None) == "kernel":  # QBENCH_KERNEL_PATH and the device's integer GEMM
             from qbench.quant.backends import selection
@@ -277,6 +278,21 @@ def _warn_steps(cfg: RunConfig, spec) -> None:
         logging.getLogger("qbench").warning(f"{spec.name} is a {spec.steps}-step model: --steps {cfg.steps} is {cfg.steps / spec.steps:.0f}x its default")
 
 
+def check_not_prequantized(ref, cfg: RunConfig) -> None:
+    """Refuse weights that are already quantized (:func:`qbench.models.loader.prequantized`): as
+    ``fp`` they would score themselves as their own full-precision reference and become the
+    baseline of every comparison; under a quantizing method they would be quantized twice."""
+    from qbench.models.loader import prequantized
+
+    why = prequantized(ref)
+    if why:
+        raise ConfigError(
+            f"--model-path {cfg.model_path} holds already-quantized weights ({why}): it cannot be run as method {cfg.method!r} "
+            f"(fp would make it the full-precision baseline). Score it as a labelled method instead: "
+            f"qbench.harness.run(RunConfig(model={cfg.model!r}, method='external', method_options={{'label': ...}}), pipe=qbench.load_quantized(PATH)) "
+            f"(or diffusers' from_pretrained for other backends)")
+
+
 def check_layer_names(method, ref) -> None:
     """Let the method check its layer names/patterns against the denoiser's modules, built from
     its config on the meta device (no weights read), when the weights are local."""
@@ -325,7 +341,7 @@ def count_cached(plan: RunPlan) -> dict[str, Any]:
         if plan.calibration and method is plan.method:
             out[what] = "unknown until calibrated"
             continue
-        key, meta = image_key(plan.ref, method.describe(), plan.cfg)
+        key, meta = image_key(plan.ref, method, plan.cfg)
         cache = ImageCache(plan.cfg.out_dir, plan.cfg.model, key, meta, create=False)
         out[what] = sum(len(c) for c, sig in batches(plan.prompts, plan.cfg) if all(cache.has(p, plan.cfg.seed + p.index, sig) for p in c))
     return out

@@ -189,6 +189,34 @@ def check_speed(baseline: dict[str, Any], current: dict[str, Any], noise: dict[s
     return rows
 
 
+_ISA_ORDER = ("amx_int8", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+
+def cpu_kind(cpu: dict[str, Any]) -> dict[str, Any]:
+    """Pure: the kind of CPU a benchmark's speed depends on, from py-cpuinfo's dict (what
+    pytest-benchmark stores as ``machine_info.cpu``): vendor, the best integer-GEMM ISA level
+    (AMX, AVX512-VNNI, AVX-VNNI, AVX512, AVX2: it picks the kernel path) and the core count."""
+    flags = set(cpu.get("flags") or [])
+    isa = next((f for f in _ISA_ORDER if f in flags or f.replace("_", "") in flags), "other")
+    return {"vendor": cpu.get("vendor_id_raw"), "isa": isa, "cores": cpu.get("count"), "brand": cpu.get("brand_raw")}
+
+
+def check_same_cpu_kind(baseline: dict[str, Any], path: str) -> None:
+    """Refuse (one line) a speed baseline recorded on another kind of CPU: its times say nothing
+    about this machine's."""
+    try:
+        import cpuinfo  # py-cpuinfo, which pytest-benchmark records its machine_info with
+    except ImportError:
+        raise QBenchError("the speed check needs pytest-benchmark (pip install -e '.[test]')") from None
+    base = cpu_kind(((baseline.get("machine_info") or {}).get("cpu")) or {})
+    here = cpu_kind(cpuinfo.get_cpu_info())
+    keys = ("vendor", "isa", "cores")
+    if any(base[k] != here[k] for k in keys):
+        show = lambda k: f"{k['brand']} ({k['vendor']}, {k['isa']}, {k['cores']} cores)"
+        raise QBenchError(f"{path} was recorded on {show(base)}, this machine is {show(here)}: its speed numbers are not comparable; "
+                          f"record a baseline here with `make bench-baseline` (or pass --bench-baseline FILE from this kind of CPU)")
+
+
 def print_table(title: str, against: str, rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
     from rich.text import Text
@@ -263,6 +291,7 @@ def main(args) -> int:
     if args.speed or both:
         noise = load_noise()
         base_b = _load_json(args.bench_baseline, "benchmark baseline", "bench_baseline.py")  # before the 75 s of benchmarks
+        check_same_cpu_kind(base_b, os.path.relpath(args.bench_baseline))
         with tempfile.TemporaryDirectory(prefix="qbench-bench-") as tmp:
             out = os.path.join(tmp, "current.json")
             rc = run_bench(out, args.bench_baseline, float(noise["latency_fail_pct"]), stat=noise.get("stat", "median"))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -79,8 +80,25 @@ def image_paths(run: dict[str, Any], prompts: list | None = None) -> dict[str, s
 
 
 # -- the comparison as flat records --------------------------------------------------------------------
+def strict(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, inf) replaced by None, so ``json.dumps(...,
+    allow_nan=False)`` writes strict JSON that every parser reads."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """Strict JSON (:func:`strict`; non-JSON values by ``str``)."""
+    return json.dumps(strict(json.loads(json.dumps(obj, default=str))), allow_nan=False, **kw)
+
+
 def _resolved(d: dict[str, Any] | None) -> bool | None:
-    if not d or d.get("se") is None:
+    if not d or d.get("se") is None or not math.isfinite(d["se"]):
         return None
     return bool(abs(d["mean"]) >= 2 * d["se"]) if d["se"] > 0 else d["mean"] != 0
 
@@ -186,7 +204,7 @@ def per_image_records(run: dict[str, Any], scores: dict[str, dict[str, float]]) 
 
 
 def jsonl(records: Iterable[dict[str, Any]]) -> str:
-    return "".join(json.dumps(r, sort_keys=False, default=str) + "\n" for r in records)
+    return "".join(dumps(r, sort_keys=False) + "\n" for r in records)
 
 
 # -- command line ---------------------------------------------------------------------------------------

@@ -14,10 +14,12 @@ A sweep file (YAML)::
       metrics: [toy-acc, jaq, psnr]
 
 Each cell is one :class:`~qbench.config.RunConfig`, validated (all of them) before the first cell
-runs. A cell is **finished** when the results store holds a ``done`` run of exactly that
-configuration made by the same pixel-path code (``qbench.imagecache.code_version``): finished cells
-are skipped, so a killed sweep resumes where it stopped (and an interrupted cell resumes from its
-cached images). ``qbench run`` builds the same cross product from comma-separated or repeated
+runs. A cell is **finished** when the results store holds a ``done`` run whose identity key
+(:func:`qbench.phases.run_identity`) equals the key the cell's inputs give now: the same
+configuration, prompt texts, weights content, files its options name, code and library versions.
+Finished cells are skipped, so a killed sweep resumes where it stopped (and an interrupted cell
+resumes from its cached images); an edited prompt file, a changed weights folder or a library
+upgrade makes the cell run again. ``qbench run`` builds the same cross product from comma-separated or repeated
 ``--model`` / ``--method`` / ``--bits`` / ``--seed``.
 """
 from __future__ import annotations
@@ -132,32 +134,31 @@ def split_values(values: list[str] | None) -> list[str]:
     return out
 
 
-def cell_key(cfg: RunConfig) -> dict[str, Any]:
-    """What makes two cells the same: the config without where results are written."""
-    d = cfg.to_dict()
-    for k in ("out_dir", "db"):
-        d.pop(k, None)
-    return d
-
-
-def finished(cfg: RunConfig, done_runs: list[dict[str, Any]], source_sha: str) -> dict[str, Any] | None:
-    """The stored ``done`` run of this cell made by the same code, if any."""
-    want = cell_key(cfg)
+def finished(key: str, done_runs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest stored ``done`` run whose identity key is ``key`` (:func:`qbench.phases.run_identity`:
+    same configuration, prompt texts, weights content, files named by options, code and library
+    versions), if any."""
     for r in reversed(done_runs):
-        c = RunConfig.from_dict({k: v for k, v in r["config"].items() if k in RunConfig.__dataclass_fields__})
-        code = ((r.get("result") or {}).get("provenance") or {}).get("code") or {}
-        if cell_key(c) == want and code.get("source_sha") == source_sha:
+        if ((r.get("result") or {}).get("identity") or {}).get("key") == key:
             return r
     return None
 
 
 def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: bool = False) -> dict[str, Any]:
-    """Run every unfinished cell; returns {"ran": [...], "skipped": [...], "failed": [...]}."""
+    """Run every unfinished cell; returns {"ran": [...], "skipped": [...], "failed": [...]}.
+
+    A cell is finished when the store holds a ``done`` run under the key its inputs give now
+    (:func:`finished`). With several ranks, the main rank decides which cells run (from its store)
+    and tells the others; a cell that fails on any rank fails on every rank (``qbench.dist``) and
+    the sweep goes on; only the main rank prints."""
     from qbench import harness
-    from qbench.imagecache import source_fingerprint
+    from qbench.dist import current
+    from qbench.phases import run_identity
     from qbench.preflight import plan_run
     from qbench.store import Store
 
+    dist = current(sweep.cells[0].device if sweep.cells else "auto")
+    say = say if dist.is_main else (lambda msg: None)
     plans = []
     problems = []
     for i, cfg in enumerate(sweep.cells):  # every cell checked before the first one runs
@@ -167,17 +168,27 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
             problems.append(f"cell {i + 1} ({cfg.model} / {cfg.method} {cfg.bits or ''}): {e}")
     if problems:
         raise QBenchError(f"{len(problems)} of {len(sweep.cells)} sweep cells cannot run:\n" + "\n".join(f"  - {p}" for p in problems))
-    sha = source_fingerprint()
+    keys = [run_identity(plan).key for plan in plans]
+    decisions: list[str | None] | None = None
+    if dist.is_main:  # the main rank decides from its store; the others follow
+        decisions = []
+        for plan, key in zip(plans, keys):
+            db = plan.cfg.db_path
+            done = Store(db, create=False).runs(model=plan.cfg.model) if os.path.exists(db) else []
+            prev = finished(key, done)
+            decisions.append(prev["id"] if prev is not None else None)
+    decisions = dist.broadcast(decisions)
     out: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
-    for i, plan in enumerate(plans):
+    done_here: dict[str, str] = {}
+    for i, (plan, key, prev) in enumerate(zip(plans, keys, decisions)):
         cfg = plan.cfg
         label = f"[{i + 1}/{len(plans)}] {cfg.model} / {plan.method.label}" + (f" seed {cfg.seed}" if cfg.seed != 42 else "")
-        db = cfg.db_path
-        done = Store(db).runs(model=cfg.model) if os.path.exists(db) else []
-        prev = finished(cfg, done, sha)
         if prev is not None:
-            say(f"{label}: finished (run {prev['id'][-6:]}), skipped")
-            out["skipped"].append(prev["id"])
+            say(f"{label}: finished (run {prev[-6:]}), skipped")
+            out["skipped"].append(prev)
+            continue
+        if key in done_here:  # a repeated cell (e.g. seeds: [42, 42]) is the same run
+            say(f"{label}: same cell as an earlier one (run {done_here[key][-6:]}), skipped")
             continue
         if dry_run:
             say(f"{label}: to run ({len(plan.prompts)} prompts)")
@@ -187,10 +198,13 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
             res = harness.run(cfg, show_progress=show_progress, log=lambda m: say(f"  {m}"), plan=plan)
         except RunInterrupted:
             raise
-        except QBenchError as e:  # one cell failing (NaN output, ...) does not stop the others
+        except QBenchError as e:  # one cell failing (NaN output, another rank failing, ...) does not stop the others
             say(f"{label}: FAILED: {e}")
             out["failed"].append(f"{cfg.model} / {plan.method.label}: {e}")
             continue
         if res is not None:  # None on the non-main ranks of a sharded run
             out["ran"].append(res.run_id)
+            done_here[key] = res.run_id
+        else:
+            done_here[key] = "(another rank's)"
     return out

@@ -28,4 +28,4 @@ def test_all_metrics_on_tiny_twin_fp_vs_itself(make_cfg, name):
     # every learned metric computed with stand-in weights says so
     for k in ("fid-fp", "clip", "clipiqa", "jaq", "lpips"):
         assert m[k]["details"]["meaningful"] is False, k
-    assert res.timings["metrics_s"] > 0 and "generate_s" in res.timings
+    assert res.timings["score_s"] > 0 and "generate_s" in res.timings and set(res.timings) >= {f"{p}_s" for p in ("plan", "load", "references", "apply", "measure")}

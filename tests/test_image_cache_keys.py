@@ -5,7 +5,7 @@ many images the second run generated.
 """
 import pytest
 
-from qbench import harness, imagecache
+from qbench import harness
 from qbench.config import RunConfig
 
 
@@ -52,33 +52,26 @@ def test_a_changed_setting_regenerates(tmp_path, change):
 
 
 def test_a_code_change_regenerates(tmp_path, monkeypatch):
-    """A change to the pixel-path source (quantizer, model loading, methods) changes the key."""
-    cfg = _cfg(tmp_path, method="naive", bits="W4A8")
-    assert _run(cfg).n_generated == 2
-    monkeypatch.setattr(imagecache, "source_fingerprint", lambda: "edited-quantizer")
-    assert _run(cfg).n_generated == 2
-    monkeypatch.setattr(imagecache, "code_version", lambda: {"source_sha": "edited-quantizer", "diffusers": "99.0"})
-    assert _run(cfg).n_generated == 2
+    """An edit to code on the pixel path (here the quantizer's primitives, which the naive method
+    imports) regenerates; full precision's images, which do not go through it, are reused."""
+    import shutil
 
+    from qbench import identity
 
-def test_source_fingerprint_covers_the_quantizer():
-    import qbench.quant.primitives as prim
-
-    assert "quant" in imagecache.PIXEL_PATH_SOURCES and "methods" in imagecache.PIXEL_PATH_SOURCES
-    imagecache.source_fingerprint.cache_clear()
-    before = imagecache.source_fingerprint()
-    src = prim.__file__
-    text = open(src, encoding="utf-8").read()
+    naive, fp = _cfg(tmp_path, method="naive", bits="W4A8"), _cfg(tmp_path)
+    assert _run(naive).n_generated == 2 and _run(fp).n_generated == 2
+    real = identity._module_file
+    edited = tmp_path / "primitives.py"
+    shutil.copy(real("qbench.quant.primitives"), edited)
+    edited.write_text(edited.read_text() + "\n# an edit\n")
+    monkeypatch.setattr(identity, "_module_file", lambda n: str(edited) if n == "qbench.quant.primitives" else real(n))
+    identity._closure.cache_clear()
     try:
-        with open(src, "a", encoding="utf-8") as f:
-            f.write("\n# a change\n")
-        imagecache.source_fingerprint.cache_clear()
-        assert imagecache.source_fingerprint() != before
+        assert _run(naive).n_generated == 2
+        assert _run(fp).n_generated == 0  # full precision does not run the quantizer: its images stand
+        assert "qbench.quant.primitives" in identity.code_modules(["qbench.methods.naive"])
     finally:
-        with open(src, "w", encoding="utf-8") as f:
-            f.write(text)
-        imagecache.source_fingerprint.cache_clear()
-    assert imagecache.source_fingerprint() == before
+        identity._closure.cache_clear()
 
 
 def test_changed_weights_regenerate(tmp_path):

@@ -21,7 +21,7 @@ def test_paired_difference_cancels_prompt_spread():
     assert math.sqrt(2) * np.std(list(base.values())) / math.sqrt(200) > 0.05
     assert paired_difference(base, {"zzz": 1.0}) is None
     one = paired_difference({"a": 1.0}, {"a": 3.0, "b": 0.0})  # only common prompts count
-    assert one["mean"] == 2.0 and one["n"] == 1 and math.isnan(one["se"])
+    assert one["mean"] == 2.0 and one["n"] == 1 and one["se"] is None  # n < 2: no standard error (n/a)
 
 
 def _row(method, run_id, metrics):

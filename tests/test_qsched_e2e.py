@@ -30,8 +30,9 @@ def test_calibrate_then_run(model, tmp_path, capsys):
         ck = json.load(f)
     assert ck["calibration"]["scorer"]["metric"] == "jaq" and ck["base"] == BASE
 
-    # run: uses the stored checkpoint (no calibration), evaluates with JAQ on held-out prompts
-    assert main(["run", *args, "--metrics", "jaq", "--latency-repeats", "1", "--latency-warmup", "0", "--json"]) == 0
+    # run with the same calibration inputs (the search is one): uses the stored checkpoint (no
+    # calibration), evaluates with JAQ on held-out prompts
+    assert main(["run", *args, "-O", "search=grid", "--metrics", "jaq", "--latency-repeats", "1", "--latency-warmup", "0", "--json"]) == 0
     cap = capsys.readouterr()
     res = json.loads(cap.out)
     assert "using stored checkpoint" in cap.err + cap.out or res["method_report"]["checkpoint_origin"] == "stored"
@@ -55,4 +56,6 @@ def test_run_calibrates_first_when_no_checkpoint(tmp_path, capsys):
     res = json.loads(cap.out)
     assert res["method_report"]["checkpoint_origin"] == "calibrated"
     assert "calibrating first" in cap.out + cap.err
-    assert os.path.exists(os.path.join(out, "qsched", f"tiny-flux_W4A8_{BASE}_ramp_4steps.json"))
+    path = res["method_report"]["checkpoint"]  # the file name carries the calibration's identity key
+    assert os.path.basename(path).startswith(f"tiny-flux_W4A8_{BASE}_ramp_4steps_") and os.path.exists(path)
+    assert res["method_report"]["checkpoint_identity"][:12] in os.path.basename(path)

@@ -281,10 +281,11 @@ def test_checkpoints_are_kept_apart_per_base_options_and_base_state(make_cfg, tm
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ckpt = json.load(open(os.path.join(repo, "reports", "baselines", "qsched", "toy-flux_W4A8.json")))
     os.makedirs(os.path.dirname(plain.stored_checkpoint_path()), exist_ok=True)
+    ckpt["identity"] = plain.calibration_identity().record()  # what a calibration under plain's inputs records
     with open(plain.stored_checkpoint_path(), "w") as f:
         json.dump(ckpt, f)
-    assert plain._peek_checkpoint() is not None and plain.calibration_cost(25) is None  # same base state: reused
-    ckpt["base_describe"]["options"]["group_size"] = 64  # calibrated over another base state
+    assert plain._peek_checkpoint() is not None and plain.calibration_cost(25) is None  # same inputs: reused
+    ckpt["identity"] = gs64.calibration_identity().record()  # calibrated over another base state, copied here
     with open(plain.stored_checkpoint_path(), "w") as f:
         json.dump(ckpt, f)
     assert plain._peek_checkpoint() is None and plain.calibration_cost(25)["images"] > 0

@@ -34,8 +34,8 @@ def _clip_options() -> tuple:
     from qbench.options import Opt
 
     return (
-        Opt("clip_model", "str", None, "open_clip model name (ViT-L-14) or the path of a model-config JSON"),
-        Opt("clip_pretrained", "str", None, "open_clip pretrained tag (openai) or a local weights file"),
+        Opt("clip_model", "str", None, "open_clip model name (ViT-L-14) or the path of a model-config JSON", path=True),
+        Opt("clip_pretrained", "str", None, "open_clip pretrained tag (openai) or a local weights file", path=True),
     )
 
 

@@ -140,7 +140,7 @@ def _clipiqa_options() -> tuple:
     from qbench.options import Opt
 
     return (
-        Opt("clipiqa_backbone", "str", None, "pyiqa CLIP-IQA backbone: a local file (TorchScript or OpenAI state dict) or an OpenAI CLIP name"),
+        Opt("clipiqa_backbone", "str", None, "pyiqa CLIP-IQA backbone: a local file (TorchScript or OpenAI state dict) or an OpenAI CLIP name", path=True),
         Opt("clipiqa_prompts", "str", None, "antonym prompt set", choices=tuple(PROMPT_SETS)),
         Opt("clipiqa_impl", "str", None, "implementation (pyiqa; open_clip for the toy world)", choices=tuple(IMPLS)),
     ) + CLIP_OPTIONS

@@ -69,7 +69,7 @@ def common_pil(im):
 def _toyclip_options() -> tuple:
     from qbench.options import Opt
 
-    return (Opt("toy_clip_dir", "str", None, "folder of another toy CLIP (default: the shipped one)"),)
+    return (Opt("toy_clip_dir", "str", None, "folder of another toy CLIP (default: the shipped one)", path=True),)
 
 
 class FDToyClip(Metric):

@@ -37,7 +37,7 @@ from qbench.metrics.inception import (  # noqa: F401 (re-exported)
 )
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 REFERENCE_PREPROCESS = "center crop to a square, PIL bicubic resize to the generated resolution, RGB uint8"
 
 
@@ -148,10 +148,21 @@ def save_stats_npz(path: str, mu: np.ndarray, sigma: np.ndarray, meta: dict[str,
 
 
 def list_images(folder: str) -> list[str]:
-    files = sorted(f for f in os.listdir(folder) if f.lower().endswith(IMAGE_EXTS))
-    if not files:
-        raise ConfigError(f"no images ({', '.join(IMAGE_EXTS)}) in FID reference folder {folder}")
-    return [os.path.join(folder, f) for f in files]
+    """The image files directly in ``folder`` (sorted names; :data:`IMAGE_EXTS`)."""
+    return [os.path.join(folder, rel) for rel, _ in reference_files(folder).files]
+
+
+def reference_files(folder: str):
+    """The content of an FID reference folder: its image files (top level, :data:`IMAGE_EXTS`,
+    sorted) with their sha256, and what was skipped and why (subfolders, other files), as a
+    :class:`qbench.identity.TreeDigest`. Raises ConfigError when it holds no image."""
+    from qbench.identity import tree_digest
+
+    tree = tree_digest(folder, suffixes=IMAGE_EXTS, recursive=False)
+    if not tree.files:
+        raise ConfigError(f"no images ({', '.join(IMAGE_EXTS)}) in FID reference folder {folder}"
+                          + (f"; skipped {len(tree.skipped)} other entries, e.g. {next(iter(tree.skipped))}" if tree.skipped else ""))
+    return tree
 
 
 def center_crop_resize(image, size: int):
@@ -168,41 +179,51 @@ def center_crop_resize(image, size: int):
 def folder_stats(folder: str, extractor: InceptionFeatures, resolution: int, n: int | None, cache_dir: str, prompt_set: str | None, weights_id: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Statistics of the first ``n`` images (sorted names) of ``folder``, cached on disk.
 
-    Cache key: (prompt set, n, resolution, protocol) plus the folder, its file names/sizes and the
-    Inception weights hash, so a changed folder or network never reuses stale statistics.
+    The cache file is named by the key of an ``fid-reference-stats``
+    :class:`~qbench.identity.Identity`: the sha256 of every image used (so an image replaced by
+    another of the same size is a new key), n, resolution, protocol, the Inception weights' hash,
+    the preprocessing, the code of this module and its imports, and the versions of the libraries
+    that decode, resize and embed the images. ``meta["skipped"]`` lists what the folder holds
+    besides the images used (subfolders, other file types), so nothing is dropped silently.
     """
     from PIL import Image
 
-    from qbench.config import stable_hash
+    from qbench.identity import METRIC_LIBRARIES, make
 
-    files = list_images(folder)
+    tree = reference_files(folder)
+    entries = tree.files
     if n is not None:
-        if n > len(files):
-            raise ConfigError(f"fid_ref_n={n} but {folder} holds only {len(files)} images")
-        files = files[:n]
-    key_obj = {
-        "prompt_set": prompt_set, "n": len(files), "resolution": resolution, "protocol": extractor.protocol,
-        "folder": os.path.realpath(folder), "files": [(os.path.basename(f), os.path.getsize(f)) for f in files],
-        "inception": weights_id, "preprocess": REFERENCE_PREPROCESS,
-    }
+        if n > len(entries):
+            raise ConfigError(f"fid_ref_n={n} but {folder} holds only {len(entries)} images")
+        entries = entries[:n]
+    ident = make("fid-reference-stats", {
+        "prompt_set": prompt_set, "n": len(entries), "resolution": resolution, "protocol": extractor.protocol,
+        "images": [list(e) for e in entries], "inception": weights_id, "preprocess": REFERENCE_PREPROCESS,
+    }, code={"fid": [__name__]}, libraries=METRIC_LIBRARIES)
     safe_set = (prompt_set or "none").replace("/", "_").replace(":", "-")
-    path = os.path.join(cache_dir, "fid_stats", f"{safe_set}-n{len(files)}-r{resolution}-{extractor.protocol}-{stable_hash(key_obj)}.npz")
+    path = os.path.join(cache_dir, "fid_stats", f"{safe_set}-n{len(entries)}-r{resolution}-{extractor.protocol}-{ident.key}.npz")
+    meta = {"prompt_set": prompt_set, "n": len(entries), "resolution": resolution, "protocol": extractor.protocol,
+            "folder": os.path.realpath(folder), "inception": weights_id, "identity": ident.key,
+            "skipped": dict(list(tree.skipped.items())[:20]), "n_skipped": len(tree.skipped)}
+    if tree.skipped:
+        import logging
+
+        logging.getLogger("qbench").warning(f"fid reference {folder}: {len(tree.skipped)} entries skipped (not top-level {', '.join(IMAGE_EXTS)} "
+                                            f"files), e.g. {next(iter(tree.skipped))}; {len(entries)} images used")
     if os.path.isfile(path):
-        mu, sigma, meta = load_stats_npz(path)
-        meta["cache"] = f"hit: {path}"
-        return mu, sigma, meta
+        mu, sigma, stored = load_stats_npz(path)
+        if stored.get("identity") == ident.key:
+            return mu, sigma, {**meta, "cache": f"hit: {path}"}
     stats = FeatureStats()
-    for i in range(0, len(files), extractor.batch_size):
+    for i in range(0, len(entries), extractor.batch_size):
         batch = []
-        for f in files[i : i + extractor.batch_size]:
-            with Image.open(f) as im:
+        for rel, _ in entries[i : i + extractor.batch_size]:
+            with Image.open(os.path.join(folder, rel)) as im:
                 batch.append(center_crop_resize(im, resolution))
         stats.update(extractor(batch))
     mu, sigma = stats.mean_cov()
-    meta = {k: v for k, v in key_obj.items() if k != "files"}
-    save_stats_npz(path, mu, sigma, meta)
-    meta["cache"] = f"written: {path}"
-    return mu, sigma, meta
+    save_stats_npz(path, mu, sigma, {k: v for k, v in meta.items() if k not in ("skipped",)})
+    return mu, sigma, {**meta, "cache": f"written: {path}"}
 
 
 # -- the metrics --------------------------------------------------------------------------------
@@ -265,11 +286,11 @@ def _fid_options(with_reference: bool) -> tuple:
 
     out = (
         Opt("fid_protocol", "str", None, "how images reach the Inception network", choices=tuple(PROTOCOLS)),
-        Opt("inception_weights", "str", None, "local Inception-v3 FID weights (torch-fidelity's .pth), loaded with weights_only=True"),
+        Opt("inception_weights", "str", None, "local Inception-v3 FID weights (torch-fidelity's .pth), loaded with weights_only=True", path=True),
     )
     if with_reference:
         out += (
-            Opt("fid_reference", "str", None, "real images: a folder of images or an .npz with mu/sigma"),
+            Opt("fid_reference", "str", None, "real images: a folder of images or an .npz with mu/sigma", path=True),
             Opt("fid_ref_n", "int", None, "use the first N reference images of the folder", minimum=2),
         )
     return out

@@ -154,7 +154,7 @@ def _lpips_options() -> tuple:
 
     return (
         Opt("lpips_net", "str", None, "LPIPS backbone", choices=tuple(LPIPS_BACKBONES)),
-        Opt("lpips_weights", "str", None, "local torchvision state dict of the backbone (features.* tensors)"),
+        Opt("lpips_weights", "str", None, "local torchvision state dict of the backbone (features.* tensors)", path=True),
     )
 
 

@@ -31,6 +31,8 @@ def mean_and_stderr(values: Sequence[float] | np.ndarray, n_boot: int = DEFAULT_
     x = np.asarray(values, dtype=np.float64).ravel()
     if x.size == 0:
         return math.nan, None
+    if x.size < 2:  # one value has no spread to estimate: no standard error (shown as n/a)
+        return float(x.mean()), None
     return float(x.mean()), bootstrap_stderr(x, n_boot=n_boot, seed=seed)
 
 
@@ -39,7 +41,7 @@ def paired_difference(base: dict[str, float], other: dict[str, float]) -> dict[s
 
     Pairing the same prompt (and seed) in two runs cancels the prompt-to-prompt spread, so much
     smaller differences are resolved than by comparing the two means. None without common keys;
-    ``se`` is NaN for a single pair.
+    ``se`` is None for a single pair.
     """
     keys = [k for k in other if k in base]
     if not keys:
@@ -48,7 +50,8 @@ def paired_difference(base: dict[str, float], other: dict[str, float]) -> dict[s
 
 
 def paired_arrays(values: Sequence[float] | np.ndarray, base: Sequence[float] | np.ndarray) -> dict[str, float]:
-    """Mean, standard error (NaN for one pair) and count of ``values - base``, element by element."""
+    """Mean, standard error (None for one pair: nothing to estimate it from, shown as n/a and never
+    "resolved") and count of ``values - base``, element by element."""
     d = np.asarray(values, dtype=np.float64) - np.asarray(base, dtype=np.float64)
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else math.nan
+    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else None
     return {"mean": float(d.mean()), "se": se, "n": int(d.size)}

@@ -20,7 +20,9 @@ from qbench.models.base import LoadedModel, ModelSpec, cache_root
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-TINY_VERSION = "v1"  # bump when a tiny builder changes, so stale caches are rebuilt
+TINY_VERSION = "v1"  # the tiny twins' folder also carries the digest of their builder's code
+#: imports that cannot change a pixel: the quantizer's API guards save_pretrained (qbench.identity)
+NOT_NUMERIC_IMPORTS = ("qbench.quant.api",)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -72,8 +74,11 @@ def tiny_twin_dir(spec: ModelSpec) -> str:
     callers wait on a lock, and a half-written build is never visible (tmp dir + rename)."""
     from qbench.registry import Entry
 
+    from qbench.identity import code_digest
+
     root = os.path.join(cache_root(), "tiny")
-    final = os.path.join(root, f"{spec.name}-{TINY_VERSION}")
+    builder = spec.tiny_builder.partition(":")[0] if isinstance(spec.tiny_builder, str) else spec.tiny_builder.__module__
+    final = os.path.join(root, f"{spec.name}-{TINY_VERSION}-{code_digest([builder])[:10]}")  # a changed builder builds anew
     if os.path.exists(os.path.join(final, "model_index.json")):
         return final
     with _file_lock(final + ".lock"):
@@ -153,6 +158,41 @@ def locate_model(name: str, *, model_path: str | None = None, device: str = "aut
     if local_only:
         _check_pipeline_class(spec, where, model_path)
     return ModelRef(spec, where, local_only, source, device, torch_dtype, fingerprint)
+
+
+def prequantized(ref: ModelRef) -> str | None:
+    """What makes the weights at ``ref`` already quantized, or None: a ``qbench export`` folder
+    (``qbench_export.json``, components loaded by qbench's quantized loader) or a component whose
+    ``config.json`` carries a ``quantization_config`` (diffusers' quantization backends). Such a
+    model is not full precision: it must not become a run's full-precision baseline, and
+    quantizing it again measures the second quantization only."""
+    import json
+
+    if not ref.local_only:
+        return None
+    if os.path.isfile(os.path.join(ref.where, "qbench_export.json")):
+        return "a qbench export (qbench_export.json)"
+    try:
+        with open(os.path.join(ref.where, "model_index.json"), encoding="utf-8") as f:
+            index = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(index, dict):
+        return None
+    for name, entry in sorted(index.items()):
+        if isinstance(entry, list) and entry and entry[0] == "qbench.quant.serialize":
+            return f"component {name!r} is qbench-quantized"
+        cfg_path = os.path.join(ref.where, name, "config.json")
+        if isinstance(entry, list) and os.path.isfile(cfg_path):
+            try:
+                with open(cfg_path, encoding="utf-8") as f:
+                    qc = json.load(f).get("quantization_config")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if qc:
+                how = qc.get("quant_method") if isinstance(qc, dict) else None
+                return f"component {name!r} carries a quantization_config ({how or 'unknown backend'})"
+    return None
 
 
 def _check_pipeline_class(spec: ModelSpec, where: str, model_path: str | None) -> None:

@@ -367,7 +367,7 @@ def _quant_options() -> tuple:
 
     return (
         Opt("group_size", "int", None, "input features per weight group (per-group weights)", minimum=2),
-        Opt("layers", "any", None, "per-layer overrides: a YAML/JSON file or a mapping `layer.name: {w: 8, a: 8} | 8 | fp16` (fnmatch keys allowed; `<component>:<name>` for other components)"),
+        Opt("layers", "any", None, "per-layer overrides: a YAML/JSON file or a mapping `layer.name: {w: 8, a: 8} | 8 | fp16` (fnmatch keys allowed; `<component>:<name>` for other components)", path=True),
         Opt("include", "list", None, "fnmatch patterns of layer names to quantize (default: all)"),
         Opt("exclude", "list", None, "fnmatch patterns of layer names to keep in floating point"),
         Opt("components", "list", None, f"pipeline components to quantize ({', '.join(COMPONENTS)}; default denoiser)"),
