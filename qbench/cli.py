@@ -186,11 +186,14 @@ def _sweep(sweep, args: argparse.Namespace) -> int:
     from qbench.sweep import run_sweep
     from qbench.tables import console
 
+    from qbench.dist import current
+
     con = console()
-    say = lambda m: con.print(m, markup=False, highlight=False)
+    main_rank = current(sweep.cells[0].device if sweep.cells else "auto").is_main  # only the main rank prints and reports
+    say = (lambda m: con.print(m, markup=False, highlight=False)) if main_rank else (lambda m: None)
     say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
     out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
-    if args.dry_run or not (out["ran"] or out["skipped"]):
+    if args.dry_run or not main_rank or not (out["ran"] or out["skipped"]):
         return 1 if out["failed"] else 0
     ids = out["ran"] + out["skipped"]
     cfg0 = sweep.cells[0]

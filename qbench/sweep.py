@@ -188,7 +188,7 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
             out["skipped"].append(prev)
             continue
         if key in done_here:  # a repeated cell (e.g. seeds: [42, 42]) is the same run
-            say(f"{label}: same cell as an earlier one (run {done_here[key][-6:]}), skipped")
+            say(f"{label}: same cell as an earlier one ({done_here[key]}), skipped")
             continue
         if dry_run:
             say(f"{label}: to run ({len(plan.prompts)} prompts)")
@@ -201,10 +201,9 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
         except QBenchError as e:  # one cell failing (NaN output, another rank failing, ...) does not stop the others
             say(f"{label}: FAILED: {e}")
             out["failed"].append(f"{cfg.model} / {plan.method.label}: {e}")
+            done_here[key] = "failed above"
             continue
         if res is not None:  # None on the non-main ranks of a sharded run
             out["ran"].append(res.run_id)
-            done_here[key] = res.run_id
-        else:
-            done_here[key] = "(another rank's)"
+        done_here[key] = f"run {res.run_id[-6:]}" if res is not None else "run on the main rank"
     return out

@@ -102,3 +102,56 @@ def test_mixdq_calibration_shards_its_configs_and_allocates_the_same(tmp_path):
     assert _hashes(run1["result"]["images_dir"]) == _hashes(run2["result"]["images_dir"]) and per1 == per2
     caches = [sorted(p.read_text().splitlines()) for d in (one, two) for p in d.rglob("*sensitivity*.jsonl")]
     assert len(caches) == 2 and caches[0] == caches[1]
+
+
+_FLAKY = '''
+import os
+from qbench.api import Method
+from qbench.errors import QBenchError
+
+
+class Flaky(Method):
+    """Full precision, except that converting fails on rank 1 (a cell that fails on one rank only)."""
+
+    name = "flaky"
+
+    def convert(self, model):
+        if os.environ.get("RANK") == "1":
+            raise QBenchError("flaky: rank 1 cannot convert")
+'''
+
+_LAUNCH = '''
+import sys
+sys.path.insert(0, {here!r})
+from qbench.catalog import METHODS
+METHODS.register("flaky", "flaky_method:Flaky", "fails on rank 1")
+from qbench.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_sweep_on_two_ranks_a_cell_failing_on_one_rank_fails_on_both_and_the_sweep_goes_on(tmp_path):
+    """The main rank decides which cells run (a repeated cell, seeds [42, 42], is one run: no rank
+    crashes); a cell that fails on rank 1 only fails on both ranks (no hang) and the next cell runs;
+    only the main rank prints."""
+    (tmp_path / "flaky_method.py").write_text(_FLAKY)
+    launch = tmp_path / "launch.py"
+    launch.write_text(_LAUNCH.format(here=str(tmp_path)))
+    out = tmp_path / "r"
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text(f"models: [toy-flux]\nmethods: [flaky, fp]\nseeds: [42, 42]\nrun: {{prompts: 'toy:4', metrics: [psnr], batch_size: 2, "
+                     f"latency_warmup: 0, latency_repeats: 1, out_dir: {out}}}\n")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", str(launch),
+                        "sweep", str(sweep), "--no-progress"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 1, r.stderr[-3000:]  # a failed cell: exit 1, after the others ran
+    assert "rank 1 of 2 failed: flaky: rank 1 cannot convert" in r.stdout
+    assert r.stdout.count("sweep s: 4 cells") == 1 and r.stdout.count("[1/4] toy-flux / flaky: running") == 1  # one rank prints
+    assert "[2/4] toy-flux / flaky: same cell as an earlier one (failed above), skipped" in r.stdout
+    assert "[4/4] toy-flux / fp: same cell as an earlier one (run " in r.stdout
+    from qbench.store import Store
+
+    runs = Store(str(out / "qbench.sqlite"), create=False).runs(status=None)
+    by = {}
+    for run in runs:
+        by.setdefault(run["method"], []).append(run["status"])
+    assert by == {"flaky": ["failed"], "fp": ["done"]}, by
