@@ -211,6 +211,7 @@ def test_imagereward_metric_is_the_normalised_mlp_output(images):
 
     v = run_metric("imagereward", {"standin": True}, images)
     assert v.details["meaningful"] is False and len(v.details["unused_checkpoint_names"]) == 5
+    assert np.ptp(list(v.per_image.values())) > 1e-3 and v.stderr > 0  # the stand-in's rewards differ between images
     scorer = ImageRewardScorer(MetricContext(options={"standin": True}))
     net, tok = scorer.ir.net, scorer.ir.tokenizer
     t = tok(TEXTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")

@@ -292,6 +292,9 @@ def imagereward_model(folder: str | None = None) -> tuple[str, str, str]:
         for p in net.vision.parameters():
             if p.dim() > 1:
                 p.normal_(0.0, 0.02)
+        for p in net.mlp.parameters():  # unit-gain head, so stand-in rewards differ between images
+            if p.dim() > 1:
+                p.normal_(0.0, p.shape[1] ** -0.5)
     state = {unmap_key(k): v.contiguous() for k, v in net.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     state.update({"blip.vision_proj.weight": torch.randn(16, cfg.vision_width, generator=g), "blip.vision_proj.bias": torch.zeros(16),
