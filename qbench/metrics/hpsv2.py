@@ -8,8 +8,8 @@ A CLIP ViT-H-14 (open_clip architecture) fine-tuned on human preference pairs (H
 Source: tgxs002/HPSv2. ``hpsv2.score`` (``hpsv2/img_score.py``) returns the diagonal of
 ``image_features @ text_features.T`` on the model's L2-normalised features, i.e. ``cos`` (this is
 the unit Q-Sched's ``mean(AQ-Map) + k * mean(HPSv2.1)`` adds up, see :mod:`qbench.metrics.jaq`);
-its benchmark (``hpsv2/evaluation.py``) and the papers that report HPSv2.1 (Q-Sched among them)
-use ``100 * cos``, which this metric reports. No clamp at 0 (unlike CLIP score).
+its benchmark (``hpsv2/evaluation.py``) uses ``100 * cos``, the unit HPSv2's published tables
+use, which this metric reports. No clamp at 0 (unlike CLIP score).
 
 Weights: ``xswu/HPSv2`` on the hub, file ``HPS_v2.1_compressed.pt`` (``hps_version=v2.0``:
 ``HPS_v2_compressed.pt``), a ``{"state_dict": ...}`` of open_clip ``ViT-H-14`` names that the
@@ -23,7 +23,7 @@ default) -> centre crop 224 -> OpenAI CLIP mean/std. Prompts: open_clip's tokeni
 truncated). The reference runs under CUDA autocast (fp16); qbench runs the model in float32.
 
 Shapes and dtypes: images are PIL / HxWx3 uint8 / float in [0, 1] (any size); scores a float64
-``(N,)`` array, unit "100 x cosine", range [-100, 100] (real images and prompts: ~20..35).
+``(N,)`` array, unit "100 x cosine", range [-100, 100].
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ from the ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K`` processor (images: resize sho
 bicubic, centre crop 224, OpenAI CLIP mean/std; prompts: CLIP BPE, truncated at 77 tokens), then
 ``model.logit_scale.exp() * text_embs @ image_embs.T`` on L2-normalised features; the card's
 ``calc_probs`` softmaxes those scores over the candidate images of one prompt, qbench keeps the
-score itself, one per (image, own prompt). PickScore_v1's learned ``exp(logit_scale)`` is ~100, so
-scores of real images lie around 18..24. (Q-Sched's ``src/metrics/pickscore.py`` calls
+score itself, one per (image, own prompt); ``exp(logit_scale)`` is the checkpoint's own (CLIP
+training caps it at 100) and is recorded in ``details``. (Q-Sched's ``src/metrics/pickscore.py`` calls
 ``calc_probs(captions, images)`` with all captions at once and keeps row 0, i.e. scores every image
 against the first caption; qbench does not copy that.)
 
