@@ -137,5 +137,6 @@ def test_aqmap_without_spacy_is_refused_in_one_line(monkeypatch):
         aqmap.AQMapScorer(MetricContext(options={"standin": False, "aqmap_clip_model": standins.open_clip_model()[0],
                                                  "aqmap_clip_pretrained": standins.open_clip_model()[1]}))
     assert "\n" not in str(e.value)
-    with pytest.raises(QBenchError, match="en_core_web_sm"):  # preflight: with every other problem of the run
+    with pytest.raises(QBenchError, match="en_core_web_sm") as e:  # preflight: with every other problem of the run
         JAQHPSMetric.preflight(MetricContext(options={"hps_weights": __file__}), [])
+    assert "AQ-Map open_clip weights ViT-B-16/openai" in str(e.value) and "-M aqmap_clip_pretrained=" in str(e.value)

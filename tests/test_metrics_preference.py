@@ -145,9 +145,10 @@ def test_pickscore_offline_refusal(monkeypatch):
     from qbench.metrics.pickscore import PickScore
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(MissingWeightsError, match=r"yuvalkirstain/PickScore_v1.*-M pickscore_model"):
+    with pytest.raises(QBenchError, match=r"huggingface.co/yuvalkirstain/PickScore_v1 .*-M pickscore_model=FOLDER") as e:
         PickScore.preflight(MetricContext(options={}), [])
-    with pytest.raises(MissingWeightsError, match="folder not found"):
+    assert "huggingface.co/laion/CLIP-ViT-H-14-laion2B-s32B-b79K" in str(e.value)  # both problems in one report
+    with pytest.raises(QBenchError, match="folder not found: /nonexistent/pick"):
         PickScore.preflight(MetricContext(options={"pickscore_model": "/nonexistent/pick"}), [])
 
 

@@ -30,6 +30,7 @@ replaces both, like every other learned part. Shapes: images PIL / HxWx3 uint8 /
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import string
 from collections.abc import Callable, Sequence
@@ -216,7 +217,8 @@ class AQMapScorer:
         from qbench.metrics.clip_models import clip_details, load_open_clip
 
         model, pretrained = aqmap_clip_spec(ctx)
-        self.clip = load_open_clip(model, pretrained, ctx.device, "AQ-Map CLIP (metric options aqmap_clip_*)")
+        with _aqmap_options_named():
+            self.clip = load_open_clip(model, pretrained, ctx.device, "AQ-Map CLIP (metric options aqmap_clip_*)")
         self.info = clip_details(self.clip)
         standin = parser is None and common.opt_bool(ctx, "standin")
         if parser is None and not standin:
@@ -301,5 +303,19 @@ def preflight_aqmap(ctx: MetricContext) -> None:
     from qbench.errors import gather
     from qbench.metrics.clip_models import resolve_clip
 
+    def clip() -> None:
+        with _aqmap_options_named():
+            resolve_clip(*aqmap_clip_spec(ctx), "metric option aqmap_clip_pretrained")
+
     nlp = [] if common.opt_bool(ctx, "standin") else [lambda: _nlp(), nltk_stopwords]
-    gather(*nlp, lambda: resolve_clip(*aqmap_clip_spec(ctx), "metric option aqmap_clip_pretrained"))
+    gather(*nlp, clip)
+
+
+@contextlib.contextmanager
+def _aqmap_options_named():
+    """open_clip's missing-weights line names ``clip_model`` / ``clip_pretrained``; AQ-Map's CLIP
+    takes ``aqmap_clip_model`` / ``aqmap_clip_pretrained``."""
+    try:
+        yield
+    except MissingWeightsError as e:
+        raise MissingWeightsError("AQ-Map " + str(e).replace("-M clip_", "-M aqmap_clip_")) from None

@@ -85,13 +85,21 @@ def _check_source(source: str, marker: str, what: str, option: str, also: tuple[
         raise MissingWeightsError(f"{what}: folder not found: {path} (option {option})")
     from qbench.metrics.preference import hub_file
 
-    hub_file(source, marker, what, option)
+    try:
+        hub_file(source, marker, what, option)
+    except MissingWeightsError:
+        raise MissingWeightsError(
+            f"{what} files are not cached ({'offline' if common.is_offline() else 'download failed'}); download the hub repository "
+            f"https://huggingface.co/{source} into a folder (save_pretrained layout) and pass -M {option}=FOLDER"
+        ) from None
 
 
 def preflight_pickscore(ctx: MetricContext) -> None:
+    from qbench.errors import gather
+
     model, proc, _ = pickscore_spec(ctx)
-    _check_source(model, "config.json", "PickScore model", "pickscore_model")
-    _check_source(proc, "preprocessor_config.json", "PickScore processor", "pickscore_processor", PROC_FILES)
+    gather(lambda: _check_source(model, "config.json", "PickScore model", "pickscore_model"),
+           lambda: _check_source(proc, "preprocessor_config.json", "PickScore processor", "pickscore_processor", PROC_FILES))
 
 
 @dataclass
