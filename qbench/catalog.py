@@ -47,7 +47,12 @@ METRICS.register("fid", "qbench.metrics.fid:FID", "FID vs real images (fid_refer
 METRICS.register("fid-fp", "qbench.metrics.fid:FIDvsFP", "FID vs the full-precision model's images of the same prompts and seeds", needs_weights="inception")
 METRICS.register("clip", "qbench.metrics.clip_score:CLIPScore", "CLIP score 100*max(cos,0), open_clip (default OpenAI ViT-L/14)", needs_weights="clip")
 METRICS.register("clipiqa", "qbench.metrics.clipiqa:CLIPIQA", 'CLIP-IQA in [0,1] ("Good photo."/"Bad photo."), pyiqa RN50 backbone', needs_weights="clipiqa")
-METRICS.register("jaq", "qbench.metrics.jaq:JAQMetric", "JAQ = log(CLIPScore/100) + k*CLIP-IQA per image (k=2), reference-free, higher is better", needs_weights="clip+clipiqa")
+METRICS.register("jaq", "qbench.metrics.jaq:JAQMetric", "JAQ = log(CLIPScore/100) + k*CLIP-IQA per image (k=2), reference-free, higher is better; -M jaq_form=set, -M jaq_quality=hpsv2 (second variant)", needs_weights="clip+clipiqa")
+# Human preference metrics (issue 20): real weights from the hub or -M paths, stand-ins with standin=true.
+METRICS.register("hpsv2", "qbench.metrics.hpsv2:HPSv2", "HPSv2.1: 100*cos of open_clip ViT-H-14 + the HPS v2.1 checkpoint (xswu/HPSv2), higher is better", needs_weights="hpsv2")
+METRICS.register("pickscore", "qbench.metrics.pickscore:PickScore", "PickScore: exp(logit_scale)*cos of yuvalkirstain/PickScore_v1 (CLIP-H, transformers), higher is better", needs_weights="pickscore")
+METRICS.register("imagereward", "qbench.metrics.imagereward:ImageReward", "ImageReward v1.0: BLIP ViT-L + MED BERT + MLP in-tree, THUDM/ImageReward.pt, ~N(0,1), higher is better", needs_weights="imagereward")
+METRICS.register("jaq-hps", "qbench.metrics.jaq:JAQHPSMetric", "JAQ second variant (Q-Sched kclip2): mean(AQ-Map) + k*mean(HPSv2.1/100), k=2; needs spaCy + NLTK", needs_weights="clip ViT-B-16+hpsv2")
 METRICS.register("psnr", "qbench.metrics.fidelity:PSNR", "PSNR (dB) vs the full-precision image of the same prompt and seed", needs_weights=None)
 METRICS.register("ssim", "qbench.metrics.fidelity:SSIM", "SSIM vs the full-precision image of the same prompt and seed", needs_weights=None)
 METRICS.register("lpips", "qbench.metrics.fidelity:LPIPS", "LPIPS v0.1 (AlexNet) vs the full-precision image of the same prompt and seed", needs_weights="lpips")

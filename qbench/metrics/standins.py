@@ -8,7 +8,12 @@ real weights come in, so tests and ``--metric-option standin=true`` runs exercis
 * :func:`open_clip_model` - a tiny open_clip model config JSON + safetensors weights;
 * :func:`clipiqa_backbone` - a tiny OpenAI-layout CLIP state dict, from which pyiqa's CLIP-IQA
   network is built (or the same model as TorchScript, to test that such archives are refused);
-* :func:`lpips_backbone` - random AlexNet ``features.*`` weights for LPIPS.
+* :func:`lpips_backbone` - random AlexNet ``features.*`` weights for LPIPS;
+* :func:`hps_model` - a tiny open_clip ViT + text tower in HPSv2's checkpoint format;
+* :func:`pickscore_model` - a tiny transformers ``CLIPModel`` folder and a CLIP processor folder
+  (the real CLIP BPE vocabulary, rebuilt from open_clip's bundled merges file);
+* :func:`imagereward_model` - a tiny ImageReward checkpoint (``ImageReward.pt`` key names) and a
+  BERT tokenizer folder.
 
 Every file gets a sidecar ``<file>.qbench.json`` with ``"meaningful": false``, so numbers made
 with it are labelled as such wherever they are stored or printed. Builds are deterministic
@@ -107,25 +112,49 @@ def open_clip_model(folder: str | None = None) -> tuple[str, str]:
     Pass them as ``clip_model`` / ``clip_pretrained``; the model name open_clip registers is the
     JSON file's stem.
     """
+    return _tiny_open_clip(folder, f"qbench-standin-clip-{VERSION}", STANDIN_CLIP_CONFIG, "safetensors", "CLIP")
+
+
+def _tiny_open_clip(folder: str | None, name: str, config: dict, fmt: str, kind: str) -> tuple[str, str]:
+    """Write ``<name>.json`` (open_clip model config) and random weights: ``fmt`` ``safetensors``
+    (open_clip's layout) or ``hps`` (``torch.save({"state_dict": ...})``, HPSv2's checkpoint format)."""
     import open_clip
     import torch
-    from safetensors.torch import save_file
 
     folder = folder or standin_dir()
-    name = f"qbench-standin-clip-{VERSION}"
     cfg_path = os.path.join(folder, f"{name}.json")
-    weights = os.path.join(folder, f"{name}.safetensors")
+    weights = os.path.join(folder, f"{name}.{'safetensors' if fmt == 'safetensors' else 'pt'}")
     if _ready(weights) and os.path.isfile(cfg_path):
         return cfg_path, weights
     os.makedirs(folder, exist_ok=True)
-    atomic_write_text(cfg_path, json.dumps(STANDIN_CLIP_CONFIG, indent=1))
+    atomic_write_text(cfg_path, json.dumps(config, indent=1))
     open_clip.add_model_config(cfg_path)
     torch.manual_seed(0)
     model = open_clip.create_model(name, pretrained=None)
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    atomic_write(weights, lambda tmp: save_file(state, tmp))
-    write_sidecar(weights, _label("CLIP", f"open_clip config {os.path.basename(cfg_path)}"))
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        atomic_write(weights, lambda tmp: save_file(state, tmp))
+    else:
+        atomic_write(weights, lambda tmp: torch.save({"state_dict": {k: v.half() for k, v in state.items()}}, tmp))
+    write_sidecar(weights, _label(kind, f"open_clip config {os.path.basename(cfg_path)}"))
     return cfg_path, weights
+
+
+#: HPSv2's ViT-H-14 shrunk (same open_clip classes and parameter names; GELU, not QuickGELU)
+STANDIN_HPS_CONFIG = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 224, "layers": 2, "width": 32, "head_width": 16, "patch_size": 14},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+def hps_model(folder: str | None = None) -> tuple[str, str]:
+    """(model-config JSON, checkpoint) of a tiny random HPS model: the checkpoint in HPSv2's
+    published format (``{"state_dict": fp16 tensors}`` of open_clip names), for ``hps_model`` /
+    ``hps_weights``."""
+    return _tiny_open_clip(folder, f"qbench-standin-hps-{VERSION}", STANDIN_HPS_CONFIG, "hps", "HPSv2 (open_clip ViT)")
 
 
 def clipiqa_backbone(folder: str | None = None, torchscript: bool = False) -> str:
@@ -176,3 +205,101 @@ def lpips_backbone(folder: str | None = None) -> str:
     atomic_write(path, lambda tmp: torch.save(state, tmp))
     write_sidecar(path, _label("AlexNet (LPIPS backbone)", "torchvision layout, features only"))
     return path
+
+
+def clip_bpe_files(folder: str) -> tuple[str, str]:
+    """``(vocab.json, merges.txt)`` of OpenAI CLIP's BPE (49,408 tokens) in transformers' format,
+    rebuilt from open_clip's bundled ``bpe_simple_vocab_16e6.txt.gz`` the way CLIP's
+    ``SimpleTokenizer`` builds its encoder: 256 byte symbols, the same with ``</w>``, the first
+    48,894 merges, then ``<|startoftext|>`` and ``<|endoftext|>``."""
+    import gzip
+
+    from open_clip.tokenizer import bytes_to_unicode, default_bpe
+
+    vocab_path, merges_path = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    if os.path.isfile(vocab_path) and os.path.isfile(merges_path):
+        return vocab_path, merges_path
+    os.makedirs(folder, exist_ok=True)
+    with gzip.open(default_bpe()) as f:
+        merges = f.read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    symbols = list(bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    atomic_write_text(vocab_path, json.dumps({t: i for i, t in enumerate(vocab)}))
+    atomic_write_text(merges_path, "#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_path, merges_path
+
+
+def pickscore_model(folder: str | None = None) -> tuple[str, str]:
+    """(model folder, processor folder) of a tiny random transformers ``CLIPModel`` (PickScore_v1's
+    classes and parameter names: ViT-H-14 shrunk to 2 layers of width 32) and a CLIP processor
+    (224 px, bicubic, OpenAI mean/std; the real CLIP BPE vocabulary), as ``save_pretrained``
+    writes them, for ``pickscore_model`` / ``pickscore_processor``."""
+    import torch
+    from transformers import (
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        CLIPTokenizer,
+    )
+
+    folder = os.path.join(folder or standin_dir(), f"pickscore-standin-{VERSION}")
+    model_dir, proc_dir = os.path.join(folder, "model"), os.path.join(folder, "processor")
+    weights = os.path.join(model_dir, "model.safetensors")
+    if _ready(weights) and os.path.isfile(os.path.join(proc_dir, "preprocessor_config.json")):
+        return model_dir, proc_dir
+    vocab, merges = clip_bpe_files(os.path.join(folder, "bpe"))
+    tok = CLIPTokenizer(vocab, merges, model_max_length=77)
+    image = CLIPImageProcessor(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    CLIPProcessor(image_processor=image, tokenizer=tok).save_pretrained(proc_dir)
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "hidden_act": "gelu"}
+    cfg = CLIPConfig(text_config={**small, "vocab_size": 49408, "max_position_embeddings": 77, "eos_token_id": 49407, "bos_token_id": 49406, "pad_token_id": 49407},
+                     vision_config={**small, "image_size": 224, "patch_size": 14}, projection_dim=32)
+    torch.manual_seed(0)
+    CLIPModel(cfg).eval().save_pretrained(model_dir, safe_serialization=True)
+    write_sidecar(weights, _label("PickScore (transformers CLIPModel)", "ViT-H-14 classes, 2 layers, width 32"))
+    return model_dir, proc_dir
+
+
+#: a WordPiece vocabulary for the ImageReward stand-in: BERT's special tokens, letters, pieces, words
+_BERT_VOCAB = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-")
+               + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+               + ["an", "the", "of", "on", "in", "with", "and", "photo", "red", "blue", "green", "cube", "cat", "cats", "dog", "table", "circle", "two", "small", "large"])
+
+
+def imagereward_model(folder: str | None = None) -> tuple[str, str, str]:
+    """(checkpoint, tokenizer folder, config JSON) of a tiny random ImageReward: the checkpoint is a
+    ``torch.save``'d state dict with ``ImageReward.pt``'s names (written through the inverse of
+    :func:`qbench.metrics.blip.map_key`, plus the unused ``blip.vision_proj`` / ``blip.text_proj``
+    and ``position_ids`` entries the real file holds), for ``imagereward_weights`` /
+    ``imagereward_tokenizer`` / ``imagereward_config``."""
+    import torch
+
+    from qbench.metrics.blip import ImageRewardConfig, ImageRewardNet, unmap_key
+
+    folder = os.path.join(folder or standin_dir(), f"imagereward-standin-{VERSION}")
+    weights, cfg_path, tok_dir = (os.path.join(folder, n) for n in ("ImageReward.pt", "config.json", "tokenizer"))
+    if _ready(weights) and os.path.isfile(cfg_path) and os.path.isfile(os.path.join(tok_dir, "vocab.txt")):
+        return weights, tok_dir, cfg_path
+    os.makedirs(tok_dir, exist_ok=True)
+    atomic_write_text(os.path.join(tok_dir, "vocab.txt"), "\n".join(_BERT_VOCAB) + "\n")
+    cfg = ImageRewardConfig(vision_width=32, vision_layers=2, vision_heads=2, vision_mlp=64, text_vocab=len(_BERT_VOCAB) + 2,
+                            text_width=32, text_layers=2, text_heads=2, text_mlp=64, text_positions=64)
+    atomic_write_text(cfg_path, json.dumps(cfg.to_dict(), indent=1))
+    torch.manual_seed(0)
+    net = ImageRewardNet(cfg)
+    with torch.no_grad():  # transformers initialises BLIP's ViT with std 1e-10 (a constant image); use BLIP's 0.02
+        for p in net.vision.parameters():
+            if p.dim() > 1:
+                p.normal_(0.0, 0.02)
+        for p in net.mlp.parameters():  # unit-gain head, so stand-in rewards differ between images
+            if p.dim() > 1:
+                p.normal_(0.0, p.shape[1] ** -0.5)
+    state = {unmap_key(k): v.contiguous() for k, v in net.state_dict().items()}
+    g = torch.Generator().manual_seed(1)
+    state.update({"blip.vision_proj.weight": torch.randn(16, cfg.vision_width, generator=g), "blip.vision_proj.bias": torch.zeros(16),
+                  "blip.text_proj.weight": torch.randn(16, cfg.text_width, generator=g), "blip.text_proj.bias": torch.zeros(16),
+                  "blip.text_encoder.embeddings.position_ids": torch.arange(cfg.text_positions).expand((1, -1)).clone()})
+    atomic_write(weights, lambda tmp: torch.save(state, tmp))
+    write_sidecar(weights, _label("ImageReward (BLIP ViT + MED BERT + MLP)", "2 layers, width 32, ImageReward.pt names"))
+    return weights, tok_dir, cfg_path
