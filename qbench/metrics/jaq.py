@@ -75,8 +75,9 @@ def _brisque_quality(ctx: MetricContext) -> tuple[QualityFn, dict[str, Any]]:
 
 
 def _piqe_quality(ctx: MetricContext) -> tuple[QualityFn, dict[str, Any]]:
-    from qbench.metrics.quality import lower_better_to_quality, piqe_scores
+    from qbench.metrics.quality import lower_better_to_quality, piqe_scores, preflight_piqe
 
+    preflight_piqe()  # pyiqa is the optional extra qbench[pyiqa]
     return (lambda images: lower_better_to_quality(piqe_scores(images))), {
         "term": "piqe", "formula": "Q = 1 - PIQE/100 (pyiqa piqe; lower PIQE is better)", "versions": common.versions("pyiqa"),
     }
@@ -157,7 +158,10 @@ def preflight_jaq(ctx: MetricContext) -> None:
     from qbench.metrics.clip_models import preflight_clip
     from qbench.metrics.clipiqa import preflight_clipiqa
 
-    gather(lambda: preflight_clip(ctx), *([lambda: preflight_clipiqa(ctx)] if quality == "clipiqa" else []))
+    from qbench.metrics.quality import preflight_piqe
+
+    gather(lambda: preflight_clip(ctx), *([lambda: preflight_clipiqa(ctx)] if quality == "clipiqa" else []),
+           *([preflight_piqe] if quality == "piqe" else []))
 
 
 def _jaq_options() -> tuple:
