@@ -46,7 +46,7 @@ METRICS.register("model-size", "qbench.models.base:module_nbytes", "exact bytes 
 METRICS.register("fid", "qbench.metrics.fid:FID", "FID vs real images (fid_reference: folder or .npz), Inception-v3 pool3, protocol fid_protocol (clean)", needs_weights="inception")
 METRICS.register("fid-fp", "qbench.metrics.fid:FIDvsFP", "FID vs the full-precision model's images of the same prompts and seeds", needs_weights="inception")
 METRICS.register("clip", "qbench.metrics.clip_score:CLIPScore", "CLIP score 100*max(cos,0), open_clip (default OpenAI ViT-L/14)", needs_weights="clip")
-METRICS.register("clipiqa", "qbench.metrics.clipiqa:CLIPIQA", 'CLIP-IQA in [0,1] ("Good photo."/"Bad photo."), pyiqa RN50 backbone', needs_weights="clipiqa")
+METRICS.register("clipiqa", "qbench.metrics.clipiqa:CLIPIQA", 'CLIP-IQA in [0,1] ("Good photo."/"Bad photo."), in-tree, OpenAI RN50 backbone', needs_weights="clipiqa")
 METRICS.register("jaq", "qbench.metrics.jaq:JAQMetric", "JAQ = log(CLIPScore/100) + k*CLIP-IQA per image (k=2), reference-free, higher is better; -M jaq_form=set, -M jaq_quality=hpsv2 (second variant)", needs_weights="clip+clipiqa")
 # Human preference metrics (issue 20): real weights from the hub or -M paths, stand-ins with standin=true.
 METRICS.register("hpsv2", "qbench.metrics.hpsv2:HPSv2", "HPSv2.1: 100*cos of open_clip ViT-H-14 + the HPS v2.1 checkpoint (xswu/HPSv2), higher is better", needs_weights="hpsv2")
@@ -59,7 +59,7 @@ METRICS.register("lpips", "qbench.metrics.fidelity:LPIPS", "LPIPS v0.1 (AlexNet)
 METRICS.register("toy-acc", "qbench.metrics.toy_acc:ToyAcc", "toy world: rule-based per-attribute (background/colour/size/shape/position) and all-correct accuracy vs the prompt's scene", needs_weights=None)
 METRICS.register("fd-toyclip", "qbench.metrics.fd_toyclip:FDToyClip", "toy world: Frechet distance of toy-CLIP image features vs rendered ground truth of the same prompts (lower is better)", needs_weights="toy-clip (shipped)")
 METRICS.register("brisque", "qbench.metrics.quality:BRISQUEMetric", "BRISQUE no-reference quality (shipped SVM, offline; lower is better)", needs_weights=None)
-METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference quality (pyiqa, offline; lower is better)", needs_weights=None)
+METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference quality (needs the qbench[pyiqa] extra; offline; lower is better)", needs_weights=None)
 
 # -- prompt sets (qbench/prompts.py; data in datasets/) ---------------------------------------------
 PROMPTS.register("coco2014-30k", "qbench.prompts:coco2014_30k", "COCO-30k val2014 zero-shot FID prompt set (one caption per image, file order), CC BY 4.0")

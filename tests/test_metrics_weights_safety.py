@@ -10,7 +10,7 @@ import torch
 from qbench.api import MetricContext
 from qbench.cli import main
 from qbench.errors import QBenchError
-from qbench.metrics import clipiqa, common, standins
+from qbench.metrics import clip_models, common, standins
 
 
 class Payload:
@@ -82,14 +82,16 @@ def test_torchscript_is_refused_unless_openai_publishes_its_hash(tmp_path, monke
     with pytest.raises(QBenchError, match="TorchScript archive"):
         common.load_tensor_file(ts, "Inception-v3 (FID)", "inception_weights")
     with pytest.raises(QBenchError, match="not one of OpenAI's published"):
-        clipiqa.read_backbone(ts)
-    assert len(clipiqa.openai_archives()) >= 9  # RN50 ... ViT-L/14@336px, as pyiqa lists them
+        clip_models.read_backbone(ts)
+    assert len(clip_models.openai_archives()) >= 9  # RN50 ... ViT-L/14@336px, as open_clip lists OpenAI's URLs
     sha = common.file_sha256(ts)
-    monkeypatch.setattr(clipiqa, "openai_archives", lambda: {sha: "RN50 (pretend)"})
-    from_ts, how = clipiqa.read_backbone(ts)
-    from_sd, how_sd = clipiqa.read_backbone(sd)
+    monkeypatch.setattr(clip_models, "openai_archives", lambda: {sha: "RN50 (pretend)"})
+    from_ts, how = clip_models.read_backbone(ts)
+    from_sd, how_sd = clip_models.read_backbone(sd)
     assert "sha256 verified" in how and "weights_only=True" in how_sd
-    assert from_ts.keys() == from_sd.keys() and all(torch.equal(from_ts[k], from_sd[k]) for k in from_sd)
+    assert set(from_ts) - set(from_sd) == {"attn_mask"}  # open_clip's causal mask, a buffer TorchScript keeps
+    assert all(torch.equal(from_ts[k], from_sd[k]) for k in from_sd)
+    clip_models.build_resnet_clip(from_ts)  # loads strictly, the mask left out
 
 
 def test_state_dict_checks(tmp_path):

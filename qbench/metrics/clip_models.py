@@ -12,6 +12,11 @@ Options (``RunConfig.metric_options``):
 
 Defaults come from :func:`default_clip_for`. A model is loaded once per process and device and
 shared by every metric that asks for it.
+
+OpenAI's ResNet CLIPs in OpenAI's own layout (CLIP-IQA's backbone, :mod:`qbench.metrics.clipiqa`):
+:func:`read_backbone` reads such a file without running code from it, :func:`build_resnet_clip`
+puts its tensors into open_clip's ``CLIP`` (whose module names are OpenAI's), the architecture
+read off the tensors' shapes.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qbench.api import MetricContext
-from qbench.errors import ConfigError, MissingWeightsError
+from qbench.errors import ConfigError, MissingWeightsError, QBenchError
 from qbench.metrics import common
 
 #: OpenAI CLIP ViT-L/14, the CLIP-score convention of the few-step diffusion literature
@@ -177,3 +182,98 @@ def clip_details(clip: LoadedClip) -> dict[str, Any]:
         d["clip_config_sha256"] = clip.info["config_sha256"]
     common.merge_provenance(d, "clip_weights", clip.info["pretrained"])
     return d
+
+
+# -- OpenAI ResNet CLIPs in OpenAI's layout (CLIP-IQA's backbone) ----------------------------------
+#: entries of OpenAI's TorchScript archives that are not weights (OpenAI's build_model drops them)
+OPENAI_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def openai_archives() -> dict[str, str]:
+    """SHA-256 -> name of OpenAI's published CLIP TorchScript archives: the hash is the second to
+    last part of each download URL (openai/CLIP ``clip/clip.py``; open_clip's ``openai`` tags list
+    the same URLs, read from there)."""
+    import open_clip
+
+    out = {}
+    for name, tag in open_clip.list_pretrained():
+        url = (open_clip.get_pretrained_cfg(name, tag) or {}).get("url", "") if tag == "openai" else ""
+        if "openaipublic" in url:
+            out[url.rstrip("/").split("/")[-2]] = name.replace("-quickgelu", "")
+    return out
+
+
+def openai_resnet_urls() -> dict[str, str]:
+    """OpenAI ResNet CLIP name -> archive URL (open_clip's ``openai`` pretrained configs)."""
+    import open_clip
+
+    names = [n for n, tag in open_clip.list_pretrained() if tag == "openai" and n.startswith("RN") and "quickgelu" not in n]
+    return {n: open_clip.get_pretrained_cfg(n, "openai")["url"] for n in names}
+
+
+def read_backbone(path: str) -> tuple[dict[str, Any], str]:
+    """(state dict in OpenAI's CLIP layout, how it was read) from a backbone file, running no code
+    from it: a state dict through :func:`common.load_tensor_file`; a TorchScript archive only if
+    its SHA-256 is one of :func:`openai_archives` (else :class:`QBenchError`)."""
+    if common.is_torchscript(path):
+        sha = common.file_sha256(path)
+        known = openai_archives()
+        if sha not in known:
+            raise QBenchError(
+                f"CLIP-IQA backbone: {path} is a TorchScript archive (a program) and not one of OpenAI's published CLIP archives "
+                f"(sha256 {sha[:16]}...); qbench runs no other programs. Pass a state dict instead: "
+                "torch.save(torch.jit.load(f).state_dict(), 'backbone.pt') (option clipiqa_backbone)"
+            )
+        import torch
+
+        return torch.jit.load(path, map_location="cpu").state_dict(), f"OpenAI TorchScript archive {known[sha]} (sha256 verified), tensors only"
+    return common.load_tensor_file(path, "CLIP-IQA backbone", "clipiqa_backbone"), "state dict, torch.load(weights_only=True) / safetensors"
+
+
+def resnet_clip_config(state: dict[str, Any]) -> dict[str, Any]:
+    """Pure function: the hyper-parameters of an OpenAI ResNet CLIP read off its tensors' shapes
+    (the rules of OpenAI's ``build_model``, openai/CLIP ``clip/model.py``). Raises :class:`ConfigError`
+    for a state dict that is not a ResNet CLIP (a ViT, or another network)."""
+    if "visual.proj" in state or "visual.attnpool.positional_embedding" not in state:
+        raise ConfigError(
+            "clipiqa_backbone: not an OpenAI ResNet CLIP state dict (no visual.attnpool.*); the qbench CLIP-IQA uses the "
+            "paper's ResNet backbone (RN50); for a ViT backbone use -M clipiqa_impl=pyiqa"
+        )
+    pos = state["visual.attnpool.positional_embedding"].shape[0]
+    grid = round((pos - 1) ** 0.5)
+    width = state["ln_final.weight"].shape[0]
+    return {
+        "embed_dim": state["text_projection"].shape[1],
+        "vision_layers": tuple(len({k.split(".")[2] for k in state if k.startswith(f"visual.layer{b}.")}) for b in (1, 2, 3, 4)),
+        "vision_width": state["visual.layer1.0.conv1.weight"].shape[0],
+        "image_size": grid * 32,
+        "context_length": state["positional_embedding"].shape[0],
+        "vocab_size": state["token_embedding.weight"].shape[0],
+        "text_width": width,
+        "text_heads": width // 64,
+        "text_layers": len({k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}),
+    }
+
+
+def build_resnet_clip(state: dict[str, Any]):
+    """An open_clip ``CLIP`` (float32, eval, QuickGELU as OpenAI trained it) holding ``state``
+    (OpenAI's layout, which open_clip's module names follow; the archives' metadata entries are
+    dropped). Every weight must match by name and shape, else :class:`QBenchError` in one line."""
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    cfg = resnet_clip_config(state)
+    model = CLIP(
+        cfg["embed_dim"],
+        vision_cfg=CLIPVisionCfg(layers=cfg["vision_layers"], width=cfg["vision_width"], image_size=cfg["image_size"], patch_size=None),
+        text_cfg=CLIPTextCfg(context_length=cfg["context_length"], vocab_size=cfg["vocab_size"], width=cfg["text_width"],
+                             heads=cfg["text_heads"], layers=cfg["text_layers"]),
+        quick_gelu=True,
+    )
+    # (open_clip's causal mask is a non-persistent buffer that a traced open_clip model stores too)
+    weights = {k: v.float() if torch.is_floating_point(v) else v for k, v in state.items() if k not in (*OPENAI_METADATA_KEYS, "attn_mask")}
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise QBenchError(f"clipiqa_backbone: the weights do not fit an OpenAI ResNet CLIP ({str(e).splitlines()[0][:200]})") from None
+    return model.float().eval(), cfg

@@ -125,8 +125,9 @@ def _brisque_quality(ctx: MetricContext) -> tuple[QualityFn, dict[str, Any]]:
 
 
 def _piqe_quality(ctx: MetricContext) -> tuple[QualityFn, dict[str, Any]]:
-    from qbench.metrics.quality import lower_better_to_quality, piqe_scores
+    from qbench.metrics.quality import lower_better_to_quality, piqe_scores, preflight_piqe
 
+    preflight_piqe()  # pyiqa is the optional extra qbench[pyiqa]
     return (lambda images, texts: lower_better_to_quality(piqe_scores(images))), {
         "term": "piqe", "formula": "Q = 1 - PIQE/100 (pyiqa piqe; lower PIQE is better)", "versions": common.versions("pyiqa"),
     }
@@ -247,8 +248,10 @@ def preflight_jaq(ctx: MetricContext, alignment: str | None = None, quality: str
     from qbench.metrics.clipiqa import preflight_clipiqa
     from qbench.metrics.hpsv2 import preflight_hps
 
+    from qbench.metrics.quality import preflight_piqe
+
     checks = {"clip": lambda: preflight_clip(ctx), "aqmap": lambda: preflight_aqmap(ctx),
-              "clipiqa": lambda: preflight_clipiqa(ctx), "hpsv2": lambda: preflight_hps(ctx)}
+              "clipiqa": lambda: preflight_clipiqa(ctx), "hpsv2": lambda: preflight_hps(ctx), "piqe": preflight_piqe}
     gather(*(checks[t] for t in (alignment, quality) if t in checks))
 
 

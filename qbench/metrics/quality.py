@@ -4,7 +4,8 @@
   the package's feature vector holds 1-element arrays, so :class:`_Brisque` flattens it to
   float64 before scaling (the only change). Range about [0, 100] (can leave it), lower is better.
 * PIQE (Venkatanath et al. 2015) via pyiqa's pure-torch ``piqe`` (MATLAB port); range [0, 100],
-  lower is better.
+  lower is better. pyiqa is the optional extra ``qbench[pyiqa]`` (PolyForm-Noncommercial licence):
+  without it PIQE is refused in one line naming the extra, before any image is generated.
 
 As JAQ quality terms (higher is better) both are mapped by :func:`lower_better_to_quality`:
 ``q = 1 - score / 100`` (unclipped, so it stays an affine, order-reversing map; ~[0, 1]).
@@ -50,9 +51,20 @@ def brisque_scores(images: Sequence[Any]) -> np.ndarray:
     return np.array([float(model.score(common.to_uint8_array(im))) for im in images], dtype=np.float64)
 
 
+def preflight_piqe() -> None:
+    """Raise :class:`qbench.errors.ConfigError` (naming the extra) unless pyiqa can be imported."""
+    from qbench.metrics.clipiqa_pyiqa import require_pyiqa
+
+    require_pyiqa("PIQE")
+
+
 def piqe_scores(images: Sequence[Any]) -> np.ndarray:
-    """Per-image PIQE (lower is better), pyiqa's implementation on float [0, 1] RGB."""
+    """Per-image PIQE (float64, lower is better), pyiqa's implementation on float [0, 1] RGB.
+
+    Raises :class:`qbench.errors.ConfigError` where the ``qbench[pyiqa]`` extra is absent."""
     import torch
+
+    preflight_piqe()
     from pyiqa.archs.piqe_arch import piqe
 
     out = []
@@ -78,9 +90,17 @@ class BRISQUEMetric(PerImageMetric):
 
 class PIQEMetric(PerImageMetric):
     name: ClassVar[str] = "piqe"
-    description: ClassVar[str] = "PIQE no-reference quality (pyiqa, no weights; 0-100, lower is better)"
+    description: ClassVar[str] = "PIQE no-reference quality (pyiqa, extra qbench[pyiqa]; no weights; 0-100, lower is better)"
     higher_is_better: ClassVar[bool] = False
     formula: ClassVar[str] = "PIQE score per image (pyiqa piqe, block size 16)"
+
+    @classmethod
+    def preflight(cls, ctx, prompts) -> None:
+        preflight_piqe()
+
+    def __init__(self, ctx):
+        preflight_piqe()
+        super().__init__(ctx)
 
     def score_batch(self, images, prompts, references=None) -> np.ndarray:
         return piqe_scores(images)

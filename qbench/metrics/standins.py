@@ -6,8 +6,8 @@ real weights come in, so tests and ``--metric-option standin=true`` runs exercis
 * :func:`inception_weights` - a random (BatchNorm-calibrated) state dict for torch-fidelity's
   ``FeatureExtractorInceptionV3`` (loaded via ``feature_extractor_weights_path``);
 * :func:`open_clip_model` - a tiny open_clip model config JSON + safetensors weights;
-* :func:`clipiqa_backbone` - a tiny OpenAI-layout CLIP state dict, from which pyiqa's CLIP-IQA
-  network is built (or the same model as TorchScript, to test that such archives are refused);
+* :func:`clipiqa_backbone` - a random ResNet CLIP state dict in OpenAI's layout for CLIP-IQA (tiny,
+  or RN50-sized), or the same model as TorchScript (to test that such archives are refused);
 * :func:`lpips_backbone` - random AlexNet ``features.*`` weights for LPIPS;
 * :func:`hps_model` - a tiny open_clip ViT + text tower in HPSv2's checkpoint format;
 * :func:`pickscore_model` - a tiny transformers ``CLIPModel`` folder and a CLIP processor folder
@@ -157,35 +157,69 @@ def hps_model(folder: str | None = None) -> tuple[str, str]:
     return _tiny_open_clip(folder, f"qbench-standin-hps-{VERSION}", STANDIN_HPS_CONFIG, "hps", "HPSv2 (open_clip ViT)")
 
 
-def clipiqa_backbone(folder: str | None = None, torchscript: bool = False) -> str:
-    """Path of a tiny random CLIP in OpenAI's layout (pyiqa ``backbone``): a ``torch.save``'d state
-    dict, or with ``torchscript=True`` the same model traced and saved as TorchScript (the format
-    OpenAI ships ``RN50.pt`` in; qbench refuses such archives unless OpenAI publishes their hash).
+#: the stand-in ResNet CLIPs: ``tiny`` for tests (~3.5 M parameters, almost all the token
+#: embedding), ``rn50`` with the shapes of OpenAI's RN50 (embed 1024, layers 3-4-6-3, width 64,
+#: 224 px, text 512 wide x 12 layers; ~102 M parameters) for full-size comparisons
+CLIPIQA_STANDINS = {
+    "tiny": {"embed_dim": 32, "layers": (1, 1, 1, 1), "width": 8, "image_size": 32, "text_width": 64, "text_layers": 1},
+    "rn50": {"embed_dim": 1024, "layers": (3, 4, 6, 3), "width": 64, "image_size": 224, "text_width": 512, "text_layers": 12},
+}
 
-    pyiqa's ``build_model`` rebuilds its own CLIP from the state dict; text width 64 -> 1 head, as
-    it infers.
+
+def clipiqa_backbone(folder: str | None = None, torchscript: bool = False, arch: str = "tiny") -> str:
+    """Path of a random ResNet CLIP in OpenAI's layout (the CLIP-IQA ``clipiqa_backbone``): a
+    ``torch.save``'d state dict, or with ``torchscript=True`` the same model traced and saved as
+    TorchScript (the format OpenAI ships ``RN50.pt`` in; qbench refuses such archives unless OpenAI
+    publishes their hash). ``arch``: a key of :data:`CLIPIQA_STANDINS`.
+
+    Built with open_clip's ``CLIP`` (whose names are OpenAI's), seeded; BatchNorm scales random in
+    [0.5, 1.5] and running statistics set from one batch of smooth random images (so features are
+    O(1) at every depth); ``logit_scale = ln 100`` as in OpenAI's checkpoints; every other float
+    rounded to float16 (OpenAI's checkpoints hold float16 weights), so a loader that casts to float16
+    and back (pyiqa's, OpenAI's ``build_model``) gets the very same numbers.
     """
-    import torch
-    from pyiqa.archs.clip_model import CLIP
+    import math
 
+    import torch
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    cfg = CLIPIQA_STANDINS[arch]
     folder = folder or standin_dir()
-    path = os.path.join(folder, f"clipiqa-backbone-standin-{VERSION}{'-torchscript.pt' if torchscript else '.pth'}")
+    tag = "" if arch == "tiny" else f"-{arch}"
+    path = os.path.join(folder, f"clipiqa-resnet{tag}-standin-{VERSION}{'-torchscript.pt' if torchscript else '.pth'}")
     if _ready(path):
         return path
     os.makedirs(folder, exist_ok=True)
-    torch.manual_seed(0)
-    model = CLIP(embed_dim=32, image_resolution=32, vision_layers=1, vision_width=64, vision_patch_size=16,
-                 context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1).eval()
+    gen = torch.manual_seed(0)
+    model = CLIP(cfg["embed_dim"], quick_gelu=True,
+                 vision_cfg=CLIPVisionCfg(layers=cfg["layers"], width=cfg["width"], image_size=cfg["image_size"], patch_size=None),
+                 text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=cfg["text_width"], heads=cfg["text_width"] // 64,
+                                      layers=cfg["text_layers"]))
+    with torch.no_grad():
+        for m in model.visual.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5, generator=gen)
+                m.bias.normal_(0.0, 0.1, generator=gen)
+                m.momentum = None  # cumulative average: running stats = this batch's stats
+        model.visual.train()
+        x = torch.nn.functional.interpolate(torch.rand(4, 3, 9, 9, generator=gen), size=(cfg["image_size"],) * 2, mode="bilinear")
+        v = model.visual
+        v.layer4(v.layer3(v.layer2(v.layer1(v.stem((x - 0.45) / 0.27)))))
+        model.eval()
+        model.logit_scale.fill_(math.log(100.0))
+        state = {k: (t.half().float() if t.is_floating_point() and k != "logit_scale" else t).clone() for k, t in model.state_dict().items()}
+        model.load_state_dict(state)
     if torchscript:
-        image = torch.rand(1, 3, 32, 32)
+        image = torch.rand(1, 3, cfg["image_size"], cfg["image_size"])
         text = torch.zeros(2, 77, dtype=torch.long)
         text[:, 0], text[:, 1] = 49406, 49407
         with torch.no_grad():
             traced = torch.jit.trace(model, (image, text), check_trace=False)
         atomic_write(path, lambda tmp: torch.jit.save(traced, tmp))
     else:
-        atomic_write(path, lambda tmp: torch.save(model.state_dict(), tmp))
-    write_sidecar(path, _label("CLIP backbone for pyiqa CLIP-IQA", f"OpenAI layout, ViT 1 layer, {'TorchScript' if torchscript else 'state dict'}"))
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+    what = f"OpenAI layout, {arch} ResNet CLIP, {'TorchScript' if torchscript else 'state dict'}"
+    write_sidecar(path, _label("ResNet CLIP backbone for CLIP-IQA", what))
     return path
 
 
