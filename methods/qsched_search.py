@@ -162,7 +162,7 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
         raise ConfigError(f"this calibration is for --method qsched, got {cfg.method!r}")
     opts = dict(cfg.method_options)
     if opts.get("qsched_ckpt"):
-        raise ConfigError("qbench calibrate writes a checkpoint; --qsched-ckpt is for qbench run")
+        raise ConfigError("qbench calibrate writes a checkpoint; -O qsched_ckpt is for qbench run")
     if search is not None:
         opts["search"] = search
     opts["recalibrate"] = True
@@ -173,7 +173,7 @@ def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None 
     model = load_model(cfg.model, ref=ref)
     # full-precision images for a base method that asks for them, made before anything quantizes
     ctx = CalibrationContext.standalone(model, cfg, prompts, method.name, progress=bool(method.opts["progress"]),
-                                        fp_images=method.NEEDS_FP_CALIBRATION_IMAGES)
+                                        fp_images=method.capabilities.fp_calibration_images)
     method.prepare(model)
     method.calibrate(model, prompts, ctx)
     assert method.ckpt is not None and method.ckpt_path is not None
