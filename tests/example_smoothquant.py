@@ -35,10 +35,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from qbench.methods.naive import Naive
 from torch import nn
 
 from qbench.errors import ConfigError
-from qbench.methods.naive import Naive
 from qbench.options import Opt
 
 EPS = 1e-5  # the public code's clamp of both maxima and of the factors

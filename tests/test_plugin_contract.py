@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from qbench.api import Capabilities, Method
+from qbench.api import Capabilities
 from qbench.config import RunConfig
 from qbench.errors import ConfigError, QBenchError
 
@@ -99,6 +99,7 @@ def test_calibrate_lists_the_methods_that_declare_a_calibration_step(capsys):
 # -- options compose --------------------------------------------------------------------------------
 def _subclass():
     from qbench.methods.naive import Naive
+
     from qbench.options import Opt
 
     class Smoothish(Naive):
@@ -269,8 +270,9 @@ def test_methods_load_from_the_checkout_in_use(tmp_path):
     folder of ``python -m pytest``) while this environment holds an editable install of another
     checkout: its ``qbench`` and its ``methods/`` both come from it. Before the fix,
     ``qbench.methods`` came from the installed checkout (setuptools' editable finder)."""
-    import qbench
     import qbench.methods
+
+    import qbench
 
     assert os.path.dirname(qbench.methods.__file__) == os.path.join(os.path.dirname(os.path.dirname(qbench.__file__)), "methods")
     probe = "import qbench, qbench.methods.probe as p; print(p.WHERE, qbench.methods.__file__)"
@@ -363,9 +365,9 @@ def test_smoothquant_plugin_exports_and_reloads_bit_identically(smoothquant, tmp
     """The plug-in through ``qbench.export.export`` (the CLI's path: preflight, calibration
     prompts, prepare -> calibrate -> convert): the folder stores every layer's pre-scale; the
     reloaded pipeline draws the in-memory pipeline's images byte for byte."""
-    import qbench
     from safetensors import safe_open
 
+    import qbench
     from qbench.export import export
     from qbench.models.base import LoadedModel
     from qbench.models.loader import load_model
