@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qbench.api import Method
+from qbench.api import Capabilities, Method
 from qbench.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -37,10 +37,10 @@ class External(Method):
     name = "external"
     description = "a pipeline you quantized with any tool, scored as given (qbench.harness.run(cfg, pipe=...))"
     OPTIONS = _options()
-    EXPORTABLE = False
     #: runs only with a pipeline handed to qbench.harness.run (no regression cell, no sweep cell)
-    RUNS_FROM_CONFIG = False
-    EXPORT_HINT = "the pipeline came from outside qbench"
+    CAPABILITIES = Capabilities(
+        exportable=False, export_hint="the pipeline came from outside qbench", runs_from_config=False,
+        latency_kind="external pipeline, as given: its own kernels (qbench does not know whether they are real low-bit ones)")
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -51,10 +51,6 @@ class External(Method):
     @property
     def mode(self) -> str:
         return "external"
-
-    @property
-    def latency_kind(self) -> str:
-        return "external pipeline, as given: its own kernels (qbench does not know whether they are real low-bit ones)"
 
     def describe(self) -> dict[str, Any]:
         return {"method": self.name, "bits": None, "mode": self.mode,

@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Any
 from qbench.methods.mixdq_alloc import allocation_yaml, check_made_for, overrides_of, parse_allocation
 from qbench.methods.mixdq_calib import calibrate_allocation, probe_text_stream
 
-from qbench.api import Method
+from qbench.api import Capabilities, Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
@@ -145,7 +145,7 @@ class MixDQ(Method):
     uses_bits = True
     OPTIONS = _options()
     CALIBRATION_PROMPTS = 32  # the paper's calibration set size
-    NEEDS_FP_CALIBRATION_IMAGES = True
+    CAPABILITIES = Capabilities(fp_calibration_images=True, calibrate_command=True)
 
     def __init__(self, cfg):
         if not cfg.bits:

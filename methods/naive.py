@@ -78,7 +78,8 @@ class Naive(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.qconfig, self._overrides = build_quant_config(cfg.bits, cfg.mode, self.options, self.name)
+        # only naive's own options make the quantizer config: a subclass's options are its own
+        self.qconfig, self._overrides = build_quant_config(cfg.bits, cfg.mode, self.own_options(Naive), self.name)
         layers = self.options.get("layers")
         made = made_for(layers) if isinstance(layers, str) else None
         if made is not None and made[0] != cfg.model:  # a per-layer file qbench wrote for another model
@@ -98,12 +99,18 @@ class Naive(Method):
             out[comp] = mod
         return out
 
+    def pre_scales(self, component: str) -> dict[str, Any] | None:
+        """Input pre-scales ``{layer name: [K] tensor}`` for the layers of ``component`` (the
+        SmoothQuant/AWQ slot of :func:`qbench.quant.api.quantize_`). Naive: none; a subclass
+        that smooths activations returns its factors here."""
+        return None
+
     def _quantize(self, model: LoadedModel) -> None:
         from qbench.quant.api import quant_layers, quantize_
 
         for comp, mod in self._components(model).items():
             cfg = self.qconfig.replace(overrides=self._overrides.get(comp, {})) if comp != "denoiser" else self.qconfig
-            self._reports[comp] = quantize_(mod, cfg)
+            self._reports[comp] = quantize_(mod, cfg, pre_scales=self.pre_scales(comp))
         if not any(quant_layers(mod) for mod in self._components(model).values()):
             q = self.qconfig
             raise ConfigError(
@@ -157,13 +164,21 @@ class Naive(Method):
     def mode(self) -> str:
         return self.qconfig.mode
 
+    @property
+    def quant_layer_types(self) -> tuple[str, ...]:
+        return tuple(self.qconfig.layer_types)
+
     def describe(self) -> dict[str, Any]:
+        """The quantizer config, plus every option a subclass declares (given or default), so a
+        subclass's options key its images without each subclass restating them."""
         opts = self.qconfig.to_dict()
         opts.pop("bits")
         opts.pop("mode")
         opts["overrides"] = {c: ({k: v for k, v in o.items()}) for c, o in self._overrides.items()}
         if opts["overrides"]:
             opts["overrides_hash"] = stable_hash(opts["overrides"])
+        naive = {o.name for o in Naive.OWN_OPTIONS}
+        opts.update({o.name: self.options.get(o.name, o.default) for o in self.OPTIONS if o.name not in naive})
         return {"method": self.name, "bits": str(self.qconfig.bits), "mode": self.mode, "options": opts}
 
     def report(self) -> dict[str, Any]:

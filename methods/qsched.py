@@ -1,7 +1,7 @@
 """Q-Sched: quantization-aware scheduling (Frumkin & Marculescu, arXiv 2509.01624), the method.
 
-    qbench calibrate --method qsched --model M --bits W4A8 [--search grid|own] [--calib-prompts SPEC]
-    qbench run --method qsched --model M [--bits W4A8] [--qsched-ckpt FILE]
+    qbench calibrate --method qsched --model M --bits W4A8 [-O search=grid|own] [--calib-prompts SPEC]
+    qbench run --method qsched --model M [--bits W4A8] [-O qsched_ckpt=FILE]
 
 ``run`` uses ``<out_dir>/qsched/<model>_<bits>_<base>_<parameterisation>_<steps>steps.json`` if it
 exists (and was made with the same base-method settings), else calibrates first and writes it
@@ -64,7 +64,7 @@ from qbench.methods.qsched_search import (  # noqa: F401 (re-exported)
     trajectory_by_stage,
 )
 
-from qbench.api import Method
+from qbench.api import Capabilities, Method
 from qbench.errors import ConfigError, QBenchError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -112,6 +112,7 @@ class QSched(Method):
     description = "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)"
     uses_bits = True
     OPTIONS = _qsched_options()
+    CAPABILITIES = Capabilities(calibrate_command=True)
 
     def __init__(self, cfg: Any, *, scorer: Callable[[list[Any], list[Prompt]], Sequence[float]] | None = None):
         """``scorer`` (images, prompts) -> per-image scores replaces JAQ (tests, other objectives).
@@ -132,7 +133,7 @@ class QSched(Method):
             steps = cfg.steps or (MODELS.get(cfg.model).steps if cfg.model in MODELS else None)
             n = n_params(self.opts["parameterisation"], steps)
             if self.opts["grid_n"] ** n > GRID_MAX_POINTS:
-                raise ConfigError(f"a {self.opts['parameterisation']} grid has {self.opts['grid_n']}^{n} = {self.opts['grid_n'] ** n:,} points; use --search own or a smaller grid_n")
+                raise ConfigError(f"a {self.opts['parameterisation']} grid has {self.opts['grid_n']}^{n} = {self.opts['grid_n'] ** n:,} points; use -O search=own or a smaller grid_n")
         base_cls = METHODS.get(self.opts["base"])
         quantizes = {} if base_cls.uses_bits else {"bits": None, "mode": None}  # e.g. base fp: scheduler only
         self.base: Method = base_cls(cfg.replace(method=self.opts["base"], method_options=dict(self.opts["base_options"]), **quantizes))
@@ -168,8 +169,15 @@ class QSched(Method):
     CALIBRATION_PROMPTS = 25  # the public code's first 25 prompts
 
     @property
-    def NEEDS_FP_CALIBRATION_IMAGES(self) -> bool:  # noqa: N802 - mirrors the base method's class flag
-        return bool(getattr(self.base, "NEEDS_FP_CALIBRATION_IMAGES", False))
+    def capabilities(self) -> Capabilities:
+        """The base method's export, latency and calibration-image answers; its own calibrate step."""
+        b = self.base.capabilities
+        return Capabilities(exportable=b.exportable, export_hint=b.export_hint, latency_kind=b.latency_kind,
+                            fp_calibration_images=b.fp_calibration_images, calibrate_command=True)
+
+    def bit_map(self, model: Any) -> dict[str, dict[str, Any]]:
+        """The base method's per-layer bits (the scheduler changes no layer)."""
+        return self.base.bit_map(model)
 
     @property
     def calibration_prompts_n(self) -> int:

@@ -39,7 +39,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from qbench.api import Method
+from qbench.api import Capabilities, Method
 from qbench.errors import ConfigError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -82,8 +82,8 @@ class TorchAO(Method):
     description = "torchao's own configs (int8dq W8A8, int8dq_int4w W4A8, int8wo, intx4wo, int4wo) as deployment baselines"
     uses_bits = True
     OPTIONS = _options()
-    EXPORTABLE = False
-    EXPORT_HINT = "torchao-quantized models are saved with torchao's own serialization"
+    CAPABILITIES = Capabilities(exportable=False, export_hint="torchao-quantized models are saved with torchao's own serialization")
+    LIBRARIES = ("torchao",)  # its kernels and quantization rules change with its version: part of every identity
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -18,6 +18,36 @@ if "torch" not in sys.modules:
     OMP_WAIT_POLICY_AT_TORCH_LOAD = os.environ["OMP_WAIT_POLICY"]
 
 
+def _load_methods_of_this_checkout() -> None:
+    """``qbench.methods`` from the ``methods/`` folder beside this ``qbench/`` folder, in a source
+    checkout (pyproject.toml's ``package-dir`` maps ``qbench.methods`` to the top-level
+    ``methods/``); nothing to do in an installed wheel, whose ``qbench/methods/`` imports normally.
+
+    Without this, Python found ``qbench.methods`` through setuptools' editable finder, which knows
+    only the checkout that was ``pip install -e``-ed: a second checkout (a git worktree) whose
+    ``qbench`` came first on ``sys.path`` (the current folder of ``python -m pytest`` or ``python
+    -c``, ``PYTHONPATH``) while that environment held the first checkout's editable install ran
+    the second's harness with the first's method code, silently (the finder is appended to
+    ``sys.meta_path``, so it answers only what the path finder cannot: ``qbench/`` has no
+    ``methods`` subfolder)."""
+    import importlib.util
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(here)
+    init = os.path.join(root, "methods", "__init__.py")
+    if os.path.isdir(os.path.join(here, "methods")) or not (os.path.isfile(init) and os.path.isfile(os.path.join(root, "pyproject.toml"))):
+        return
+    spec = importlib.util.spec_from_file_location(__name__ + ".methods", init, submodule_search_locations=[os.path.dirname(init)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    globals()["methods"] = module  # what the import system sets on the parent package
+
+
+_load_methods_of_this_checkout()
+
+
 def __getattr__(name: str) -> Any:
     if name == "load_quantized":
         from qbench.export import load_quantized

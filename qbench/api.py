@@ -63,6 +63,37 @@ class MetricValue:
         return self.value is not None and math.isfinite(self.value)
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a method declares about itself, read by the harness, ``qbench export`` and the CLI
+    instead of probing attributes. A method class sets ``CAPABILITIES``; an instance answers
+    through :attr:`Method.capabilities` (a method over a base method, e.g. Q-Sched, derives its
+    answers from the base instance's).
+
+    * ``exportable``: its quantized layers are qbench's (:mod:`qbench.quant.linear`), which
+      ``qbench export`` writes; False: export refuses it in one line, naming ``export_hint``
+      (what to use instead).
+    * ``runs_from_config``: it runs from a :class:`~qbench.config.RunConfig` alone (CLI, sweeps,
+      regression cells); False: only with a pipeline handed to ``qbench.harness.run(cfg, pipe=)``.
+    * ``latency_kind``: how its latency is made, when its mode does not say it (None: derived from
+      ``mode``: full precision, simulate or kernel; see :func:`qbench.harness._latency_kind`).
+    * ``fp_calibration_images``: the harness generates full-precision images of the calibration
+      prompts before ``prepare`` (``ctx.fp_images()``), e.g. for fidelity-based sensitivity.
+    * ``calibrate_command``: ``qbench calibrate`` runs its :meth:`Method.run_calibration` (a
+      calibration on its own, writing a checkpoint or allocation) and prints the summary it returns.
+
+    The per-layer bits of a run come from :meth:`Method.bit_map` (default: qbench's quantized
+    layers); a method whose layers are not qbench's overrides it.
+    """
+
+    exportable: bool = True
+    export_hint: str = ""
+    runs_from_config: bool = True
+    latency_kind: str | None = None
+    fp_calibration_images: bool = False
+    calibrate_command: bool = False
+
+
 class Method:
     """Base class of quantization methods. ``fp`` is this class unchanged.
 
@@ -70,6 +101,12 @@ class Method:
     the constructor refuses unknown or ill-typed ones, and ``--bits`` / ``--mode`` for a method
     that does not quantize, with one :class:`~qbench.errors.ConfigError` line. ``self.options``
     holds the options given (coerced), without defaults.
+
+    Options compose along the class hierarchy: a subclass's ``OPTIONS`` lists only its own, and
+    the class ends up with its bases' options followed by its own (a name declared twice is a
+    ``TypeError`` when the class is defined). Each class reads its own with
+    :meth:`own_options`, so a base (e.g. ``naive``, which builds its quantizer config from its
+    options) never receives a subclass's (e.g. a smoothing ``alpha``).
     """
 
     name: ClassVar[str] = "base"
@@ -77,15 +114,32 @@ class Method:
     #: whether ``--bits`` / ``--mode`` apply (the method quantizes)
     uses_bits: ClassVar[bool] = False
     OPTIONS: ClassVar[tuple[Any, ...]] = ()
+    #: the options this class itself declares (``OPTIONS`` holds its bases' too)
+    OWN_OPTIONS: ClassVar[tuple[Any, ...]] = ()
     #: calibration prompts taken from the model's calibration set when ``--calib-prompts`` is not
     #: given (0: the method does not calibrate); see :attr:`calibration_prompts_n`
     CALIBRATION_PROMPTS: ClassVar[int] = 0
-    #: the harness generates full-precision images of the calibration prompts before ``prepare``
-    #: (``ctx.fp_images()``), e.g. for fidelity-based sensitivity
-    NEEDS_FP_CALIBRATION_IMAGES: ClassVar[bool] = False
     #: libraries (distribution names) whose versions change this method's output beyond the
     #: generation libraries (torch, diffusers, ...), e.g. ``("torchao",)``: part of its identity
     LIBRARIES: ClassVar[tuple[str, ...]] = ()
+    #: what the method declares about itself (:class:`Capabilities`)
+    CAPABILITIES: ClassVar[Capabilities] = Capabilities()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = tuple(cls.__dict__.get("OPTIONS", ()))
+        inherited: list[Any] = []
+        owner: dict[str, str] = {}
+        for base in reversed(cls.__mro__[1:]):  # the farthest base first
+            for opt in base.__dict__.get("OWN_OPTIONS", ()) if issubclass(base, Method) else ():
+                if opt.name not in owner:
+                    owner[opt.name] = base.__name__
+                    inherited.append(opt)
+        for opt in own:
+            if opt.name in owner:
+                raise TypeError(f"{cls.__name__} declares option {opt.name!r}, which {owner[opt.name]} declares already")
+        cls.OWN_OPTIONS = own
+        cls.OPTIONS = tuple(inherited) + own
 
     def __init__(self, cfg: "RunConfig"):
         from qbench.errors import ConfigError
@@ -100,6 +154,26 @@ class Method:
         self.options: dict[str, Any] = parse_options(f"method {self.name!r}", self.OPTIONS, cfg.method_options, defaults=False)
         #: the calibration prompt spec the harness resolved (recorded with calibration artefacts)
         self.calib_spec: str | None = None
+
+    def own_options(self, owner: type | None = None) -> dict[str, Any]:
+        """The options given (coerced, without defaults) that ``owner`` (a class in this method's
+        hierarchy; default: the method's own class) declares itself in its ``OPTIONS``."""
+        decl = (owner or type(self)).__dict__.get("OWN_OPTIONS", ())
+        names = {o.name for o in decl}
+        return {k: v for k, v in self.options.items() if k in names}
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """This configuration's :class:`Capabilities` (default: the class's ``CAPABILITIES``)."""
+        return self.CAPABILITIES
+
+    @classmethod
+    def run_calibration(cls, cfg: "RunConfig", *, show_progress: bool = True) -> dict[str, Any]:
+        """``qbench calibrate``: the method's calibration alone, its artefact written; returns a
+        JSON-able summary. Only methods declaring ``calibrate_command`` implement it."""
+        from qbench.errors import QBenchError
+
+        raise QBenchError(f"method {cls.name!r} has no separate calibration step")
 
     # the three explicit steps -------------------------------------------------------------------
     def prepare(self, model: "LoadedModel") -> None:
@@ -165,6 +239,20 @@ class Method:
         :meth:`describe` plus the content of the files its options name. A calibrating method
         whose calibrated values are not known yet returns what determines them instead."""
         return {**self.describe(), "files": self.option_files()}
+
+    def bit_map(self, model: "LoadedModel") -> dict[str, dict[str, Any]]:
+        """Per-layer bits of the converted denoiser, ``{layer name: {"w", "a", "params"}}`` (16:
+        floating point), for the run's effective bits. Default: qbench's quantized layers and the
+        float layers of :attr:`quant_layer_types` (:func:`qbench.quant.api.bit_map`)."""
+        from qbench.quant.api import bit_map
+
+        return bit_map(model.denoiser, self.quant_layer_types)
+
+    @property
+    def quant_layer_types(self) -> tuple[str, ...]:
+        """The layer types this configuration quantizes (``linear``, ``conv2d``); float layers of
+        these types count at 16 bits in :meth:`bit_map`."""
+        return ("linear",)
 
     def report(self) -> dict[str, Any]:
         """Facts learned while converting (layers quantized, kernel used, ...); stored with the run."""

@@ -22,6 +22,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+class _Removed(argparse.Action):
+    """A flag that became a method option (``-O``): refused in one line naming the new form."""
+
+    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any):
+        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
+        self.new = new
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
+        parser.error(f"{option_string} was removed: it is the method option {self.new}")
+
+
 def _kv(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
@@ -59,7 +70,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tag", help="free-text label stored with the run")
     p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable), e.g. -O group_size=64")
     p.add_argument("--metric-option", "-M", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="metric option (repeatable), e.g. -M clip_model=ViT-B-32")
-    p.add_argument("--qsched-ckpt", help="Q-Sched checkpoint JSON (method qsched)")
+    p.add_argument("--qsched-ckpt", action=_Removed, new="-O qsched_ckpt=FILE")
     p.add_argument("--inception-weights", help="local Inception-v3 FID weights (FID metrics)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -105,8 +116,6 @@ def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
             base[f.name] = v
     mo = dict(base.get("method_options", {}))
     mo.update(dict(args.option))
-    if args.qsched_ckpt:
-        mo["qsched_ckpt"] = args.qsched_ckpt
     base["method_options"] = mo
     me = dict(base.get("metric_options", {}))
     me.update(dict(args.metric_option))
@@ -224,14 +233,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from qbench.catalog import METHODS
 
     if not args.method:
-        with_step = sorted(e.name for e in METHODS if hasattr(e.load(), "run_calibration"))
+        with_step = sorted(e.name for e in METHODS if e.load().CAPABILITIES.calibrate_command)
         raise ConfigError(f"qbench calibrate needs --method (a method with a calibration step: {', '.join(with_step)})")
     cfg = config_from_args(args)
     cfg.validate()
-    if args.search:
-        cfg.method_options["search"] = args.search
     cls = METHODS.get(cfg.method)
-    if not hasattr(cls, "run_calibration"):
+    if not cls.CAPABILITIES.calibrate_command:
         raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
     if args.dry_run:  # the run's preflight holds the calibration's plan and cost; nothing loads
         from qbench.preflight import plan_run, print_plan
@@ -431,7 +438,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("calibrate", help="run a method's calibration only (e.g. Q-Sched coefficient search) and save its checkpoint")
     _add_run_args(p)
-    p.add_argument("--search", help="calibration search (method-specific, e.g. grid or own for qsched)")
+    p.add_argument("--search", action=_Removed, new="-O search=grid|own")
     p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("export", help="quantize a model with a method (as `qbench run` does) and write it to a folder that qbench.load_quantized or diffusers loads back")
     p.add_argument("out", help="output folder (must not exist or be empty; --force replaces an earlier export)")
@@ -441,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mode", choices=["simulate", "kernel"], help="kernel = packed integer weights (the deployable format); simulate = fake-quantized float weights")
     p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable)")
     p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
-    p.add_argument("--qsched-ckpt", help="Q-Sched checkpoint JSON (method qsched)")
+    p.add_argument("--qsched-ckpt", action=_Removed, new="-O qsched_ckpt=FILE")
     p.add_argument("--seed", action="append", help="calibration seed base (default 42)")
     p.add_argument("--steps", type=int, help="denoising steps the method is calibrated for (default: the model's)")
     p.add_argument("--model-path", help="local diffusers folder with the model's weights")

@@ -25,8 +25,11 @@ Plain diffusers (``qbench_export.json`` names the imports; the second only for a
     pipe = DiffusionPipeline.from_pretrained("OUT")
 
 Everything is written into a temporary sibling folder and renamed into place, so ``OUT`` is never
-half-written. A method whose layers are not qbench's sets ``EXPORTABLE = False`` (and
-``EXPORT_HINT``, what to use instead); :func:`export` refuses it before loading anything. ``OUT`` must not exist or be empty; ``force`` replaces an earlier export (a folder
+half-written. A component holding a module with forward hooks or pre-hooks is refused before
+anything is written (:func:`check_no_hooks`): the folder keeps tensors and configs, never Python
+hooks, so it would reload as another model. A method whose layers are not qbench's declares ``exportable=False`` (and
+``export_hint``, what to use instead) in its :class:`~qbench.api.Capabilities`; :func:`export`
+refuses it before loading anything. ``OUT`` must not exist or be empty; ``force`` replaces an earlier export (a folder
 holding ``qbench_export.json``), never any other folder.
 """
 from __future__ import annotations
@@ -73,10 +76,31 @@ def quantized_components(pipe) -> list[str]:
     return [n for n, c in _components(pipe).items() if isinstance(c, nn.Module) and quant_layers(c)]
 
 
+def check_no_hooks(pipe) -> None:
+    """Raise QBenchError (one line) when a module of any of the pipeline's components carries
+    forward hooks or forward pre-hooks (``register_forward_hook`` / ``register_forward_pre_hook``):
+    an export stores tensors and configs, not Python hooks, so the folder would reload as a model
+    that computes without them (a hook-based method exported this way gave other images: 201/255
+    max pixel difference)."""
+    from torch import nn
+
+    for cname, comp in _components(pipe).items():
+        if not isinstance(comp, nn.Module):
+            continue
+        for mname, m in comp.named_modules():
+            hooks = list(m._forward_pre_hooks.values()) + list(m._forward_hooks.values())
+            if hooks:
+                what = ", ".join(sorted({getattr(h, "__qualname__", type(h).__name__) for h in hooks}))
+                raise QBenchError(f"{cname}.{mname or '(root)'} carries {len(hooks)} forward hook(s) or pre-hook(s) ({what}) that an export cannot "
+                                  "save: it would reload as a different model; remove them, or make the layers compute it (e.g. an input "
+                                  "pre-scale: qbench.quant.api.quantize_(..., pre_scales=...))")
+
+
 def save_quantized(pipe, out: str, *, meta: dict[str, Any] | None = None, force: bool = False) -> dict[str, Any]:
     """Write ``pipe`` (a diffusers pipeline holding qbench-quantized layers) to the folder ``out``
     (layout: the module docstring); returns the index written to ``qbench_export.json``
-    (``meta`` is merged into it). Raises QBenchError when nothing is quantized or ``out`` is taken."""
+    (``meta`` is merged into it). Raises QBenchError when nothing is quantized, a component
+    carries forward hooks (:func:`check_no_hooks`) or ``out`` is taken."""
     from qbench.quant import serialize
 
     out = os.path.abspath(out)
@@ -84,6 +108,7 @@ def save_quantized(pipe, out: str, *, meta: dict[str, Any] | None = None, force:
     names = quantized_components(pipe)
     if not names:
         raise QBenchError("the pipeline holds no qbench-quantized layer: nothing to export (an unquantized pipeline saves with save_pretrained)")
+    check_no_hooks(pipe)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
@@ -212,8 +237,9 @@ def export(cfg, out: str, *, force: bool = False, show_progress: bool = True, lo
         method = state.plan.method
         if not method.uses_bits:
             raise ConfigError(f"method {method.name!r} does not quantize: nothing to export (save the original pipeline with save_pretrained)")
-        if not getattr(method, "EXPORTABLE", True):
-            raise ConfigError(f"method {method.name!r} does not make qbench-quantized layers: `qbench export` writes those only ({method.EXPORT_HINT})")
+        caps = method.capabilities
+        if not caps.exportable:
+            raise ConfigError(f"method {method.name!r} does not make qbench-quantized layers: `qbench export` writes those only ({caps.export_hint})")
         if state.plan.calibration:
             say(f"calibrating first on {state.plan.calib_spec}: {state.plan.calibration['images']} images ({state.plan.calibration['what']})")
 

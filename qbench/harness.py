@@ -158,7 +158,7 @@ def _calibration_context(plan, model, progress, say, dist=None):
         return None
     cfg = plan.cfg
     fp = None
-    if getattr(plan.method, "NEEDS_FP_CALIBRATION_IMAGES", False):
+    if plan.method.capabilities.fp_calibration_images:
         key, meta = image_key(model, fp_method(cfg), cfg)
         fp, _ = generate_cached(model, ImageCache(cfg.out_dir, cfg.model, key, meta), plan.calib_prompts, cfg, progress,
                                 "full-precision calibration images", dist)
@@ -166,18 +166,18 @@ def _calibration_context(plan, model, progress, say, dist=None):
 
 
 def _bits(method, model) -> dict[str, Any]:
-    from qbench.quant.api import bit_map, effective_bits
+    from qbench.quant.api import effective_bits
 
     if not method.uses_bits:
         return {}
-    layer_types = tuple(getattr(getattr(method, "qconfig", None), "layer_types", ("linear",)))
-    bm = method.bit_map(model) if hasattr(method, "bit_map") else bit_map(model.denoiser, layer_types)  # a method with its own layers
+    bm = method.bit_map(model)  # qbench's layers by default; a method with its own layers overrides it
     return {"effective": effective_bits(bm), "by_layer": bm}
 
 
 def _latency_kind(method) -> str:
-    if getattr(method, "latency_kind", None):
-        return method.latency_kind
+    declared = method.capabilities.latency_kind
+    if declared:
+        return declared
     if method.mode == "simulate":
         return "simulate mode: float GEMMs plus quantize-dequantize (fake quantization); NOT a deployment latency"
     if method.mode == "kernel":

@@ -26,6 +26,14 @@ from typing import Any
 from qbench.compare import compare, matches, pair, short_label
 from qbench.compare_table import DETAIL_KEYS, fmt_se, settings_line
 from qbench.errors import QBenchError
+from qbench.report_figures import (
+    Figure,
+    _clip,
+    figures,
+    grid,
+    is_reference_metric,
+    top_metrics,
+)
 from qbench.store import Store, utcnow
 from qbench.tables import MIB, meaningless
 
@@ -51,14 +59,6 @@ class Table:
 
 
 @dataclass
-class Figure:
-    name: str
-    title: str
-    caption: str
-    png: bytes
-
-
-@dataclass
 class Report:
     model: str
     generated: str
@@ -71,19 +71,6 @@ class Report:
 
 
 # -- tables -------------------------------------------------------------------------------------------
-def top_metrics(rows: list[dict[str, Any]]) -> list[str]:
-    names: list[str] = []
-    for r in rows:
-        names += [n for n in r["metrics"] if n not in names and "/" not in n]
-    return names
-
-
-def is_reference_metric(rows: list[dict[str, Any]], name: str) -> bool:
-    """A metric measured against the full-precision images (PSNR, SSIM, LPIPS, FID-FP)."""
-    d = next((r["metrics"][name].get("details") or {} for r in rows if name in r["metrics"]), {})
-    return str(d.get("reference", "")).startswith("full-precision")
-
-
 def _hib(rows, name) -> bool:
     return next(r["metrics"][name] for r in rows if name in r["metrics"]).get("higher_is_better", True)
 
@@ -113,10 +100,6 @@ def delta_cell(d: dict[str, Any] | None) -> Cell:
         return Cell("-")
     unresolved = d["se"] is not None and d["se"] > 0 and abs(d["mean"]) < 2 * d["se"]
     return Cell(fmt_se(d["mean"], d["se"], signed=True) + (" ~" if unresolved else ""), unresolved=unresolved)
-
-
-def _clip(text: str, limit: int = 72) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _label(r: dict[str, Any]) -> str:
@@ -247,8 +230,6 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
           diff: bool = True, plots: bool = True, runs: list[str] | None = None) -> Report:
     """The report of one model's finished runs (QBenchError when it has none); ``runs``: only these
     run ids (each shown, as ``qbench compare --runs``), else the latest run of every configuration."""
-    from qbench.report_figures import figures, grid
-
     selected = [r for r in store.runs(model=model) if runs is None or r["id"] in runs]
     if not selected:
         raise QBenchError(f"no finished runs for model {model!r}{' among the runs named' if runs else ''} in {store.path}")

@@ -4,6 +4,10 @@ Plots come from :mod:`qbench.plots`, the grid from :mod:`qbench.grids`. Method a
 without knowing any method: every string in a run's ``method_report`` that names an existing
 ``.json`` file is read; a file with a 2-d ``calibration.trajectory`` (or ``trajectory``) gives a
 search-trajectory plot, one with a per-layer ``sensitivity`` map gives a sensitivity plot.
+
+The pieces :mod:`qbench.report` shares with the figures (:class:`Figure`, which metrics are
+shown, which are measured against full precision) live here, so that the import goes one way:
+``report`` -> ``report_figures``.
 """
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ import json
 import os
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from qbench.compare import short_label
@@ -21,9 +26,33 @@ from qbench.errors import QBenchError
 PARAM_NAMES = {"ramp": ("c_eps0", "c_x0")}
 
 
-def _fig(name: str, title: str, caption: str, png: bytes | None):
-    from qbench.report import Figure
+@dataclass
+class Figure:
+    name: str
+    title: str
+    caption: str
+    png: bytes
 
+
+def top_metrics(rows: list[dict[str, Any]]) -> list[str]:
+    """The runs' top-level metric names (``toy-acc``, not ``toy-acc/shape``), first seen first."""
+    names: list[str] = []
+    for r in rows:
+        names += [n for n in r["metrics"] if n not in names and "/" not in n]
+    return names
+
+
+def is_reference_metric(rows: list[dict[str, Any]], name: str) -> bool:
+    """A metric measured against the full-precision images (PSNR, SSIM, LPIPS, FID-FP)."""
+    d = next((r["metrics"][name].get("details") or {} for r in rows if name in r["metrics"]), {})
+    return str(d.get("reference", "")).startswith("full-precision")
+
+
+def _clip(text: str, limit: int = 72) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _fig(name: str, title: str, caption: str, png: bytes | None):
     return None if png is None else Figure(name, title, caption, png)
 
 
@@ -63,7 +92,6 @@ def _stem(path: str) -> str:
 
 def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str) -> list:
     from qbench import plots
-    from qbench.report import is_reference_metric, top_metrics
 
     names = top_metrics(rows)
     quality = [n for n in names if not is_reference_metric(rows, n)]
@@ -145,8 +173,6 @@ def grid(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str
         return None, str(e)
     seed = by_id[rows[0]["run_id"]]["result"]["sampling"].get("seed")
     ref = next((i for i, r in enumerate(rows) if r.get("is_baseline")), None) if diff else None
-    from qbench.report import _clip
-
     headers = [[short_label(r)] + [x for x in (_clip(r.get("options_diff") or "", 60), f"tag {r['tag']}" if r.get("tag") else None) if x]
                + [f"run {r['run_id'][-6:]}"] for r in rows]
     lines = []

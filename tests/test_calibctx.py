@@ -16,7 +16,7 @@ def test_standalone_fp_images_are_the_runs_images_in_its_batches(tiny_model, mak
     cfg = make_cfg(model="tiny-flux", resolution=32, batch_size=2)
     prompts = load_prompts("coco2017-calib:3")
     without = CalibrationContext.standalone(lm, cfg, prompts, "m")
-    with pytest.raises(QBenchError, match="NEEDS_FP_CALIBRATION_IMAGES"):
+    with pytest.raises(QBenchError, match="fp_calibration_images"):
         without.fp_images()
     ctx = CalibrationContext.standalone(lm, cfg, prompts, "m", fp_images=True)
     assert ctx.images_generated == 3

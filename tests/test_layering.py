@@ -1,8 +1,9 @@
 """The package layering, read from the source with ``ast`` (every import, also those inside
 functions, followed through other modules): the toy world's domain (``qbench.toyworld``) reaches
-neither ``qbench.metrics`` nor ``qbench.zoo``; ``qbench.metrics`` never reaches ``qbench.zoo``; no import cycle among the
-``qbench.metrics`` modules; Q-Sched's scheduler module (what plain diffusers users import) needs
-nothing of the harness at import time."""
+neither ``qbench.metrics`` nor ``qbench.zoo``; ``qbench.metrics`` never reaches ``qbench.zoo``; no
+import cycle anywhere in ``qbench/`` and ``methods/`` and no module above 400 lines, except the
+known exceptions listed below; Q-Sched's scheduler module (what plain diffusers users import)
+needs nothing of the harness at import time."""
 from __future__ import annotations
 
 import ast
@@ -62,6 +63,70 @@ def import_graph(roots: dict[str, str] = ROOTS, top_level_only: bool = False) ->
         with open(path, encoding="utf-8") as f:
             graph[name] = imports_of(f.read(), name, known, top_level_only)
     return graph
+
+
+def without_ancestor_edges(graph: dict[str, set[str]]) -> dict[str, set[str]]:
+    """``graph`` without the edges from a module to one of its own parent packages (``import
+    qbench`` in ``qbench.measure`` for ``qbench.__file__``): Python initialises a module's parent
+    packages before the module itself, so such an import never runs a package's code out of order
+    and cannot close a cycle. Every other edge, also to another package's ``__init__``, stays."""
+    return {m: {d for d in deps if not m.startswith(d + ".")} for m, deps in graph.items()}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected components of two or more modules
+    (Tarjan's algorithm, iterative), each sorted, sorted by their first module."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on.add(root)
+        while work:
+            node, it = work[-1]
+            nxt = next(it, None)
+            if nxt is not None:
+                if nxt not in graph:
+                    continue
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on.add(nxt)
+                    work.append((nxt, iter(sorted(graph[nxt]))))
+                elif nxt in on:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                comp = []
+                while True:
+                    m = stack.pop()
+                    on.discard(m)
+                    comp.append(m)
+                    if m == node:
+                        break
+                if len(comp) > 1:
+                    out.append(sorted(comp))
+    return sorted(out)
+
+
+def long_modules(roots: dict[str, str] = ROOTS, limit: int = 400) -> dict[str, int]:
+    """``{path relative to the repo: lines}`` of every module longer than ``limit`` lines."""
+    out = {}
+    for path in modules(roots).values():
+        with open(path, encoding="utf-8") as f:
+            n = sum(1 for _ in f)
+        if n > limit:
+            out[os.path.relpath(path, REPO)] = n
+    return out
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -125,6 +190,17 @@ def test_checker_sees_lazy_relative_and_from_imports():
     assert violations(through, "qbench.metrics", ("qbench.zoo",)) == ["qbench.metrics.a -> qbench.zoo.render"]
 
 
+def test_cycle_finder_finds_every_cycle_and_ignores_parent_package_imports():
+    graph = {"a": {"b"}, "b": {"a", "c"}, "c": {"d"}, "d": {"c"}, "e": {"a"}}
+    assert cycles(graph) == [["a", "b"], ["c", "d"]]
+    assert cycles({"x": {"y"}, "y": set()}) == []
+    pkg = {"qbench": {"qbench.export"}, "qbench.export": {"qbench.measure"}, "qbench.measure": {"qbench"}}
+    assert cycles(pkg) == [["qbench", "qbench.export", "qbench.measure"]]
+    assert cycles(without_ancestor_edges(pkg)) == []  # qbench.measure's `import qbench` runs nothing out of order
+    other = {"qbench.a": {"qbench.b"}, "qbench.b": {"qbench.a"}}
+    assert cycles(without_ancestor_edges(other)) == [["qbench.a", "qbench.b"]]
+
+
 # -- the layering ---------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def graph():
@@ -151,3 +227,38 @@ def test_qsched_scheduler_module_needs_no_harness_at_import():
     """What ``from qbench.methods.qsched_scheduler import apply_qsched`` loads of qbench."""
     top = import_graph(top_level_only=True)
     assert top["qbench.methods.qsched_scheduler"] <= {"qbench.errors", "qbench.fsutil"}
+
+
+# -- no import cycle, no module above 400 lines -------------------------------------------------------
+#: Known exceptions being removed on other branches of this session (issue 19): the lead EMPTIES
+#: this at merge (the tests below then hold with no exception; a listed exception that no longer
+#: occurs fails them, so that the list cannot go stale).
+BEING_REMOVED_ON_OTHER_BRANCHES = {
+    "cycle": [["qbench.quant.backends", "qbench.quant.kernels", "qbench.quant.linear", "qbench.quant.triton_w4a8"]],  # branch kernel
+    "long": ["qbench/cli.py"],  # branch hostile: split into modules
+}
+#: Exceptions this check found that no branch of this session removes (their files belong to
+#: other work; see the plugin branch's report): each needs an owner.
+FOUND_WITHOUT_OWNER = {
+    "cycle": [["qbench.methods.mixdq", "qbench.methods.mixdq_calib"], ["qbench.methods.qsched", "qbench.methods.qsched_search"]],
+    "long": ["methods/mixdq.py", "qbench/calibration.py", "qbench/quant/spec.py"],
+}
+MAX_LINES = 400
+
+
+def _allowed(kind: str) -> list:
+    return BEING_REMOVED_ON_OTHER_BRANCHES[kind] + FOUND_WITHOUT_OWNER[kind]
+
+
+def test_no_import_cycle_in_qbench_and_methods(graph):
+    """Module- and function-level imports over qbench/ and methods/ (``report`` <->
+    ``report_figures`` was one; a module importing its own parent package is not)."""
+    found = cycles(without_ancestor_edges(graph))
+    assert [c for c in found if c not in _allowed("cycle")] == []
+    assert [c for c in _allowed("cycle") if c not in found] == [], "no longer a cycle: remove it from the allow-list"
+
+
+def test_no_module_above_400_lines():
+    found = long_modules(limit=MAX_LINES)
+    assert sorted(set(found) - set(_allowed("long"))) == []
+    assert sorted(set(_allowed("long")) - set(found)) == [], "no longer above the limit: remove it from the allow-list"

@@ -22,7 +22,7 @@ COMMON = ["--bits", "W4A8", "--resolution", "32", "--prompts", "coco2017:1", "--
 def test_calibrate_then_run(model, tmp_path, capsys):
     out = str(tmp_path / "reports")
     args = ["--model", model, "--method", "qsched", "--out-dir", out, *COMMON]
-    assert main(["calibrate", *args, "--search", "grid"]) == 0
+    assert main(["calibrate", *args, "-O", "search=grid"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["search"] == "grid" and summary["images"] == 2 * 2 * 1 + 1 and summary["images_generated"] == 5
     assert summary["model"] == model and os.path.exists(summary["checkpoint"])
@@ -42,7 +42,7 @@ def test_calibrate_then_run(model, tmp_path, capsys):
 
     # an explicit checkpoint for another model is refused in one line with a non-zero exit
     other = "tiny-flux" if model != "tiny-flux" else "tiny-lcm"
-    code = main(["run", "--model", other, "--method", "qsched", "--out-dir", out, *COMMON, "--qsched-ckpt", summary["checkpoint"], "--metrics", "jaq"])
+    code = main(["run", "--model", other, "--method", "qsched", "--out-dir", out, *COMMON, "-O", f"qsched_ckpt={summary['checkpoint']}", "--metrics", "jaq"])
     assert code != 0
     assert "calibrated for model" in capsys.readouterr().err
 

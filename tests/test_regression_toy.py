@@ -33,9 +33,9 @@ def test_every_registered_method_has_a_regression_cell():
     from qbench.catalog import METHODS
 
     covered = {m for m, _, _ in regress.CELLS}
-    # a method that only scores a pipeline handed to harness.run (RUNS_FROM_CONFIG = False) is
-    # tested where that pipeline is built (tests/test_external_pipe.py)
-    assert sorted(e.name for e in METHODS if e.name not in covered and getattr(e.load(), "RUNS_FROM_CONFIG", True)) == []
+    # a method that only scores a pipeline handed to harness.run (capability runs_from_config
+    # False) is tested where that pipeline is built (tests/test_external_pipe.py)
+    assert sorted(e.name for e in METHODS if e.name not in covered and e.load().CAPABILITIES.runs_from_config) == []
 
 
 def test_tolerances_cover_the_measured_noise(baseline):

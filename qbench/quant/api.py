@@ -6,6 +6,10 @@ an override names it) for :class:`QuantLinear` / :class:`QuantConv2d`, in place,
 patterns, then per-layer overrides). Overrides that name no module, or a module that cannot be
 quantized, are refused before anything is changed.
 
+Input pre-scales (SmoothQuant / AWQ style, torchao's ``act_pre_scale``): ``quantize_(module,
+config, pre_scales={name: s})`` makes the named layers compute ``Q_a(x * s) @ Q_w(W / s)^T``
+(:mod:`qbench.quant.linear`); a name that is not quantized by ``config`` is refused.
+
 Static (calibrated) activations: ``quantize_`` leaves such layers uncalibrated (using them raises);
 call :func:`observe_`, run calibration data through the module (float activations, quantized
 weights), then :func:`freeze_` (the prepare -> calibrate -> convert flow).
@@ -122,12 +126,17 @@ def _check_overrides(named: dict[str, nn.Module], config: QuantConfig) -> set[st
     return explicit
 
 
-def quantize_(module: nn.Module, config: QuantConfig) -> QuantReport:
-    """Quantize ``module`` in place according to ``config``; return what was done."""
+def quantize_(module: nn.Module, config: QuantConfig, pre_scales: dict[str, Any] | None = None) -> QuantReport:
+    """Quantize ``module`` in place according to ``config``; return what was done.
+
+    ``pre_scales``: ``{layer name: float tensor [K]}`` (K: the layer's input features; Conv2d:
+    ``Cin*kh*kw``), all > 0: those layers get the input pre-scale slot. Raises ConfigError for a
+    name that this config does not quantize or a vector of the wrong size (nothing is changed)."""
     if not isinstance(config, QuantConfig):
         raise TypeError(f"quantize_ expects a QuantConfig, got {type(config).__name__}")
     named = dict(module.named_modules())
     explicit = _check_overrides(named, config)
+    pre_scales = dict(pre_scales or {})
     device = next((p.device for p in module.parameters()), None)
     report = QuantReport(
         mode=config.mode,
@@ -155,13 +164,15 @@ def quantize_(module: nn.Module, config: QuantConfig) -> QuantReport:
             if why:
                 report.skipped.append({"name": name, "reason": f"unsupported Conv2d: {why}"})
                 continue
-            new: _QuantCore = QuantConv2d.from_float(mod, spec)
+            new: _QuantCore = QuantConv2d.from_float(mod, spec, pre_scales.pop(name, None))
         else:
-            new = QuantLinear.from_float(mod, spec)
+            new = QuantLinear.from_float(mod, spec, pre_scales.pop(name, None))
         swaps.append((name, new))
         report.layers.append(
             {"name": name, "type": kind, "bits": spec.bits, "shape": [new.n, new.k], "packed_bytes": new.packed_nbytes}
         )
+    if pre_scales:
+        raise ConfigError(f"pre_scales name {len(pre_scales)} layer(s) this config does not quantize, e.g. {sorted(pre_scales)[0]!r}")
     for name, new in swaps:
         parent_name, _, attr = name.rpartition(".")
         parent = module.get_submodule(parent_name) if parent_name else module

@@ -21,6 +21,14 @@ random or unquantized weights) except inside :func:`state_dict_allowed`, which
 
 A Conv2d is an im2col GEMM: its weight is flattened to ``[N, Cin*kh*kw]`` and its "tokens" are
 the unfolded input patches (one activation scale per output position), in both modes.
+
+Input pre-scale (the SmoothQuant / AWQ slot, as torchao's ``act_pre_scale``): a layer made with
+``pre_scale`` ``s`` (float32 ``[K]``, K = in features, or ``Cin*kh*kw`` in the im2col order of a
+Conv2d) quantizes the weight ``W / s`` (each input column divided) and computes
+``Q_a(x * s) @ Q_w(W / s)^T + b`` in both modes: the float product is unchanged, and a method
+chooses ``s`` to move activation outliers into the weights (Xiao et al. 2023, SmoothQuant,
+arXiv 2211.10438: ``s = 1 / smoothing factor``). ``s`` is stored as the buffer ``pre_scale`` and
+saved and reloaded with the layer.
 """
 from __future__ import annotations
 
@@ -79,11 +87,16 @@ def state_dict_allowed():
 class _QuantCore(nn.Module):
     """Shared storage and GEMM of a quantized layer over a 2-D weight [N, K]."""
 
-    def _setup(self, w2: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec) -> None:
+    def _setup(self, w2: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec, pre_scale: torch.Tensor | None = None) -> None:
         self.spec = spec
         self.mode = spec.mode
         n, k = w2.shape
         self.n, self.k = n, k
+        s = None if pre_scale is None else pre_scale_vector(pre_scale, k).to(w2.device)
+        if s is not None:
+            w2 = (w2.float() / s).to(w2.dtype)  # the layer sees x * s: its weight is W / s
+        self.pre_scale: torch.Tensor | None
+        self.register_buffer("pre_scale", s)  # None: no pre-scale (not stored)
         ppb = packing.per_byte(spec.w_bits)
         if spec.group_size is not None and spec.group_size % ppb:
             raise ConfigError(f"group_size {spec.group_size} must be a multiple of {ppb} for {spec.w_bits}-bit packing")
@@ -96,6 +109,7 @@ class _QuantCore(nn.Module):
         nbytes = n * self.kp // ppb + sum(t.numel() * t.element_size() for t in scales.values())
         nbytes += 8 if spec.a_static else 0
         nbytes += 0 if bias is None else bias.numel() * bias.element_size()
+        nbytes += 0 if self.pre_scale is None else self.pre_scale.numel() * self.pre_scale.element_size()
         self.packed_nbytes = int(nbytes)
         # what kernel mode would store for this layer: float per-group scales (simulate's default,
         # the papers' convention) have no integer kernel; kernel mode stores <= 4-bit symmetric
@@ -193,7 +207,7 @@ class _QuantCore(nn.Module):
                 setattr(layer, name, nn.Parameter(t, requires_grad=False))
             else:
                 layer.register_buffer(name, t)
-        for name in ("bias", "a_scale", "a_zero"):
+        for name in ("bias", "a_scale", "a_zero", "pre_scale"):
             if name not in state:
                 setattr(layer, name, None)
         layer.calibrated, layer.observing = True, False
@@ -202,7 +216,7 @@ class _QuantCore(nn.Module):
         return layer
 
     def _kernel_buffers(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self._buffers.items() if v is not None}
+        return {k: v for k, v in self._buffers.items() if v is not None and k != "pre_scale"}
 
     # -- static activation calibration ------------------------------------------------------------
     def _observe(self, x2: torch.Tensor) -> None:
@@ -241,6 +255,8 @@ class _QuantCore(nn.Module):
     # -- the GEMM on 2-D inputs ------------------------------------------------------------------------
     def _gemm(self, x2: torch.Tensor) -> torch.Tensor:
         spec = self.spec
+        if self.pre_scale is not None:  # before observing and quantizing: the activation the layer quantizes
+            x2 = x2 * self.pre_scale.to(x2.dtype)
         quant_act = spec.a_bits is not None
         if spec.a_static and not self.calibrated:
             if not self.observing:
@@ -276,18 +292,30 @@ class _QuantCore(nn.Module):
         )
 
 
+def pre_scale_vector(pre_scale: torch.Tensor, k: int) -> torch.Tensor:
+    """``pre_scale`` as a contiguous float32 vector of ``k`` elements; ConfigError unless it has
+    ``k`` elements, all finite and > 0."""
+    s = torch.as_tensor(pre_scale).detach().reshape(-1).float().contiguous()
+    if s.numel() != k:
+        raise ConfigError(f"pre_scale has {s.numel()} elements, the layer has {k} input features")
+    if not bool(torch.isfinite(s).all()) or not bool((s > 0).all()):
+        raise ConfigError("pre_scale must be finite and > 0 in every input feature")
+    return s
+
+
 class QuantLinear(_QuantCore):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec):
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, spec: LayerSpec, pre_scale: torch.Tensor | None = None):
         super().__init__()
         self.in_features = weight.shape[1]
         self.out_features = weight.shape[0]
-        self._setup(weight.detach(), bias, spec)
+        self._setup(weight.detach(), bias, spec, pre_scale)
 
     @classmethod
-    def from_float(cls, mod: nn.Linear, spec: LayerSpec) -> QuantLinear:
+    def from_float(cls, mod: nn.Linear, spec: LayerSpec, pre_scale: torch.Tensor | None = None) -> QuantLinear:
+        """``pre_scale``: float ``[in_features]``, > 0 (module docstring); None: no pre-scale."""
         if not isinstance(mod, nn.Linear):
             raise TypeError(f"QuantLinear.from_float expects nn.Linear, got {type(mod).__name__}")
-        return cls(mod.weight, mod.bias, spec)
+        return cls(mod.weight, mod.bias, spec, pre_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
@@ -307,7 +335,7 @@ def conv2d_supported(mod: nn.Conv2d) -> str | None:
 
 
 class QuantConv2d(_QuantCore):
-    def __init__(self, mod: nn.Conv2d, spec: LayerSpec):
+    def __init__(self, mod: nn.Conv2d, spec: LayerSpec, pre_scale: torch.Tensor | None = None):
         super().__init__()
         why = conv2d_supported(mod)
         if why:
@@ -315,13 +343,14 @@ class QuantConv2d(_QuantCore):
         self.in_channels, self.out_channels = mod.in_channels, mod.out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = mod.kernel_size, mod.stride, mod.padding, mod.dilation
         w = mod.weight.detach()
-        self._setup(w.reshape(w.shape[0], -1), mod.bias, spec)
+        self._setup(w.reshape(w.shape[0], -1), mod.bias, spec, pre_scale)
 
     @classmethod
-    def from_float(cls, mod: nn.Conv2d, spec: LayerSpec) -> QuantConv2d:
+    def from_float(cls, mod: nn.Conv2d, spec: LayerSpec, pre_scale: torch.Tensor | None = None) -> QuantConv2d:
+        """``pre_scale``: float ``[Cin*kh*kw]`` (im2col order: channel-major), > 0; None: none."""
         if not isinstance(mod, nn.Conv2d):
             raise TypeError(f"QuantConv2d.from_float expects nn.Conv2d, got {type(mod).__name__}")
-        return cls(mod, spec)
+        return cls(mod, spec, pre_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, _, h, w = x.shape

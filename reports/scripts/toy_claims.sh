@@ -18,13 +18,13 @@ mkdir -p "$R"
 for M in toy-flux toy-lcm; do
   COMMON=(--model "$M" --out-dir "$R" --no-progress --batch-size 32 --latency-warmup 1 --latency-repeats 3)
   CK="$R/qsched/${M}_W4A8_naive_ramp_4steps.json"
-  [[ -f $CK ]] || $Q calibrate "${COMMON[@]}" --method qsched --bits W4A8 --search own --calib-prompts toy-calib:25 > "$R/calib_$M.json"
+  [[ -f $CK ]] || $Q calibrate "${COMMON[@]}" --method qsched --bits W4A8 -O search=own --calib-prompts toy-calib:25 > "$R/calib_$M.json"
   $Q run "${COMMON[@]}" --method fp --prompts "$EV" > /dev/null
   for B in W8A8 W4A8 W4A4 W2A8; do
     $Q run "${COMMON[@]}" --method naive --bits $B --prompts "$EV" > /dev/null
   done
   for B in W4A8 W8A8 W4A4; do
-    $Q run "${COMMON[@]}" --method qsched --bits $B --prompts "$EV" --qsched-ckpt "$CK" > /dev/null
+    $Q run "${COMMON[@]}" --method qsched --bits $B --prompts "$EV" -O "qsched_ckpt=$CK" > /dev/null
   done
   echo "$M done: $(date -u +%FT%TZ)"
 done
@@ -35,6 +35,6 @@ python "$(dirname "$0")/ckpt_with_coeffs.py" "$R/qsched/toy-lcm_W4A8_naive_ramp_
   "coefficients of the toy-lcm W4A8 checkpoint reported in reports/qsched-toy.md of 2026-11-25 (its file was not kept), on the same lattice"
 for B in W4A8 W8A8 W4A4; do
   $Q run --model toy-lcm --out-dir "$R" --no-progress --batch-size 32 --latency-warmup 1 --latency-repeats 3 --method qsched --bits $B \
-    --prompts "$EV" --qsched-ckpt "$CK_OLD" --tag coeffs-2026-11-25 > /dev/null
+    --prompts "$EV" -O "qsched_ckpt=$CK_OLD" --tag coeffs-2026-11-25 > /dev/null
 done
 echo "toy-lcm with the 2026-11-25 coefficients done: $(date -u +%FT%TZ)"
