@@ -2,10 +2,9 @@
 
     qbench calibrate --method qsched --model M --bits W4A8 [-O search=grid|own] [--calib-prompts SPEC]
     qbench run --method qsched --model M [--bits W4A8] [-O qsched_ckpt=FILE]
-
-``run`` uses ``<out_dir>/qsched/<model>_<bits>_<base>_<parameterisation>_<steps>steps.json`` if it
-exists (and was made with the same base-method settings), else calibrates first and writes it
-(through the calibration context's artefact store, whose root is ``<out_dir>/qsched``);
+``run`` uses ``<out_dir>/qsched/<model>_<bits>_<base>_<param>_<steps>steps_<key>.json`` (``key``:
+its calibration's identity, :func:`calibration_identity`) if it exists, else calibrates first and
+writes it (through the calibration context's artefact store, root ``<out_dir>/qsched``);
 ``calibrate`` always calibrates (and also writes a ``.<search>.json`` copy). Method options
 (``-O key=value``): ``base`` (naive), ``base_options`` ({}), ``parameterisation``
 (ramp | start_end | per_step), ``search`` (own | grid), ``grid_lo``/``grid_hi``/``grid_n``
@@ -30,38 +29,18 @@ Three files, by audience:
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from qbench.methods import qsched_scheduler as _sched
 from qbench.methods.qsched_scheduler import (  # noqa: F401 (re-exported: the public API before the split)
-    _CLASSES,
-    CKPT_FORMAT,
-    CONFIG_KEY,
-    PARAMETERISATIONS,
-    QSchedCoefficients,
-    QSchedSchedulerMixin,
-    apply_qsched,
-    checkpoint_coefficients,
-    identity_params,
-    linspace,
-    load_checkpoint,
-    load_qsched_scheduler,
-    make_checkpoint,
-    n_params,
-    qsched_scheduler_class,
-    resolve_coefficients,
-    save_checkpoint,
-    unwrap_scheduler,
-    validate_checkpoint,
-    wrap_scheduler,
+    _CLASSES, CKPT_FORMAT, CONFIG_KEY, PARAMETERISATIONS, QSchedCoefficients, QSchedSchedulerMixin, apply_qsched,
+    checkpoint_coefficients, identity_params, linspace, load_checkpoint, load_qsched_scheduler, make_checkpoint, n_params,
+    qsched_scheduler_class, resolve_coefficients, save_checkpoint, unwrap_scheduler, validate_checkpoint, wrap_scheduler,
 )
 from qbench.methods.qsched_search import (  # noqa: F401 (re-exported)
-    own_budget,
-    run_calibration,
-    trajectory_by_stage,
+    calibration_identity, eval_overlap, own_budget, run_calibration, trajectory_by_stage,
 )
 
 from qbench.api import Capabilities, Method
@@ -259,44 +238,14 @@ class QSched(Method):
         return sorted(set(super().code_modules()) | set(self.base.code_modules()))
 
     def calibration_identity(self):
-        """The :class:`~qbench.identity.Identity` of the checkpoint this configuration calibrates:
-        the model (spec, weights content), the base method's full description and code, every
-        search option, the scorer's options and code, the calibration prompts' ids and texts, seed,
-        steps, guidance, resolution, dtype and device type, the generation code and libraries. A
-        stored checkpoint is used only under this key (its file name carries it)."""
+        """The :class:`~qbench.identity.Identity` of the checkpoint this configuration calibrates
+        (:func:`qbench.methods.qsched_search.calibration_identity`): a stored checkpoint is used
+        only under its key (its file name carries it)."""
         from qbench.identity import digest
 
         base_state = digest(self.base.describe())  # a base that calibrates changes its description when it does
         if self._calib_identity is None or self._calib_identity[0] != base_state:
-            from qbench.generation import model_code, model_inputs
-            from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
-            from qbench.models.loader import get_spec, locate_model
-            from qbench.prompts import load_prompts
-
-            cfg = self.cfg
-            spec = get_spec(cfg.model)
-            ref = locate_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
-            calib = self.calib_spec or cfg.calib_prompts or f"{spec.calib_prompts}:{self.calibration_prompts_n}"
-            prompts = load_prompts(calib)
-            scorer = ["custom", getattr(self._scorer, "__qualname__", repr(self._scorer))] if self._scorer is not None else ["jaq"]
-            from qbench.catalog import METRICS
-
-            scorer_code = [METRICS.entry("jaq").target.partition(":")[0]] if self._scorer is None else [self._scorer.__module__]
-            self._calib_identity = base_state, make("qsched-checkpoint", {
-                **model_inputs(ref),
-                "settings": self.settings(),
-                "base_files": self.base.option_files(),
-                "scorer": scorer,
-                "scorer_options": {**cfg.metric_options, **dict(self.opts["scorer_options"])},
-                "calibration_prompts": [[p.id, p.text] for p in prompts],
-                "seed": cfg.seed,
-                "steps": int(cfg.steps or spec.steps),
-                "guidance": spec.guidance if cfg.guidance is None else cfg.guidance,
-                "resolution": int(cfg.resolution or spec.resolution),
-                "dtype": str(ref.dtype),
-                "device_type": ref.device.split(":")[0],
-            }, code={"generation": model_code(ref), "method": self.code_modules() + ["qbench.calibration"], "scorer": scorer_code},
-                libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES + tuple(self.base.LIBRARIES))
+            self._calib_identity = base_state, calibration_identity(self)
         return self._calib_identity[1]
 
     def stored_checkpoint_path(self, model_name: str | None = None, steps: int | None = None) -> str:
@@ -341,22 +290,13 @@ class QSched(Method):
             return {**self.settings(), "files": self.option_files()}
         return {**self.settings(), "base_files": self.base.option_files(), "calibration": self.calibration_identity().key}
 
-    def _eval_overlap(self, ids: list[str], texts: list[str]) -> int:
-        """How many calibration prompts (by id or text) are among the run's evaluation prompts."""
-        from qbench.models.loader import get_spec
-        from qbench.prompts import load_prompts
-
-        ev = load_prompts(self.cfg.prompts or get_spec(self.cfg.model).default_prompts)
-        ev_ids, ev_texts = {p.id for p in ev}, {p.text for p in ev}
-        return sum(i in ev_ids or t in ev_texts for i, t in zip(ids, texts))
-
     def _check_ckpt_fits(self, ckpt: dict[str, Any], source: str) -> None:
         if ckpt.get("model") != self._model_name:
             raise QBenchError(f"Q-Sched checkpoint {source} was calibrated for model {ckpt.get('model')!r}, not {self._model_name!r}")
         if ckpt["steps"] != self._steps:
             raise QBenchError(f"Q-Sched checkpoint {source} was calibrated for {ckpt['steps']} steps, this run uses {self._steps}")
         cal_ids = list(ckpt.get("calibration", {}).get("prompt_ids") or [])
-        self.eval_overlap = self._eval_overlap(cal_ids, [""] * len(cal_ids)) if cal_ids else None
+        self.eval_overlap = eval_overlap(self.cfg, cal_ids, [""] * len(cal_ids)) if cal_ids else None
         if self.eval_overlap:
             self._say(f"qsched: warning: {self.eval_overlap} of the checkpoint's calibration prompts are among the evaluation prompts")
 

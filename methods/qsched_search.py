@@ -16,7 +16,6 @@ minus the identity baseline's images (the baseline is part of what a calibration
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -151,6 +150,53 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
             "trajectory": result.trajectory,
         },
     )
+
+
+def calibration_identity(method: QSched) -> Any:
+    """The :class:`~qbench.identity.Identity` of the checkpoint this configuration calibrates:
+    the model (spec, weights content), the base method's full description and code, every
+    search option, the scorer's options and code, the calibration prompts' ids and texts, seed,
+    steps, guidance, resolution, dtype and device type, the generation code and libraries. A
+    stored checkpoint is used only under this key (its file name carries it)."""
+    from qbench.generation import model_code, model_inputs
+    from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
+    from qbench.models.loader import get_spec, locate_model
+    from qbench.prompts import load_prompts
+
+    cfg = method.cfg
+    spec = get_spec(cfg.model)
+    ref = locate_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    calib = method.calib_spec or cfg.calib_prompts or f"{spec.calib_prompts}:{method.calibration_prompts_n}"
+    prompts = load_prompts(calib)
+    scorer = ["custom", getattr(method._scorer, "__qualname__", repr(method._scorer))] if method._scorer is not None else ["jaq"]
+    from qbench.catalog import METRICS
+
+    scorer_code = [METRICS.entry("jaq").target.partition(":")[0]] if method._scorer is None else [method._scorer.__module__]
+    return make("qsched-checkpoint", {
+        **model_inputs(ref),
+        "settings": method.settings(),
+        "base_files": method.base.option_files(),
+        "scorer": scorer,
+        "scorer_options": {**cfg.metric_options, **dict(method.opts["scorer_options"])},
+        "calibration_prompts": [[p.id, p.text] for p in prompts],
+        "seed": cfg.seed,
+        "steps": int(cfg.steps or spec.steps),
+        "guidance": spec.guidance if cfg.guidance is None else cfg.guidance,
+        "resolution": int(cfg.resolution or spec.resolution),
+        "dtype": str(ref.dtype),
+        "device_type": ref.device.split(":")[0],
+    }, code={"generation": model_code(ref), "method": method.code_modules() + ["qbench.calibration"], "scorer": scorer_code},
+        libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES + tuple(method.base.LIBRARIES))
+
+
+def eval_overlap(cfg: Any, ids: list[str], texts: list[str]) -> int:
+    """How many calibration prompts (by id or text) are among the run's evaluation prompts."""
+    from qbench.models.loader import get_spec
+    from qbench.prompts import load_prompts
+
+    ev = load_prompts(cfg.prompts or get_spec(cfg.model).default_prompts)
+    ev_ids, ev_texts = {p.id for p in ev}, {p.text for p in ev}
+    return sum(i in ev_ids or t in ev_texts for i, t in zip(ids, texts))
 
 
 def run_calibration(cfg: Any, *, show_progress: bool = True, search: str | None = None) -> dict[str, Any]:

@@ -89,7 +89,7 @@ def _plan(s: RunState) -> None:
     s.identity = run_identity(s.plan)
     if not s.record:
         return
-    from qbench.harness import _check_writable
+    from qbench.runparts import _check_writable
     from qbench.store import Store
 
     run_id = None
@@ -141,7 +141,7 @@ def _references(s: RunState) -> None:
 
 def _apply(s: RunState) -> None:
     """The method: prepare -> calibrate -> convert (convert skipped for ``qbench calibrate``)."""
-    from qbench.harness import _calibration_context
+    from qbench.runparts import _calibration_context
 
     method = s.plan.method
     ctx = _calibration_context(s.plan, s.model, s.progress, s.say, s.dist)
@@ -171,7 +171,7 @@ def _measure(s: RunState) -> None:
     ranks, rank 0 measures while the others wait idle at a barrier, at the thread count a
     one-process run uses."""
     from qbench.generation import seed_for
-    from qbench.harness import _latency_kind
+    from qbench.runparts import _latency_kind
     from qbench.measure import PeakMemory, flush, measure_latency
 
     cfg, prompts = s.cfg, s.plan.prompts
@@ -213,14 +213,14 @@ class _one_process_threads:
 
 
 def _score(s: RunState) -> None:
-    from qbench.harness import _compute_metrics
+    from qbench.runparts import _compute_metrics
 
     s.metrics = _compute_metrics(s.plan, s.model.device, s.plan.prompts, s.images, s.references or None, s.progress, s.dist)
 
 
 def _store(s: RunState) -> None:
     """The main rank builds the :class:`~qbench.harness.RunResult` and stores it (one transaction)."""
-    from qbench.harness import build_result
+    from qbench.runparts import build_result
 
     if not s.dist.is_main:
         return

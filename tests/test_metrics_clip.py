@@ -10,7 +10,7 @@ from qbench.catalog import METRICS
 from qbench.errors import ConfigError, MissingWeightsError
 from qbench.metrics import standins
 from qbench.metrics.clip_score import CLIPScorer, clip_score_from_embeddings
-from qbench.metrics.clipiqa import CLIPIQAScorer, clipiqa_from_logits
+from qbench.metrics.clipiqa import CLIPIQAScorer
 from qbench.metrics.jaq import JAQ, jaq_scores
 
 TEXTS = ["a red cube on a table", "two cats", "a blue circle", "a photo of a dog"]

@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from qbench.api import MetricContext
-from qbench.errors import ConfigError, QBenchError
+from qbench.errors import ConfigError
 from qbench.metrics import common
 from qbench.metrics.base import PerImageMetric
 from qbench.metrics.clip_models import build_resnet_clip, openai_resnet_urls, read_backbone
@@ -205,7 +205,7 @@ class CLIPIQAScorer:
         elif self.impl == "pyiqa":
             from qbench.metrics.clipiqa_pyiqa import PyiqaCLIPIQA
 
-            self._pyiqa = PyiqaCLIPIQA(ctx, [t for pair in self.prompts for t in pair], self.device)
+            self._pyiqa = PyiqaCLIPIQA(ctx, [t for pair in self.prompts for t in pair], self.device, resolve_backbone(ctx))
             self.details.update(self._pyiqa.details)
         else:
             self._init_open_clip(ctx)

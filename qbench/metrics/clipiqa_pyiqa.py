@@ -51,14 +51,14 @@ class PyiqaCLIPIQA:
 
     ``score_tensor(x)``: ``(N, 3, H, W)`` float [0, 1] tensor -> ``(N,)`` float64 numpy scores."""
 
-    def __init__(self, ctx: MetricContext, prompts: list[str], device: str):
+    def __init__(self, ctx: MetricContext, prompts: list[str], device: str, backbone: tuple[str, dict[str, Any]]):
+        """``backbone``: ``(local path, provenance)`` from :func:`qbench.metrics.clipiqa.resolve_backbone`."""
         require_pyiqa("-M clipiqa_impl=pyiqa", clip=True)
         import torch
 
         from qbench.metrics.clip_models import read_backbone
-        from qbench.metrics.clipiqa import resolve_backbone
 
-        path, prov = resolve_backbone(ctx)
+        path, prov = backbone
         key = (os.path.realpath(path), "\n".join(prompts), device)
         if key not in _PYIQA:
             from unittest import mock

@@ -147,11 +147,6 @@ def save_stats_npz(path: str, mu: np.ndarray, sigma: np.ndarray, meta: dict[str,
     os.replace(tmp, path)
 
 
-def list_images(folder: str) -> list[str]:
-    """The image files directly in ``folder`` (sorted names; :data:`IMAGE_EXTS`)."""
-    return [os.path.join(folder, rel) for rel, _ in reference_files(folder).files]
-
-
 def reference_files(folder: str):
     """The content of an FID reference folder: its image files (top level, :data:`IMAGE_EXTS`,
     sorted) with their sha256, and what was skipped and why (subfolders, other files), as a
