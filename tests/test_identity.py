@@ -238,3 +238,35 @@ def test_score_cache_key_perturbations(tmp_path, edit_module):
     assert ctx.score_cache("s", {"a": 1}).path == p1
     edit_module("qbench.methods.mixdq")
     assert ctx.score_cache("s", {"a": 1}).path != p1
+
+
+# -- one phase sequence for run, export, calibrate and sweep -----------------------------------------
+def test_phase_sequences_are_well_formed_and_checked():
+    from qbench.phases import PHASES, SEQUENCES, check_sequence
+
+    assert SEQUENCES["run"] == ("plan", "load", "references", "apply", "generate", "measure", "score", "store")
+    for seq in SEQUENCES.values():
+        check_sequence(seq)
+    with pytest.raises(ValueError, match="needs"):
+        check_sequence(("plan", "generate"))  # generate needs what apply makes
+    assert set(PHASES) == set(SEQUENCES["run"])
+
+
+def test_run_export_calibrate_and_sweep_go_through_the_phases():
+    """The entry points call qbench.phases (by AST): none writes the sequence out again."""
+    import ast
+    import inspect
+
+    from qbench import export, harness, sweep
+    from qbench.methods import qsched_search
+
+    def calls(fn) -> set[str]:
+        tree = ast.parse(inspect.getsource(fn).lstrip())  # a function's own source
+        return {n.func.id if isinstance(n.func, ast.Name) else getattr(n.func, "attr", "") for n in ast.walk(tree) if isinstance(n, ast.Call)}
+
+    assert "run_phases" in calls(harness.run)
+    assert "run_phases" in calls(export.export)
+    assert "calibrate" in calls(qsched_search.run_calibration)  # qbench.phases.calibrate
+    assert "run" in calls(sweep.run_sweep) and "run_phases" not in calls(sweep.run_sweep)  # every cell through harness.run
+    for fn in (export.export, qsched_search.run_calibration, sweep.run_sweep):
+        assert not {"prepare", "convert", "load_model", "generate_cached"} & calls(fn), fn.__name__
