@@ -10,7 +10,6 @@ knows any particular method.
 from __future__ import annotations
 
 import gc
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -69,14 +68,11 @@ class RunResult:
 
 
 def _check_writable(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
+    """The results folder exists and takes a file: :func:`qbench.fsutil.check_writable_folder`
+    (a ``mkstemp`` probe, never a fixed name a symlink could be planted on; always removed)."""
+    from qbench.fsutil import check_writable_folder
+
+    check_writable_folder(path, "output folder")
 
 
 def run(cfg: RunConfig, *, show_progress: bool = True, log: Callable[[str], None] | None = None, plan=None, pipe=None) -> RunResult | None:
