@@ -336,30 +336,46 @@ def save_checkpoint(path: str, ckpt: dict[str, Any]) -> str:
 
 
 def validate_checkpoint(ckpt: Any, source: str = "checkpoint") -> QSchedCoefficients:
+    """The coefficients of a checkpoint dict, after checking every field the method reads:
+    ``format``; ``steps`` an integer in [1, :data:`qbench.config.MAX_STEPS`] (a bool is not one);
+    ``parameterisation`` and ``params`` (finite numbers, as many as it takes); ``c_eps`` and
+    ``c_x`` lists of ``steps`` numbers equal to the parameterisation's values; ``calibration`` a
+    mapping when present. Raises :class:`QBenchError`, one line naming ``source``."""
+    from qbench.config import MAX_STEPS, show_value
+
     if not isinstance(ckpt, dict) or ckpt.get("format") != CKPT_FORMAT:
         raise QBenchError(f"{source} is not a Q-Sched checkpoint (expected format {CKPT_FORMAT!r})")
     steps = ckpt.get("steps")
-    if not isinstance(steps, int) or steps < 1:
-        raise QBenchError(f"{source}: 'steps' must be a positive integer, got {steps!r}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise QBenchError(f"{source}: 'steps' must be an integer from 1 to {MAX_STEPS}, got {show_value(steps)}")
+    par, params = ckpt.get("parameterisation"), ckpt.get("params")
+    if par not in PARAMETERISATIONS:
+        raise QBenchError(f"{source}: 'parameterisation' must be one of {', '.join(PARAMETERISATIONS)}, got {show_value(par)}")
+    if not isinstance(params, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in params):
+        raise QBenchError(f"{source}: 'params' must be a list of numbers, got {show_value(params)}")
     try:
-        coeffs = QSchedCoefficients(str(ckpt.get("parameterisation")), tuple(ckpt.get("params") or ()), steps if ckpt.get("parameterisation") == "per_step" else None)
+        coeffs = QSchedCoefficients(par, tuple(params), steps if par == "per_step" else None)
     except (QBenchError, TypeError, ValueError) as e:
         raise QBenchError(f"{source}: bad coefficients: {e}") from None
     c_eps, c_x = coeffs.resolve(steps)
-    if ckpt.get("c_eps") is not None and [float(v) for v in ckpt["c_eps"]] != c_eps or ckpt.get("c_x") is not None and [float(v) for v in ckpt["c_x"]] != c_x:
-        raise QBenchError(f"{source}: per-step c_eps/c_x disagree with the parameterisation's values")
+    for key, want in (("c_eps", c_eps), ("c_x", c_x)):
+        got = ckpt.get(key)
+        if not isinstance(got, list) or len(got) != steps or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in got):
+            raise QBenchError(f"{source}: '{key}' must be a list of {steps} numbers (one per step), got {show_value(got)}")
+        if [float(v) for v in got] != want:
+            raise QBenchError(f"{source}: per-step {key} disagrees with the parameterisation's values")
+    if "calibration" in ckpt and not isinstance(ckpt["calibration"], dict):
+        raise QBenchError(f"{source}: 'calibration' must be a mapping, got {show_value(ckpt['calibration'])}")
     return coeffs
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """Read and validate a checkpoint file (one-line QBenchError on any problem)."""
-    try:
-        with open(path) as f:
-            ckpt = json.load(f)
-    except FileNotFoundError:
-        raise QBenchError(f"Q-Sched checkpoint {path} does not exist") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise QBenchError(f"Q-Sched checkpoint {path} is unreadable: {str(e).splitlines()[0]}") from None
+    """Read and validate a checkpoint file: a regular file (a FIFO is refused, never waited on),
+    at most 16 MiB of JSON nested at most 64 deep (:func:`qbench.fsutil.read_json_file`);
+    one-line QBenchError on any problem."""
+    from qbench.fsutil import read_json_file
+
+    ckpt = read_json_file(path, "Q-Sched checkpoint", max_bytes=16 << 20)
     validate_checkpoint(ckpt, source=path)
     return ckpt
 

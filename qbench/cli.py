@@ -1,9 +1,13 @@
-"""``qbench`` command line. Every user-facing error is one line on stderr and a non-zero exit."""
+"""``qbench`` command line: the entry point :func:`main` (``qbench.cli:main``). Every user-facing
+error is one line on stderr and a non-zero exit (README, "Exit codes"); a failure that no check
+anticipated is still one line, with its traceback in a log file (:func:`_last_resort`).
+
+The flags are :mod:`qbench.cli_parser`, the commands :mod:`qbench.cli_commands`, the checks made
+before any model library is imported :mod:`qbench.cli_checks`.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import os
 import signal
@@ -12,528 +16,9 @@ import threading
 import warnings
 from typing import Any, Sequence
 
-from qbench.config import RunConfig
-from qbench.errors import ConfigError, NoSuchRunError, QBenchError, RunInterrupted
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line instead of usage + error
-        sys.stderr.write(f"qbench: error: {message} (see `{self.prog} --help`)\n")
-        raise SystemExit(2)
-
-
-class _Removed(argparse.Action):
-    """A flag that became a method option (``-O``): refused in one line naming the new form."""
-
-    def __init__(self, option_strings: list[str], dest: str, new: str = "", **kwargs: Any):
-        super().__init__(option_strings, dest, nargs="?", help=argparse.SUPPRESS, **kwargs)
-        self.new = new
-
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None) -> None:
-        parser.error(f"{option_string} was removed: it is the method option {self.new}")
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    k, v = text.split("=", 1)
-    try:
-        value: Any = json.loads(v)
-    except json.JSONDecodeError:
-        value = v
-    return k.strip(), value
-
-
-def _add_run_args(p: argparse.ArgumentParser) -> None:
-    d = RunConfig.__dataclass_fields__
-    p.add_argument("--config", help="a RunConfig JSON file; flags given on the command line override it")
-    sweep = " (run: comma-separated or repeated values make a sweep of every combination)"
-    p.add_argument("--model", action="append", help=f"registered model name (default {d['model'].default}); see `qbench list models`{sweep}")
-    p.add_argument("--method", action="append", help=f"registered method name (default fp); see `qbench list methods`{sweep}")
-    p.add_argument("--bits", action="append", help=f"bit spec, e.g. W4A8, W8A8, W4A4 (methods that quantize){sweep}")
-    p.add_argument("--mode", choices=["simulate", "kernel"], help="simulate = fake quantization; kernel = real low-bit execution")
-    p.add_argument("--prompts", help="prompt spec NAME:N or a .txt/.jsonl/.csv file (default: the model's default set)")
-    p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
-    p.add_argument("--seed", action="append", help=f"base seed; prompt i uses seed + i (default 42){sweep}")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
-    p.add_argument("--guidance", type=float)
-    p.add_argument("--resolution", type=int)
-    p.add_argument("--metrics", help="comma-separated metric names (default: the model's); see `qbench list metrics`")
-    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", help="float32 / float16 / bfloat16 (default: the model's native dtype; float32 on CPU)")
-    p.add_argument("--out-dir", help="results folder (default reports/)")
-    p.add_argument("--db", help="SQLite results database (default <out-dir>/qbench.sqlite)")
-    p.add_argument("--latency-warmup", type=int)
-    p.add_argument("--latency-repeats", type=int)
-    p.add_argument("--tag", help="free-text label stored with the run")
-    p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable), e.g. -O group_size=64")
-    p.add_argument("--metric-option", "-M", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="metric option (repeatable), e.g. -M clip_model=ViT-B-32")
-    p.add_argument("--qsched-ckpt", action=_Removed, new="-O qsched_ckpt=FILE")
-    p.add_argument("--inception-weights", help="local Inception-v3 FID weights (FID metrics)")
-    p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--dry-run", action="store_true", help="check everything and print what the run would do and cost (images to generate, cached, calibration); load and store nothing")
-
-
-SWEEP_FLAGS = ("model", "method", "bits", "seed")
-
-
-def sweep_axes(args: argparse.Namespace) -> dict[str, list[Any]]:
-    """The values of each sweepable flag (``--bits W4A8,W8A8 --bits W2A8`` -> three)."""
-    from qbench.sweep import split_values
-
-    axes: dict[str, list[Any]] = {k: split_values(getattr(args, k, None)) for k in SWEEP_FLAGS}
-    try:
-        axes["seed"] = [int(s) for s in axes["seed"]]
-    except ValueError:
-        raise ConfigError(f"--seed takes integers, got {','.join(axes['seed'])}") from None
-    return axes
-
-
-def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
-    """The RunConfig of the flags (``single`` fixes sweepable flags to one value each)."""
-    base: dict[str, Any] = {}
-    axes = sweep_axes(args)
-    for k, vals in axes.items():
-        if k in single:
-            continue
-        if len(vals) > 1:
-            raise ConfigError(f"--{k} takes one value with this command, got {', '.join(map(str, vals))}")
-        single[k] = vals[0] if vals else None
-    if args.config:
-        try:
-            with open(args.config, encoding="utf-8") as f:
-                base = RunConfig.from_json(f.read()).to_dict()
-        except OSError as e:
-            raise ConfigError(f"cannot read config file {args.config!r}: {e.strerror}") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"config file {args.config!r} is not UTF-8 JSON text") from None
-    for f in dataclasses.fields(RunConfig):
-        v = single[f.name] if f.name in single else getattr(args, f.name, None)
-        if v is not None and f.name not in ("method_options", "metric_options"):
-            base[f.name] = v
-    mo = dict(base.get("method_options", {}))
-    mo.update(dict(args.option))
-    base["method_options"] = mo
-    me = dict(base.get("metric_options", {}))
-    me.update(dict(args.metric_option))
-    if args.inception_weights:
-        me["inception_weights"] = args.inception_weights
-    base["metric_options"] = me
-    try:
-        return RunConfig.from_dict(base, validate=False)  # validated by the preflight, with everything else
-    except TypeError as e:
-        raise ConfigError(str(e)) from None
-
-
-# -- commands ----------------------------------------------------------------------------------------
-def cmd_run(args: argparse.Namespace) -> int:
-    from qbench import harness
-    from qbench.preflight import plan_run, print_plan
-    from qbench.tables import console, print_result
-
-    axes = sweep_axes(args)
-    if any(len(v) > 1 for v in axes.values()):
-        return _run_cli_sweep(args, axes)
-    cfg = config_from_args(args)
-    con = console(stderr=args.json)
-    plan = plan_run(cfg)
-    if args.dry_run:
-        if args.json:
-            print(json.dumps(plan.summary(), indent=1, default=str))
-        else:
-            print_plan(plan, con)
-        return 0
-    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
-    if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
-        return 0
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=1, default=str))
-    else:
-        print_result(result.to_dict(), con)
-        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
-    return 0
-
-
-def _run_cli_sweep(args: argparse.Namespace, axes: dict[str, list[Any]]) -> int:
-    """``qbench run`` with several values of --model/--method/--bits/--seed: every combination."""
-    import itertools
-
-    from qbench.sweep import Sweep
-
-    if args.json:
-        raise ConfigError("--json prints one run; a sweep's runs are compared with `qbench compare --json` afterwards")
-    combos = itertools.product(*[axes[k] or [None] for k in SWEEP_FLAGS])
-    cells = []
-    for values in combos:
-        single = dict(zip(SWEEP_FLAGS, values))
-        if single["method"] and not _quantizes(single["method"]):
-            single["bits"] = None  # fp x {W4A8, W8A8}: one fp cell, not one per bit width
-        cfg = config_from_args(args, **single)
-        if all(c.to_dict() != cfg.to_dict() for c in cells):
-            cells.append(cfg)
-    return _sweep(Sweep("command line", cells), args)
-
-
-def _quantizes(method: str) -> bool:
-    from qbench.catalog import METHODS
-
-    return bool(METHODS.get(method).uses_bits)
-
-
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from qbench.sweep import load_sweep
-
-    overrides = {k: getattr(args, k) for k in ("out_dir", "db") if getattr(args, k, None)}
-    return _sweep(load_sweep(args.file, overrides), args)
-
-
-def _sweep(sweep, args: argparse.Namespace) -> int:
-    """Run a sweep's unfinished cells, then compare every model's cells (and write the report)."""
-    from qbench.sweep import run_sweep
-    from qbench.tables import console
-
-    from qbench.dist import current
-
-    con = console()
-    main_rank = current(sweep.cells[0].device if sweep.cells else "auto").is_main  # only the main rank prints and reports
-    say = (lambda m: con.print(m, markup=False, highlight=False)) if main_rank else (lambda m: None)
-    say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
-    out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
-    if args.dry_run or not main_rank or not (out["ran"] or out["skipped"]):
-        return 1 if out["failed"] else 0
-    ids = out["ran"] + out["skipped"]
-    cfg0 = sweep.cells[0]
-    # the sweep's runs through the commands' own parsers (their defaults stay theirs)
-    where = ["--runs", ",".join(ids), "--out-dir", cfg0.out_dir] + (["--db", cfg0.db] if cfg0.db else [])
-    cmd_compare(build_parser().parse_args(["compare", *where]))
-    cmd_report(build_parser().parse_args(["report", *where]))
-    say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
-    for f in out["failed"]:
-        say(f"  failed: {f}")
-    return 1 if out["failed"] else 0
-
-
-def cmd_plan(args: argparse.Namespace) -> int:
-    from qbench.costs import plan_sweep
-    from qbench.sweep import load_sweep
-    from qbench.tables import console, print_plan_table
-
-    plan = plan_sweep(load_sweep(args.file), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, tflops=args.tflops)
-    if args.json:
-        print(json.dumps(plan, indent=1))
-    else:
-        print_plan_table(plan, console())
-    return 0
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from qbench.catalog import METHODS
-
-    if not args.method:
-        with_step = sorted(e.name for e in METHODS if e.load().CAPABILITIES.calibrate_command)
-        raise ConfigError(f"qbench calibrate needs --method (a method with a calibration step: {', '.join(with_step)})")
-    cfg = config_from_args(args)
-    cfg.validate()
-    cls = METHODS.get(cfg.method)
-    if not cls.CAPABILITIES.calibrate_command:
-        raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
-    if args.dry_run:  # the run's preflight holds the calibration's plan and cost; nothing loads
-        from qbench.preflight import plan_run, print_plan
-        from qbench.tables import console
-
-        plan = plan_run(cfg)
-        if args.json:
-            print(json.dumps(plan.summary(), indent=1, default=str))
-        else:
-            print_plan(plan, console())
-        return 0
-    summary = cls.run_calibration(cfg, show_progress=not args.no_progress)
-    print(json.dumps(summary, indent=1, default=str))
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    """``qbench export --method M --bits B --model X OUT``: quantize as ``qbench run`` would, write
-    the pipeline folder (:mod:`qbench.export`)."""
-    from qbench.export import export
-    from qbench.tables import console
-
-    for name in ("prompts", "batch_size", "guidance", "resolution", "metrics", "db", "latency_warmup", "latency_repeats", "tag", "config"):
-        setattr(args, name, getattr(args, name, None))
-    args.metric_option, args.inception_weights = [], None
-    cfg = config_from_args(args)
-    con = console(stderr=True)
-    doc = export(cfg, args.out, force=args.force, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False))
-    if args.json:
-        print(json.dumps(doc, indent=1, default=str))
-    else:
-        for name, c in doc["quantized_components"].items():
-            print(f"{name}: {c['class']}, {c['quantized_layers']} quantized layers ({', '.join(c['modes'])}), {c['bytes'] / 2**20:.2f} MiB of tensors")
-        print(f"load it with: {doc['load']['qbench']}")
-        print(f"or with diffusers: {doc['load']['diffusers']}")
-    return 0
-
-
-def _db_path(args: argparse.Namespace) -> str:
-    return args.db or os.path.join(args.out_dir, "qbench.sqlite")
-
-
-def _finished(run: dict[str, Any]) -> dict[str, Any]:
-    if run["status"] != "done":
-        raise QBenchError(f"run {run['id']} is {run['status']}: only finished runs can be compared (`qbench show {run['id'][-6:]}`)")
-    return run
-
-
-def cmd_compare(args: argparse.Namespace) -> int:
-    from qbench.results_export import dumps
-    from qbench.compare import compare, make_row, matches, status_counts
-    from qbench.compare_table import print_compare
-    from qbench.store import Store
-    from qbench.tables import console
-
-    store = Store(_db_path(args), create=False)  # a read: creates nothing
-    selected = None
-    if args.runs:
-        selected = list({r["id"]: _finished(r) for r in (store.get(x) for x in args.runs.split(",") if x.strip())}.values())
-    base_run, base_name = None, None
-    if args.baseline:
-        try:
-            base_run = _finished(store.get(args.baseline))
-        except NoSuchRunError:  # not a run id: a method, label or tag
-            base_name = args.baseline
-    if base_run and args.model and base_run["model"] != args.model:
-        raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
-    if args.model:
-        models = [args.model]
-    elif selected:
-        models = list(dict.fromkeys(r["model"] for r in selected))
-    else:
-        models = [base_run["model"]] if base_run else store.models()
-    if not models:
-        others = status_counts(store.runs(status=None))
-        more = f" ({', '.join(f'{n} {s}' for s, n in sorted(others.items()))}: `qbench runs` lists them)" if others else ""
-        raise QBenchError(f"no finished runs in {store.path}{more}; run `qbench run` first")
-    payload, extras = {}, {}
-    for m in models:
-        runs = [r for r in selected if r["model"] == m] if selected else store.runs(model=m)
-        if base_run and base_run["model"] == m and base_run["id"] not in {r["id"] for r in runs}:
-            runs.append(base_run)
-        if not runs:
-            raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
-        if base_name and not any(matches(make_row(r), base_name) for r in runs):
-            methods = sorted({r["label"] + (f" tag {r['config'].get('tag')}" if (r.get("config") or {}).get("tag") else "") for r in runs})
-            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method, label or tag of the {m} runs ({', '.join(methods)})")
-        rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
-                               keep_all=bool(selected), selected=bool(selected))
-        payload[m] = rows
-        extras[m] = (hidden, status_counts(store.runs(model=m, status=None)) if not selected else {})
-    only = [x.strip() for x in args.metrics.split(",") if x.strip()] if args.metrics else None
-    if only:
-        have = sorted({n for rows in payload.values() for r in rows for n in r["metrics"]})
-        unknown = [n for n in only if n not in have]
-        if unknown:
-            raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
-    if args.csv or (args.json and args.json != "-"):
-        from qbench.results_export import compare_records, to_csv, write_text
-
-        if args.csv:
-            write_text(args.csv, to_csv(compare_records(payload)))
-        if args.json and args.json != "-":
-            write_text(args.json, dumps(payload, indent=1) + "\n")
-        if "-" in (args.csv, args.json):
-            return 0
-    if args.json == "-":
-        print(dumps(payload, indent=1))
-        return 0
-    con = console()
-    for m in models:
-        print_compare(m, payload[m], con, wide=args.wide, metrics=only, hidden=extras[m][0], unfinished=extras[m][1])
-    return 0
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from qbench.results_export import dumps
-    from qbench.store import Store
-    from qbench.tables import console, print_run
-
-    run = Store(_db_path(args), create=False).get(args.run)
-    if args.json:
-        print(dumps(run, indent=1))
-    else:
-        print_run(run, console())
-    return 0
-
-
-def cmd_runs(args: argparse.Namespace) -> int:
-    from qbench.results_export import dumps
-    from qbench.store import Store
-    from qbench.tables import console, print_runs
-
-    store = Store(_db_path(args), create=False)
-    runs = store.runs(model=args.model, status=args.status)
-    if args.json:
-        print(dumps(runs, indent=1))
-        return 0
-    if not runs:
-        raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
-    print_runs(runs, console())
-    return 0
-
-
-def cmd_list(args: argparse.Namespace) -> int:
-    from qbench.catalog import METHODS, METRICS, MODELS, PROMPTS
-    from qbench.tables import console, print_registry
-
-    regs = {"models": MODELS, "methods": METHODS, "metrics": METRICS, "prompts": PROMPTS}
-    kinds = [args.kind] if args.kind else list(regs)
-    if args.json:
-        from qbench.registry import plugin_options
-
-        def entry(k, e):
-            d = {"name": e.name, "description": e.description, **e.meta}
-            if k in ("methods", "metrics"):
-                d["options"] = plugin_options(e)
-            return d
-
-        print(json.dumps({k: [entry(k, e) for e in regs[k]] for k in kinds}, indent=1, default=str))
-        return 0
-    con = console()
-    for k in kinds:
-        print_registry(k, regs[k], con)
-    return 0
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from qbench.report import main as report_main
-
-    return report_main(args, _db_path(args))
-
-
-def cmd_export_results(args: argparse.Namespace) -> int:
-    from qbench.results_export import main as export_main
-
-    return export_main(args, _db_path(args), _finished)
-
-
-def cmd_regress(args: argparse.Namespace) -> int:
-    from qbench.regress import main as regress_main
-
-    return regress_main(args)
-
-
-def _delegate(target: str, argv: list[str]) -> int:
-    from qbench.registry import Entry
-
-    return int(Entry("cmd", target, "").load()(argv) or 0)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="qbench", description="Evaluate post-training quantization of few-step text-to-image diffusion models.")
-    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
-    p = sub.add_parser("run", help="generate images with a model + method, measure, store the result")
-    _add_run_args(p)
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("calibrate", help="run a method's calibration only (e.g. Q-Sched coefficient search) and save its checkpoint")
-    _add_run_args(p)
-    p.add_argument("--search", action=_Removed, new="-O search=grid|own")
-    p.set_defaults(func=cmd_calibrate)
-    p = sub.add_parser("export", help="quantize a model with a method (as `qbench run` does) and write it to a folder that qbench.load_quantized or diffusers loads back")
-    p.add_argument("out", help="output folder (must not exist or be empty; --force replaces an earlier export)")
-    p.add_argument("--model", action="append", help="registered model name (default toy-flux)")
-    p.add_argument("--method", action="append", help="a quantizing method (naive, qsched, ...)")
-    p.add_argument("--bits", action="append", help="bit spec, e.g. W4A8, W8A8")
-    p.add_argument("--mode", choices=["simulate", "kernel"], help="kernel = packed integer weights (the deployable format); simulate = fake-quantized float weights")
-    p.add_argument("--option", "-O", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="method option (repeatable)")
-    p.add_argument("--calib-prompts", help="calibration prompt spec (methods that calibrate)")
-    p.add_argument("--qsched-ckpt", action=_Removed, new="-O qsched_ckpt=FILE")
-    p.add_argument("--seed", action="append", help="calibration seed base (default 42)")
-    p.add_argument("--steps", type=int, help="denoising steps the method is calibrated for (default: the model's)")
-    p.add_argument("--model-path", help="local diffusers folder with the model's weights")
-    p.add_argument("--device", help="auto (default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--dtype", help="float32 / float16 / bfloat16 (default: the model's; float32 on CPU)")
-    p.add_argument("--out-dir", help="results folder whose calibration artefacts (e.g. Q-Sched checkpoints) are used and written (default reports/)")
-    p.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
-    p.add_argument("--json", action="store_true", help="print the export index (qbench_export.json) as JSON")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_export)
-    p = sub.add_parser("sweep", help="run every cell of a sweep file (models x methods x bits x seeds), skipping finished cells, then compare")
-    p.add_argument("file", help="sweep YAML (see sweeps/toy.yaml)")
-    p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
-    p.add_argument("--db")
-    p.add_argument("--dry-run", action="store_true", help="check every cell and list what would run")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_sweep)
-    p = sub.add_parser("plan", help="images, forward passes, FLOPs and estimated GPU time of every cell of a sweep (real models), before running it")
-    p.add_argument("file", help="sweep YAML (e.g. sweeps/paper.yaml)")
-    p.add_argument("--gpus", type=int, default=1, help="GPUs the images are split across (default 1)")
-    p.add_argument("--gpu", default="h100", help="GPU kind for its datasheet peak: h100, h200, a100, l40s, rtx4090, a10g")
-    p.add_argument("--mfu", type=float, default=0.40, help="assumed model-FLOPs utilisation (default 0.40; measure yours)")
-    p.add_argument("--tflops", type=float, help="effective TFLOP/s per GPU (overrides --gpu and --mfu)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_plan)
-    p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
-    p.add_argument("--model", help="only this model (default: every model with runs)")
-    p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")
-    p.add_argument("--runs", metavar="ID,ID,...", help="compare exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
-    p.add_argument("--metrics", help="only these metrics (comma-separated)")
-    p.add_argument("--wide", action="store_true", help="one row per configuration, every measure a column (needs a wide terminal or a pipe)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
-    p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the comparison as JSON: on stdout, or into FILE (the table is still printed)")
-    p.add_argument("--csv", metavar="FILE", help="the comparison as CSV, one row per configuration (- for stdout): every metric with its standard "
-                   "error and n, paired difference, its standard error and whether it is resolved; settings, latency, memory, size")
-    p.set_defaults(func=cmd_compare)
-    p = sub.add_parser("report", help="write a Markdown report and a self-contained HTML page per model (tables, provenance, plots, image grids) under <out-dir>/")
-    p.add_argument("--model", help="only this model (default: every model with runs)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
-    from qbench.report import add_arguments as report_arguments
-
-    report_arguments(p)
-    p.set_defaults(func=cmd_report)
-    p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
-    from qbench.results_export import add_arguments as export_arguments
-
-    export_arguments(p)
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
-    p.set_defaults(func=cmd_export_results)
-    p = sub.add_parser("regress", help="regression check: the toy models' quality cells through `qbench run` against reports/baselines/toy.json, "
-                       "and (--speed) the pytest-benchmark suite against its committed baseline; prints what moved")
-    from qbench.regress import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=cmd_regress)
-    p = sub.add_parser("show", help="one stored run in full")
-    p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_show)
-    p = sub.add_parser("runs", help="every stored run with its status (done, running, stale = process gone, interrupted, failed)")
-    p.add_argument("--model")
-    p.add_argument("--status", choices=["done", "running", "stale", "interrupted", "failed"])
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_runs)
-    p = sub.add_parser("list", help="registered models, methods, metrics or prompt sets")
-    p.add_argument("kind", nargs="?", choices=["models", "methods", "metrics", "prompts"])
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_list)
-    for name, target, helptext in [
-        ("bench-kernels", "qbench.quant.bench:main", "benchmark quantized vs full-precision linear layers at real GEMM shapes"),
-        ("zoo", "qbench.zoo.cli:main", "the toy world: train / check the shipped toy models"),
-    ]:
-        # every argument, --help and other flags included, goes to the command's own parser: with
-        # no prefix character here, argparse never takes a leading "--flag" for an option of ours
-        p = sub.add_parser(name, help=helptext, add_help=False, prefix_chars="\0")
-        p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, _t=target: _delegate(_t, a.rest))
-    return parser
+from qbench.cli_commands import config_from_args, sweep_axes  # noqa: F401 (public API of qbench.cli)
+from qbench.cli_parser import _Parser, build_parser  # noqa: F401 (_Parser: other commands' one-line errors)
+from qbench.errors import QBenchError, RunInterrupted
 
 
 def _log_to_stderr() -> None:
@@ -560,6 +45,12 @@ def quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``qbench`` command; returns its exit code (documented in the README, "Exit codes").
+
+    A :class:`QBenchError` is one line and its ``exit_code`` (2: bad input). Anything else is caught
+    last (:func:`_last_resort`): one line naming the command and the input, the traceback in a
+    log file, exit 2 for an operating-system error on an input (a file, a folder, a full disk)
+    and 1 for an internal error, said as such."""
     # With more busy threads than cores, libgomp's default active wait stalls every parallel
     # region ~10 ms (measured on the 2-core CI machine); it must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -575,15 +66,70 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except QBenchError as e:
         by = f"{signal.Signals(_SIGNALLED[0]).name}: " if _SIGNALLED and isinstance(e, RunInterrupted) else ""
-        sys.stderr.write(f"qbench: error: {by}{e}\n")
+        sys.stderr.write(f"qbench: error: {by}{one_line(str(e), keep_lines=True)}\n")
         return 128 + _SIGNALLED[0] if by else e.exit_code
     except KeyboardInterrupt:
         by = f" by {signal.Signals(_SIGNALLED[0]).name}" if _SIGNALLED else ""
         sys.stderr.write(f"qbench: interrupted{by}; results already stored are kept\n")
         return 128 + (_SIGNALLED[0] if _SIGNALLED else signal.SIGINT)
+    except Exception as e:  # noqa: BLE001 - the last resort: never a bare traceback
+        return _last_resort(args, e)
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
+
+
+#: longest error line printed (a message that serialised a huge value once took 5.5 GB)
+MAX_MESSAGE = 2000
+
+
+def one_line(text: str, keep_lines: bool = False) -> str:
+    """``text`` bounded to :data:`MAX_MESSAGE` characters per line; one line unless ``keep_lines``
+    (a QBenchError listing several problems, :class:`~qbench.errors.ManyErrors` or the preflight's,
+    gives one per line)."""
+    lines = text.splitlines() or [""]
+    if not keep_lines:
+        lines = [" ".join(x.strip() for x in lines if x.strip())]
+    return "\n".join(x if len(x) <= MAX_MESSAGE else x[: MAX_MESSAGE - 3] + "..." for x in lines)
+
+
+def _last_resort(args: argparse.Namespace, e: BaseException) -> int:
+    """One line for an exception no check turned into a QBenchError: exit 2 with the file for an
+    ``OSError`` (an input or the file system: a full disk, a read-only folder, a name too long),
+    exit 1 "internal error" for anything else; the traceback goes to a log file named on the line."""
+    import traceback
+
+    log = _write_log("".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    where = f"; traceback in {log}" if log else ""
+    cmd = f"qbench {args.command}"
+    if isinstance(e, OSError):
+        name = " and ".join(repr(str(f))[:160] for f in (e.filename, e.filename2) if f is not None) or "a file it uses"
+        sys.stderr.write(f"qbench: error: {cmd}: {e.strerror or type(e).__name__} on {name}{where}\n")
+        return 2
+    what = one_line(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+    if isinstance(e, (MemoryError, RecursionError)):
+        sys.stderr.write(f"qbench: error: {cmd}: an input is too large or too deeply nested ({what}){where}\n")
+        return 2
+    sys.stderr.write(f"qbench: internal error: {cmd}: {what} (a bug in qbench, not in your input; please report it{where})\n")
+    return 1
+
+
+def _write_log(text: str) -> str | None:
+    """Write ``text`` to a new ``qbench-error-*.log`` in the qbench cache's ``logs`` folder, else the
+    temporary folder; its path, or None if neither can be written."""
+    import tempfile
+
+    cache = os.environ.get("QBENCH_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "qbench")
+    for folder in (os.path.join(cache, "logs"), tempfile.gettempdir()):
+        try:
+            os.makedirs(folder, exist_ok=True)
+            fd, path = tempfile.mkstemp(prefix="qbench-error-", suffix=".log", dir=folder)
+            with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+                f.write(text)
+            return path
+        except OSError:
+            continue
+    return None
 
 
 #: the stop signal received during this command (SIGTERM, SIGHUP), if any

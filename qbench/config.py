@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from qbench.errors import ConfigError
 DEFAULT_MODEL = "toy-flux"  # the trained toy world: offline, seconds per run, meaningful numbers
 MODES = ("simulate", "kernel")
 DTYPES = ("float32", "float16", "bfloat16")
+MAX_STEPS = 1000  # denoising steps: few-step models use 1-8, their schedulers at most ~50
 MAX_SEED = 2**62  # torch generators take 64-bit seeds; prompt i uses seed + i
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
@@ -59,7 +61,11 @@ class RunConfig:
         for name in _STR_FIELDS:
             v = getattr(self, name)
             if v is not None and not isinstance(v, str):
-                bad(f"{name} must be a string, got {_show(v)}")
+                bad(f"{name} must be a string, got {show_value(v)}")
+        for name in _STR_FIELDS:
+            v = getattr(self, name)
+            if isinstance(v, str) and (len(v) > MAX_STR or "\0" in v):
+                bad(f"{name} must be at most {MAX_STR} characters without NUL bytes, got {show_value(v)}")
         for name in ("model", "method", "out_dir", "device"):
             if isinstance(getattr(self, name), str) and not getattr(self, name):
                 bad(f"{name} must not be empty")
@@ -68,16 +74,18 @@ class RunConfig:
             if v is None and name in _OPTIONAL:
                 continue
             if isinstance(v, bool) or not isinstance(v, int):
-                bad(f"{name} must be an integer, got {_show(v)}")
+                bad(f"{name} must be an integer, got {show_value(v)}")
             elif v < lo:
                 bad(f"{name} must be >= {lo}, got {v}")
+            elif name in _INT_MAX and v > _INT_MAX[name]:
+                bad(f"{name} must be <= {_INT_MAX[name]}, got {show_value(v)} ({_INT_WHY[name]})")
             elif name == "seed" and v >= MAX_SEED:
                 bad(f"seed must be < 2**62, got {v}")
             elif name == "resolution" and v % 8:
                 bad(f"resolution must be a positive multiple of 8, got {v}")
         if self.guidance is not None:
             if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)):
-                bad(f"guidance must be a number, got {_show(self.guidance)}")
+                bad(f"guidance must be a number, got {show_value(self.guidance)}")
             elif not math.isfinite(self.guidance) or self.guidance < 0:
                 bad(f"guidance must be a finite number >= 0, got {self.guidance}")
             else:
@@ -91,11 +99,11 @@ class RunConfig:
         if isinstance(self.metrics, str):
             self.metrics = [m.strip() for m in self.metrics.split(",") if m.strip()]
         if self.metrics is not None and (not isinstance(self.metrics, list) or not all(isinstance(m, str) for m in self.metrics)):
-            bad(f"metrics must be a list of names or a comma-separated string, got {_show(self.metrics)}")
+            bad(f"metrics must be a list of names or a comma-separated string, got {show_value(self.metrics)}")
         for name in ("method_options", "metric_options"):
             v = getattr(self, name)
             if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-                bad(f"{name} must be a mapping of option names to values, got {_show(v)}")
+                bad(f"{name} must be a mapping of option names to values, got {show_value(v)}")
         if isinstance(self.bits, str):
             self.bits = self.bits.strip().upper()
         if len(errors) == 1:
@@ -133,11 +141,9 @@ class RunConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "RunConfig":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"RunConfig JSON is malformed: {e}") from None
-        return cls.from_dict(data)
+        from qbench.fsutil import parse_json
+
+        return cls.from_dict(parse_json(text, "RunConfig JSON"))
 
     def to_cli(self) -> str:
         """The ``qbench run`` command of this configuration (fields left at their defaults out)."""
@@ -173,10 +179,21 @@ class RunConfig:
 _STR_FIELDS = ("model", "method", "bits", "mode", "prompts", "calib_prompts", "model_path", "device", "dtype", "out_dir", "db", "tag")
 _INT_FIELDS = {"seed": 0, "batch_size": 1, "steps": 1, "resolution": 8, "latency_warmup": 0, "latency_repeats": 1}
 _OPTIONAL = ("steps", "resolution")
+#: upper bounds: far above any real use, low enough that a typo is refused before a run is stored
+#: (``--resolution 100000`` once asked for 40 GB after the run row was written; issue 23 §3)
+_INT_MAX = {"batch_size": 4096, "steps": MAX_STEPS, "resolution": 4096, "latency_warmup": 1000, "latency_repeats": 1000}
+_INT_WHY = {"batch_size": "images per forward pass", "steps": "denoising steps", "resolution": "pixels per side; 16.7 megapixels",
+            "latency_warmup": "untimed warm-up generations", "latency_repeats": "timed generations; the median of a few is enough"}
+#: longest string field (a path, a tag, a prompt spec)
+MAX_STR = 4096
+_REPR = reprlib.Repr()
+_REPR.maxstring, _REPR.maxother, _REPR.maxlevel = 50, 50, 3
 
 
-def _show(v: Any) -> str:
-    text = json.dumps(v, default=str)
+def show_value(v: Any) -> str:
+    """A short, bounded rendering of a bad value for an error line: never serialises the whole
+    value (a YAML of nested aliases expands to gigabytes; a 200,000-deep list overflows json)."""
+    text = _REPR.repr(v)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -24,6 +24,10 @@ class NoSuchRunError(QBenchError):
     """A run id (or prefix/suffix) that matches no stored run."""
 
 
+class DiskFullError(QBenchError):
+    """A write failed for lack of space (SQLite's SQLITE_FULL, ENOSPC)."""
+
+
 class MissingWeightsError(QBenchError):
     """Weights that cannot be found locally while the hub is unreachable or disabled."""
 

@@ -186,6 +186,39 @@ def read_index(path: str) -> dict[str, Any]:
     return read_format_json(os.path.join(path, INDEX_FILE), FORMAT, VERSION, f"{path} is not a qbench export (no {INDEX_FILE}); `qbench export` writes one")
 
 
+def allowed_imports() -> set[str]:
+    """The modules an export may name (``imports`` in ``qbench_export.json``, a component's library
+    in ``model_index.json``), exactly what :func:`save_quantized` can write: the quantized-component
+    loader (:data:`qbench.quant.serialize.LOADER`) and the ``export_module`` of each registered method
+    that exports its own classes (e.g. a scheduler; ``qbench/catalog.py``). Nothing else is imported:
+    ``qbench.__main__`` would run the command line inside the caller (issue 23 §1)."""
+    from qbench.catalog import METHODS
+    from qbench.quant.serialize import LOADER
+
+    return {LOADER[0]} | {e.meta["export_module"] for e in METHODS if e.meta.get("export_module")}
+
+
+#: libraries diffusers may import for a component of an export (besides :func:`allowed_imports`)
+COMPONENT_LIBRARIES = ("diffusers", "transformers")
+
+
+def _check_model_index(path: str, allowed: set[str]) -> None:
+    """Refuse a ``model_index.json`` whose components name a library outside diffusers,
+    transformers and :func:`allowed_imports`: diffusers imports whatever library it names."""
+    from qbench.fsutil import read_json_file
+
+    index = read_json_file(os.path.join(path, "model_index.json"), what="the export's model_index.json")
+    if not isinstance(index, dict):
+        raise QBenchError(f"{path}/model_index.json is not a JSON object")
+    for name, value in index.items():
+        if name.startswith("_") or not isinstance(value, list):
+            continue
+        lib = value[0] if value else None
+        if lib is not None and lib not in COMPONENT_LIBRARIES and lib not in allowed:
+            raise QBenchError(f"{path}/model_index.json: component {name!r} names the library {str(lib)[:80]!r}; "
+                              f"an export may use only {', '.join(COMPONENT_LIBRARIES + tuple(sorted(allowed)))}")
+
+
 def load_quantized(path: str, *, device: str | None = None, torch_dtype=None):
     """The pipeline exported to ``path``: diffusers' ``DiffusionPipeline.from_pretrained`` with
     the quantized components rebuilt by :mod:`qbench.quant.serialize` (no float weight of a
@@ -200,9 +233,14 @@ def load_quantized(path: str, *, device: str | None = None, torch_dtype=None):
     import torch
 
     doc = read_index(path)
-    for mod in doc.get("imports", []):
-        if not (isinstance(mod, str) and mod.startswith("qbench.")):
-            raise QBenchError(f"{path}/{INDEX_FILE} names the import {mod!r}: only qbench modules are imported")
+    allowed = allowed_imports()
+    imports = doc.get("imports", [])
+    if not isinstance(imports, list):
+        raise QBenchError(f"{path}/{INDEX_FILE}: 'imports' must be a list of module names, got {type(imports).__name__}")
+    _check_model_index(path, allowed)
+    for mod in imports:
+        if not isinstance(mod, str) or mod not in allowed:
+            raise QBenchError(f"{path}/{INDEX_FILE} names the import {str(mod)[:80]!r}: an export may import only {', '.join(sorted(allowed))}")
         try:
             importlib.import_module(mod)
         except ImportError as e:

@@ -44,7 +44,7 @@ NOT_NUMERIC = (
     "qbench.identity", "qbench.fsutil", "qbench.sweep", "qbench.costs", "qbench.preflight", "qbench.export",
     "qbench.harness", "qbench.phases", "qbench.dist", "qbench.options",
 )
-NOT_NUMERIC_PREFIXES = ("qbench.cli.", "qbench.zoo.train", "qbench.zoo.ship")
+NOT_NUMERIC_PREFIXES = ("qbench.cli", "qbench.store", "qbench.zoo.train", "qbench.zoo.ship")
 #: libraries whose versions change generated images
 GENERATION_LIBRARIES = ("torch", "diffusers", "transformers", "peft", "accelerate")
 #: libraries whose versions change metric values (beside the generation libraries' torch)

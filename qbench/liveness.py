@@ -34,9 +34,13 @@ def owner_state(owner: dict[str, Any] | None) -> tuple[str, str]:
     (no owner recorded, or another host), ``why`` one short phrase for tables."""
     import psutil
 
-    if not owner or owner.get("pid") is None:
+    if not owner or not isinstance(owner, dict) or owner.get("pid") is None:
         return "unknown", "no process recorded (run stored by an older qbench)"
-    pid, host = int(owner["pid"]), owner.get("host")
+    try:
+        pid, host = int(owner["pid"]), owner.get("host")
+        started = None if owner.get("started") is None else float(owner["started"])
+    except (TypeError, ValueError, OverflowError):
+        return "unknown", f"the recorded process {str(owner)[:60]} is not a pid (the database was edited)"
     if host != socket.gethostname():
         return "unknown", f"pid {pid} on host {host}: cannot check from {socket.gethostname()}"
     who = f"pid {pid} on {host}"
@@ -44,10 +48,9 @@ def owner_state(owner: dict[str, Any] | None) -> tuple[str, str]:
         proc = psutil.Process(pid)
         if proc.status() == psutil.STATUS_ZOMBIE:
             return "gone", f"{who} has exited"
-        started = owner.get("started")
-        if started is not None and abs(proc.create_time() - float(started)) > START_TOLERANCE_S:
+        if started is not None and abs(proc.create_time() - started) > START_TOLERANCE_S:
             return "gone", f"{who} has exited (the pid now belongs to another process)"
-    except psutil.NoSuchProcess:
+    except (psutil.NoSuchProcess, OverflowError, ValueError):  # OverflowError/ValueError: a pid no process can have
         return "gone", f"{who} has exited"
     except psutil.AccessDenied:
         return "alive", who  # it exists and belongs to someone else: assume it is ours

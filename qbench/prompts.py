@@ -70,18 +70,30 @@ def coco2017() -> tuple[Prompt, ...]:
 
 
 # -- user files ----------------------------------------------------------------------------------------
+#: most rows a prompt file may have (COCO-30k, the largest standard set, has 30,000); a
+#: 2,000,000-line file took 167 s and 1.85 GB before anything was said (issue 23 §3)
+MAX_PROMPT_ROWS = 200_000
+#: largest prompt file read (bytes)
+MAX_PROMPT_FILE_BYTES = 64 << 20
+#: longest prompt id (ids name cached image files; 300 characters failed as "file name too long")
+MAX_ID_CHARS = 120
+
+
 def _check_text_file(path: str) -> bytes:
-    """Refuse, in one line, what ``datasets`` would fail on with an opaque message."""
+    """Refuse, in one line, what ``datasets`` would fail on with an opaque message, before it is
+    imported: a missing path, a folder, FIFO or device (:func:`qbench.fsutil.read_input_bytes`),
+    more than :data:`MAX_PROMPT_FILE_BYTES` or :data:`MAX_PROMPT_ROWS` rows, an empty, binary or
+    non-UTF-8 file."""
+    from qbench.fsutil import read_input_bytes
+
     if os.path.isdir(path):
         raise QBenchError(f"prompt file {path!r} is a folder; pass a .txt/.jsonl/.json/.csv file or a prompt set name (qbench list prompts)")
-    if not os.path.isfile(path):
-        raise QBenchError(f"prompt file {path!r} does not exist")
-    if not os.access(path, os.R_OK):
-        raise QBenchError(f"prompt file {path!r} is not readable")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_input_bytes(path, "prompt file", MAX_PROMPT_FILE_BYTES)
     if not data.strip():
         raise QBenchError(f"prompt file {path!r} is empty")
+    rows = data.count(b"\n") + (not data.endswith(b"\n"))
+    if rows > MAX_PROMPT_ROWS:
+        raise QBenchError(f"prompt file {path!r} has {rows} lines, more than the {MAX_PROMPT_ROWS} accepted; split it into smaller files")
     if b"\x00" in data:
         raise QBenchError(f"prompt file {path!r} is binary (it holds NUL bytes), not text")
     try:
@@ -96,6 +108,10 @@ def load_prompt_file(path: str) -> list[Prompt]:
     counting empty rows, which are skipped with a warning: editing one row never shifts the seeds
     of the others."""
     suffix = os.path.splitext(path)[1].lower()
+    if os.path.exists(path) and not os.path.isdir(path):  # a FIFO or device: said so, whatever its suffix
+        from qbench.fsutil import require_regular_file
+
+        require_regular_file(path, "prompt file")
     if suffix not in FILE_SUFFIXES and not os.path.isdir(path):
         raise QBenchError(f"prompt file {path!r}: unsupported type {suffix or '(none)'}; use {', '.join(FILE_SUFFIXES)}")
     data = _check_text_file(path)
@@ -143,6 +159,8 @@ def load_prompt_file(path: str) -> list[Prompt]:
             if not text:
                 empty.append(i)
                 continue
+            if has_id and r["id"] is not None and (not isinstance(r["id"], (str, int)) or len(str(r["id"])) > MAX_ID_CHARS):
+                raise QBenchError(f"prompt file {path!r} row {i + 1}: 'id' must be a string or integer of at most {MAX_ID_CHARS} characters, got {str(r['id'])[:40]!r}...")
             rows.append((i, f"{base}:{r['id']}" if has_id and r["id"] is not None else f"{base}:{i}", text))
     ids = [r[1] for r in rows]
     if len(set(ids)) != len(ids):
@@ -175,8 +193,10 @@ def load_prompts(spec: str) -> list[Prompt]:
     """Prompts for a spec (see the module docstring); raises one clear QBenchError on bad input."""
     from qbench.catalog import PROMPTS
 
-    if not spec or not spec.strip():
+    if not isinstance(spec, str) or not spec.strip():
         raise ConfigError("empty prompt spec")
+    if len(spec) > 4096 or "\0" in spec:
+        raise ConfigError(f"prompt spec {spec[:40]!r}...: too long or holds a NUL byte")
     name, n = _split_limit(spec.strip())
     if _looks_like_path(name):
         prompts = load_prompt_file(name)

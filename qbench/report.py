@@ -352,11 +352,13 @@ def _write_bytes(path: str, data: bytes) -> str:
 # -- command line ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     """``qbench report``'s own flags (the CLI adds --model, --out-dir and --db)."""
-    p.add_argument("--runs", metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
+    from qbench.cli_parser import bounded_int, id_list
+
+    p.add_argument("--runs", type=id_list, metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
     p.add_argument("--format", default="md,html", help="md, html or md,html (default)")
     p.add_argument("--baseline", metavar="METHOD", help="each table's baseline (a method or label; default fp), as in `qbench compare`")
     p.add_argument("--vs", metavar="METHOD", help="also pair every configuration with METHOD's configuration of the same bits and mode")
-    p.add_argument("--grid-prompts", type=int, default=GRID_PROMPTS, help=f"prompts (rows) in the image grid; 0: no grid (default {GRID_PROMPTS})")
+    p.add_argument("--grid-prompts", type=bounded_int(0, 1000), default=GRID_PROMPTS, help=f"prompts (rows) in the image grid, 0-1000; 0: no grid (default {GRID_PROMPTS})")
     p.add_argument("--no-diff", action="store_true", help="no difference-to-baseline heat maps in the image grid")
     p.add_argument("--no-plots", action="store_true", help="no figures")
 

@@ -58,14 +58,11 @@ class RunResult:
 
 
 def _check_writable(path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise QBenchError(f"output folder {path!r} is not writable: {e.strerror}") from None
+    """The results folder exists and takes a file: :func:`qbench.fsutil.check_writable_folder`
+    (a ``mkstemp`` probe, never a fixed name a symlink could be planted on; always removed)."""
+    from qbench.fsutil import check_writable_folder
+
+    check_writable_folder(path, "output folder")
 
 
 def build_result(s) -> RunResult:

@@ -10,18 +10,45 @@
   folder, and refuses a missing path. Either way a file that is not a qbench results database
   (text, random bytes, another program's SQLite database) is refused before anything is written
   to it, with one line (:class:`~qbench.errors.QBenchError`).
+* Schema version: ``PRAGMA user_version`` holds :data:`SCHEMA_VERSION` (0: written before it was
+  kept, upgraded on the first write). A database of a newer schema is refused in one line, by
+  readers and writers, before anything is read or written.
+* One error path: every ``sqlite3`` error of every read and write (a corrupt page, a missing table,
+  a full disk, a read-only file) and every stored JSON value that does not parse becomes one
+  :class:`~qbench.errors.QBenchError` line naming the database (:func:`db_error`).
+* Readers create nothing: ``create=False`` opens ``mode=rw`` only where this account owns the
+  database and may write its folder (closing then removes the WAL side files); otherwise
+  ``immutable=1`` (nothing written, no ``-wal``/``-shm`` left to block the owner), or ``mode=ro``
+  while a ``-wal`` file exists (a writer is active; its side files are already there).
+* A full disk: :meth:`Store.start_run` sets aside :data:`RESERVE_BYTES` in a file beside the
+  database; when a write fails for lack of space, :meth:`Store.mark` frees it and marks the run
+  failed with the reason, so the run does not show as ``stale``.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import glob
 import json
 import os
 import sqlite3
+import tempfile
 import urllib.parse
 import uuid
 from typing import Any, Iterator
 
-from qbench.errors import NoSuchRunError, QBenchError
+from qbench.errors import DiskFullError, NoSuchRunError, QBenchError
+from qbench.store_db import (
+    _ClosingConnection,
+    _translated,
+    check_sqlite_file,
+    columns as _columns,
+    db_error,
+    reader_mode,
+    rollback,
+    stored_json,
+    tables as _tables,
+    unlink_quiet,
+)
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS runs (
@@ -60,7 +87,11 @@ TABLES = [
 ]
 #: columns a ``runs`` table must have to be ours (``owner`` is added to older databases on write)
 RUN_COLUMNS = {"id", "created", "finished", "status", "model", "method", "label", "bits", "mode", "config", "result", "error"}
-SQLITE_MAGIC = b"SQLite format 3\x00"
+#: ``PRAGMA user_version`` of the schema above (0: a database from before the version was kept)
+SCHEMA_VERSION = 1
+#: bytes set aside beside the database while a run runs, freed to mark it failed on a full disk
+RESERVE_BYTES = 1 << 20
+RESERVE_PREFIX = ".qbench-reserve-"
 
 
 def utcnow() -> str:
@@ -84,7 +115,7 @@ class Store:
         if os.path.isdir(path):
             raise QBenchError(f"{path} is a folder, not a qbench results database")
         if os.path.exists(path):
-            _check_sqlite_file(path)
+            check_sqlite_file(path)
         elif not create:
             raise QBenchError(f"no results database at {path}; `qbench run` creates it (or pass --out-dir / --db)")
         else:
@@ -95,28 +126,30 @@ class Store:
                 raise QBenchError(f"cannot create the results folder {parent}: {e.strerror}") from None
             if not os.access(parent, os.W_OK):
                 raise QBenchError(f"the results folder {parent} is not writable")
-        try:
-            with self._connect() as conn:
-                if create:
-                    self._init_schema(conn)
-                else:
-                    self._check_schema(conn, tables=_tables(conn))
-        except sqlite3.DatabaseError as e:
-            raise QBenchError(f"{path} is not a qbench results database ({e})") from None
+        with self._connect() as conn:
+            if create:
+                self._init_schema(conn)
+            else:
+                self._check_schema(conn, tables=_tables(conn))
 
-    def _connect(self) -> sqlite3.Connection:
-        # mode=rw: a reader never creates the file (and, unlike mode=ro, still removes the WAL
-        # side files when it closes)
-        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + ("?mode=rwc" if self.create else "?mode=rw")
+    def _connect(self) -> "_ClosingConnection":
+        """A connection whose ``with`` block closes it and turns any sqlite3 error into one
+        QBenchError line (:func:`db_error`)."""
+        uri = "file:" + urllib.parse.quote(os.path.abspath(self.path)) + "?" + (reader_mode(self.path) if not self.create else "mode=rwc")
         try:
             conn = sqlite3.connect(uri, uri=True, timeout=60.0, isolation_level=None)
         except sqlite3.Error as e:
-            raise QBenchError(f"cannot open the results database {self.path}: {e}") from None
-        conn.execute("PRAGMA busy_timeout=60000")
+            raise db_error(self.path, e) from None
+        wrapped = _ClosingConnection(conn, self.path)
+        with _translated(self.path, conn):
+            conn.execute("PRAGMA busy_timeout=60000")
         conn.row_factory = sqlite3.Row
-        return _ClosingConnection(conn)
+        return wrapped
 
     def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise QBenchError(f"{self.path} was written by a newer qbench (results schema {version}; this qbench reads up to {SCHEMA_VERSION}): upgrade qbench")
         if "runs" not in tables:
             what = "an empty database" if not tables else "an SQLite database without qbench's runs table"
             raise QBenchError(f"{self.path} is not a qbench results database ({what})")
@@ -136,9 +169,10 @@ class Store:
                 conn.execute(stmt)
             if "owner" not in _columns(conn):
                 conn.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            rollback(conn)
             raise
         conn.execute("PRAGMA journal_mode=WAL")
 
@@ -154,7 +188,41 @@ class Store:
                 (run_id, utcnow(), "running", cfg["model"], cfg["method"], label, bits, mode, json.dumps(cfg, sort_keys=True), json.dumps(this_process())),
             )
             conn.execute("COMMIT")
+        self._reserve(run_id)
         return run_id
+
+    # -- the full-disk reserve ---------------------------------------------------------------------
+    def _reserve_path(self, run_id: str) -> str:
+        return os.path.join(os.path.dirname(os.path.abspath(self.path)), RESERVE_PREFIX + run_id)
+
+    def _reserve(self, run_id: str) -> None:
+        """Set aside :data:`RESERVE_BYTES` (real blocks, not a sparse file) for marking ``run_id``
+        failed on a full disk; reserves of runs no longer running are removed. Best effort: a disk
+        already too full for it only loses the reserve."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        for old in glob.glob(os.path.join(glob.escape(folder), RESERVE_PREFIX + "*")):
+            rid = os.path.basename(old)[len(RESERVE_PREFIX):]
+            try:
+                if self.get(rid)["status"] != "running":
+                    os.unlink(old)
+            except (QBenchError, OSError):
+                pass
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=RESERVE_PREFIX + "tmp-", dir=folder)
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bytes(RESERVE_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._reserve_path(run_id))
+        except OSError:
+            unlink_quiet(tmp)
+
+    def _release(self, run_id: str) -> bool:
+        """Free the run's reserve; True if there was one."""
+        return unlink_quiet(self._reserve_path(run_id))
 
     def finish_run(self, run_id: str, result: dict[str, Any], metrics: dict[str, dict[str, Any]], status: str = "done",
                    per_image: dict[str, dict[str, float]] | None = None) -> None:
@@ -181,12 +249,22 @@ class Store:
                 )
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                rollback(conn)
                 raise
+        self._release(run_id)
 
     def mark(self, run_id: str, status: str, error: str | None = None) -> None:
-        with self._connect() as conn:
-            conn.execute("UPDATE runs SET status=?, finished=?, error=? WHERE id=?", (status, utcnow(), error, run_id))
+        """Set a run's status (``failed``, ``interrupted``, ...) and error text. On a full disk the
+        run's reserve is freed and the write tried once more."""
+        for attempt in (0, 1):
+            try:
+                with self._connect() as conn:
+                    conn.execute("UPDATE runs SET status=?, finished=?, error=? WHERE id=?", (status, utcnow(), error, run_id))
+                break
+            except DiskFullError:
+                if attempt or not self._release(run_id):
+                    raise
+        self._release(run_id)
 
     # -- reads -------------------------------------------------------------------------------------
     def runs(self, model: str | None = None, status: str | None = "done") -> list[dict[str, Any]]:
@@ -240,16 +318,14 @@ class Store:
                 return [r[0] for r in conn.execute("SELECT DISTINCT model FROM runs ORDER BY model")]
             return [r[0] for r in conn.execute("SELECT DISTINCT model FROM runs WHERE status=? ORDER BY model", (status,))]
 
-    @staticmethod
-    def _row(conn: sqlite3.Connection, r: sqlite3.Row) -> dict[str, Any]:
+    def _row(self, conn: sqlite3.Connection, r: sqlite3.Row) -> dict[str, Any]:
         """A stored run as a dict; ``status`` is derived (``stale`` for a ``running`` run whose
         process is gone) and ``status_note`` says why (or whose process runs it)."""
         from qbench.liveness import owner_state
 
         d = dict(r)
-        d["config"] = json.loads(d["config"]) if d["config"] else {}
-        d["result"] = json.loads(d["result"]) if d["result"] else {}
-        d["owner"] = json.loads(d["owner"]) if d.get("owner") else None
+        for col, empty in (("config", {}), ("result", {}), ("owner", None)):
+            d[col] = stored_json(d, col, empty)
         d["status_note"] = None
         if d["status"] == "running":
             state, why = owner_state(d["owner"])
@@ -258,43 +334,12 @@ class Store:
                 d["status"] = "stale"
                 d["status_note"] = f"{why} without finishing; re-run the same command to resume (cached images are reused)"
         d["metrics"] = {
-            m["name"]: {"value": m["value"], "stderr": m["stderr"], "n": m["n"], "higher_is_better": bool(m["higher_is_better"]), "details": json.loads(m["details"] or "{}")}
+            m["name"]: {"value": m["value"], "stderr": m["stderr"], "n": m["n"], "higher_is_better": bool(m["higher_is_better"]), "details": m["details"]}
             for m in conn.execute("SELECT * FROM metrics WHERE run_id=? ORDER BY name", (d["id"],))
         }
+        for m in d["metrics"].values():
+            m["details"] = stored_json({"id": d["id"], "details": m["details"]}, "details", {}, raw=True)
         return d
-
-
-def _check_sqlite_file(path: str) -> None:
-    """Refuse, without writing to it, a file that is not an SQLite database (an empty file is a new
-    database to SQLite and is let through)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise QBenchError(f"cannot read the results database {path}: {e.strerror}") from None
-    if head and head != SQLITE_MAGIC:
-        raise QBenchError(f"{path} is not a qbench results database (not an SQLite file)")
-
-
-def _tables(conn: sqlite3.Connection) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-
-
-def _columns(conn: sqlite3.Connection) -> set[str]:
-    return {r[1] for r in conn.execute("PRAGMA table_info(runs)")}
-
-
-class _ClosingConnection:
-    """``with store._connect() as conn`` that always closes (sqlite3's own context manager does not)."""
-
-    def __init__(self, conn: sqlite3.Connection):
-        self._conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self._conn
-
-    def __exit__(self, *exc) -> None:
-        self._conn.close()
 
 
 def iter_chunks(items: list, n: int) -> Iterator[list]:

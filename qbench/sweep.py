@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from qbench.config import RunConfig
+from qbench.config import RunConfig, show_value
 from qbench.errors import ConfigError, QBenchError, RunInterrupted
 
 _TOP = ("name", "models", "methods", "seeds", "run")
@@ -43,22 +43,35 @@ class Sweep:
     source: str | None = None
 
 
+#: most YAML nodes a sweep file may expand to, aliases counted as often as they are used (a
+#: 600-byte file of nested aliases once expanded to 5.5 GB in an error message; issue 23 §2)
+MAX_YAML_NODES = 100_000
+#: most cells one sweep may have
+MAX_CELLS = 10_000
+
+
 def _as_list(v: Any, what: str) -> list[Any]:
     if v is None:
         return []
-    if isinstance(v, (str, int)):
+    if isinstance(v, (str, int)) and not isinstance(v, bool):
         return [v]
     if isinstance(v, list):
         return v
-    raise ConfigError(f"sweep: {what} must be a value or a list, got {v!r}")
+    raise ConfigError(f"sweep: {what} must be a value or a list, got {show_value(v)}")
 
 
 def expand(models: list[str], methods: list[dict[str, Any]], seeds: list[int], run: dict[str, Any]) -> list[RunConfig]:
-    """Cells of the cross product (models x methods-with-their-bits x seeds), in that order."""
+    """Cells of the cross product (models x methods-with-their-bits x seeds), in that order.
+    Raises :class:`ConfigError` for an empty axis, more than :data:`MAX_CELLS` cells or a bad cell."""
     if not models:
         raise ConfigError("sweep: no models")
     if not methods:
         raise ConfigError("sweep: no methods")
+    n = len(models) * sum(max(1, len(m.get("bits") or [])) for m in methods) * max(1, len(seeds))
+    if n > MAX_CELLS:
+        raise ConfigError(f"sweep: {n} cells, more than the {MAX_CELLS} one sweep may have")
+    if not isinstance(run.get("method_options", {}), dict):
+        raise ConfigError(f"sweep: run.method_options must be a mapping, got {show_value(run['method_options'])}")
     cells: list[RunConfig] = []
     for model, m, seed in itertools.product(models, methods, seeds or [None]):
         for bits in m.get("bits") or [None]:
@@ -76,51 +89,102 @@ def expand(models: list[str], methods: list[dict[str, Any]], seeds: list[int], r
 
 
 def _method_entry(raw: Any) -> dict[str, Any]:
+    """A ``methods:`` entry (a name, or a mapping of :data:`_METHOD_KEYS`) as a mapping."""
     if isinstance(raw, str):
         return {"method": raw}
-    if not isinstance(raw, dict) or "method" not in raw:
-        raise ConfigError(f"sweep: a method entry is a name or a mapping with 'method', got {raw!r}")
-    bad = sorted(set(raw) - set(_METHOD_KEYS))
+    if not isinstance(raw, dict) or not isinstance(raw.get("method"), str):
+        raise ConfigError(f"sweep: a method entry is a name or a mapping with 'method' (a name), got {show_value(raw)}")
+    bad = sorted(str(k) for k in set(raw) - set(_METHOD_KEYS))
     if bad:
-        raise ConfigError(f"sweep: unknown key(s) {', '.join(bad)} in method entry {raw['method']!r} (allowed: {', '.join(_METHOD_KEYS)})")
+        raise ConfigError(f"sweep: unknown key(s) {', '.join(bad)[:200]} in method entry {raw['method']!r} (allowed: {', '.join(_METHOD_KEYS)})")
     out = dict(raw)
-    out["bits"] = [str(b) for b in _as_list(raw.get("bits"), "bits")]
+    bits = _as_list(raw.get("bits"), "bits")
+    if not all(isinstance(b, str) for b in bits):
+        raise ConfigError(f"sweep: bits of {raw['method']!r} must be bit specs such as W4A8, got {show_value(bits)}")
+    out["bits"] = bits
     if raw.get("options") is not None and not isinstance(raw["options"], dict):
-        raise ConfigError(f"sweep: options of {raw['method']!r} must be a mapping")
+        raise ConfigError(f"sweep: options of {raw['method']!r} must be a mapping, got {show_value(raw['options'])}")
     return out
 
 
-def load_sweep(path: str, overrides: dict[str, Any] | None = None) -> Sweep:
-    """Parse and validate a sweep file (one :class:`ConfigError` line on any problem)."""
+def _expanded_size(node, limit: int) -> int:
+    """Nodes of a composed YAML document with every alias expanded where it is used (a shared node
+    counts once per use), computed on the graph without expanding it; stops past ``limit``."""
     import yaml
 
-    if not os.path.isfile(path):
-        raise QBenchError(f"sweep file {path!r} does not exist")
+    sizes: dict[int, int] = {}
+    order, stack = [], [node]
+    while stack:  # children before parents, without recursion
+        n = stack.pop()
+        if id(n) in sizes:
+            continue
+        sizes[id(n)] = -1
+        order.append(n)
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend(x for kv in n.value for x in kv)
+    for n in reversed(order):
+        kids = n.value if isinstance(n, yaml.SequenceNode) else [x for kv in n.value for x in kv] if isinstance(n, yaml.MappingNode) else []
+        sizes[id(n)] = min(limit + 1, 1 + sum(max(sizes[id(k)], 1) for k in kids))
+    return sizes[id(node)]
+
+
+def _read_yaml(path: str) -> Any:
+    """The YAML document of ``path`` (a regular file, :func:`qbench.fsutil.read_text_file`), with
+    alias expansion bounded by :data:`MAX_YAML_NODES` (checked on the composed graph, before
+    anything is built) and safe types only."""
+    import yaml
+
+    from qbench.fsutil import read_text_file
+
+    text = read_text_file(path, "sweep file", max_bytes=4 << 20)
+    loader = yaml.SafeLoader(text)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ConfigError(f"sweep file {path}: cannot parse: {str(e).splitlines()[0]}") from None
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+            raise ConfigError(f"sweep file {path}: expands to more than {MAX_YAML_NODES} values (nested YAML aliases?)")
+        return loader.construct_document(node)
+    except (yaml.YAMLError, RecursionError) as e:
+        first = str(e).splitlines()[0] if str(e) else "nested too deeply"
+        raise ConfigError(f"sweep file {path}: cannot parse: {first[:200]}") from None
+    finally:
+        loader.dispose()
+
+
+def load_sweep(path: str, overrides: dict[str, Any] | None = None) -> Sweep:
+    """Parse and validate a sweep file (one :class:`ConfigError` line on any problem: a missing or
+    non-regular file, bad YAML, a wrong type at any level, too many cells)."""
+    data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"sweep file {path} must hold a mapping with {', '.join(_TOP)}")
-    bad = sorted(set(data) - set(_TOP))
+    bad = sorted(str(k) for k in set(data) - set(_TOP))
     if bad:
-        raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(bad)} (allowed: {', '.join(_TOP)})")
-    run = dict(data.get("run") or {})
-    if not isinstance(run, dict):
-        raise ConfigError(f"sweep file {path}: 'run' must be a mapping of RunConfig fields")
+        raise ConfigError(f"sweep file {path}: unknown key(s) {', '.join(bad)[:200]} (allowed: {', '.join(_TOP)})")
+    raw_run = data.get("run") or {}
+    if not isinstance(raw_run, dict) or not all(isinstance(k, str) for k in raw_run):
+        raise ConfigError(f"sweep file {path}: 'run' must be a mapping of RunConfig fields, got {show_value(raw_run)}")
+    run = dict(raw_run)
     run.update(overrides or {})
     for k in ("model", "method", "bits", "seed"):
         if k in run:
             raise ConfigError(f"sweep file {path}: {k!r} belongs in models/methods/seeds, not in run")
-    models = [str(m) for m in _as_list(data.get("models"), "models")]
-    methods = [_method_entry(m) for m in _as_list(data.get("methods"), "methods")]
-    seeds = [int(s) for s in _as_list(data.get("seeds"), "seeds")]
     try:
+        models = _as_list(data.get("models"), "models")
+        if not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"sweep: models must be model names, got {show_value(models)}")
+        methods = [_method_entry(m) for m in _as_list(data.get("methods"), "methods")]
+        seeds = _as_list(data.get("seeds"), "seeds")
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+            raise ConfigError(f"sweep: seeds must be integers, got {show_value(seeds)}")
         cells = expand(models, methods, seeds, run)
     except ConfigError as e:
-        raise ConfigError(f"sweep file {path}: {e}") from None
-    return Sweep(str(data.get("name") or os.path.splitext(os.path.basename(path))[0]), cells, path)
+        msg = str(e)
+        raise ConfigError(msg if msg.startswith(f"sweep file {path}") else f"sweep file {path}: {msg.removeprefix('sweep: ')}") from None
+    name = data.get("name")
+    return Sweep(show_value(name) if name is not None and not isinstance(name, str) else (name or os.path.splitext(os.path.basename(path))[0]), cells, path)
 
 
 def split_values(values: list[str] | None) -> list[str]:

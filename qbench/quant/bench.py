@@ -28,7 +28,6 @@ output of the same input; weight bytes are the quantized layer's stored weight, 
 """
 from __future__ import annotations
 
-import argparse
 import functools
 import statistics
 import sys
@@ -260,15 +259,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from qbench.quant import backends
     from qbench.quant.spec import BitSpec
 
-    p = argparse.ArgumentParser(prog="qbench bench-kernels", description=__doc__.split("\n\n")[0].replace("\n", " "))
+    from qbench.cli_parser import _Parser, bounded_int, positive_float
+
+    p = _Parser(prog="qbench bench-kernels", description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--bits", default="W8A8,W4A8", help="comma-separated bit specs with quantized activations (default W8A8,W4A8)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per layer and path (median reported; default 3)")
-    p.add_argument("--flux-tokens", type=int, default=1024, help="tokens for the FLUX shapes (default 1024; real: 4096 at 1024 px)")
+    p.add_argument("--repeats", type=bounded_int(1, 1000), default=3, help="timed runs per layer and path, 1-1000 (median reported; default 3)")
+    p.add_argument("--flux-tokens", type=bounded_int(1, 65536), default=1024, help="tokens for the FLUX shapes, 1-65536 (default 1024; real: 4096 at 1024 px)")
     p.add_argument("--only", default=None, help="substring filter on shape names (e.g. sdxl)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
-    p.add_argument("--chunk-rows", type=int, default=None, help="rows per int_linear chunk (default: 256 per thread)")
+    p.add_argument("--threads", type=bounded_int(1, 4096), default=None, help="torch.set_num_threads (>= 1)")
+    p.add_argument("--chunk-rows", type=bounded_int(1, 1 << 20), default=None, help="rows per int_linear chunk (>= 1; default: 256 per thread)")
     p.add_argument("--all-paths", action="store_true", help="time every available path, even inexact or very slow ones")
-    p.add_argument("--max-probe-ratio", type=float, default=10.0, help="skip paths slower than this x FP32 at the probe shape (default 10)")
+    p.add_argument("--max-probe-ratio", type=positive_float, default=10.0, help="skip paths slower than this x FP32 at the probe shape (> 0; default 10)")
     p.add_argument("--paths", action="store_true", help="also time other libraries' CPU paths (bf16, torchao, aten) at 1024x3072x3072")
     p.add_argument("--json", default=None, help="write the selection and the rows to this JSON file")
     a = p.parse_args(argv)
@@ -279,9 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     shapes = [s for s in SHAPES if not a.only or a.only in s[0]]
     if not shapes:
         raise ConfigError(f"--only {a.only!r} matches no shape; shapes: {', '.join(s[0] for s in SHAPES)}")
-    if a.threads:
+    if a.threads is not None:
         torch.set_num_threads(a.threads)
-    if a.chunk_rows:
+    if a.chunk_rows is not None:
         from qbench.quant import kernels
 
         kernels.CHUNK_ROWS = a.chunk_rows

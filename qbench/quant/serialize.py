@@ -149,6 +149,18 @@ def _build_empty(qcfg: dict[str, Any], folder: str) -> nn.Module:
         return cls._from_config(cls.config_class.from_pretrained(folder))
 
 
+def _tensors_name(folder: str, name: Any) -> str:
+    """``tensors_file`` must be a plain file name inside the component folder: no separator, no
+    ``..``, not absolute, and not a symlink leading out of the folder (issue 23 §1)."""
+    bad = not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or os.path.isabs(name)
+    if not bad:
+        real = os.path.realpath(os.path.join(folder, name))
+        bad = os.path.dirname(real) != os.path.realpath(folder)
+    if bad:
+        raise QBenchError(f"{folder}/{CONFIG_FILE}: tensors_file {str(name)[:80]!r} must be a file name inside the component folder")
+    return name
+
+
 def load_component(folder: str, torch_dtype: torch.dtype | None = None) -> nn.Module:
     """The component saved in ``folder`` by :func:`save_component`, on the CPU, in eval mode.
 
@@ -163,7 +175,7 @@ def load_component(folder: str, torch_dtype: torch.dtype | None = None) -> nn.Mo
     from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore
 
     qcfg = read_config(folder)
-    path = os.path.join(folder, qcfg.get("tensors_file") or TENSORS_FILE)
+    path = os.path.join(folder, _tensors_name(folder, qcfg.get("tensors_file") or TENSORS_FILE))
     if not os.path.isfile(path):
         raise QBenchError(f"{folder}: the tensor file {os.path.basename(path)} is missing")
     if sha256_file(path) != qcfg.get("tensors_sha256"):

@@ -1,0 +1,379 @@
+"""What each ``qbench`` command does (``cmd_<name>(args) -> exit code``); the flags are
+:mod:`qbench.cli_parser`, the entry point and its error handling :mod:`qbench.cli`.
+
+Each command imports what it needs inside its function, after its argument and file checks
+(:mod:`qbench.cli_checks`), so ``qbench --help``, ``list``, ``compare``, ``runs`` and ``show``
+import no model library (torch, diffusers, transformers, peft, bitsandbytes, open_clip)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from typing import Any
+
+from qbench.config import RunConfig
+from qbench.errors import ConfigError, NoSuchRunError, QBenchError
+
+
+SWEEP_FLAGS = ("model", "method", "bits", "seed")
+
+
+def sweep_axes(args: argparse.Namespace) -> dict[str, list[Any]]:
+    """The values of each sweepable flag (``--bits W4A8,W8A8 --bits W2A8`` -> three)."""
+    from qbench.sweep import split_values
+
+    axes: dict[str, list[Any]] = {k: split_values(getattr(args, k, None)) for k in SWEEP_FLAGS}
+    try:
+        axes["seed"] = [int(s) for s in axes["seed"]]
+    except ValueError:
+        raise ConfigError(f"--seed takes integers, got {','.join(axes['seed'])}") from None
+    return axes
+
+
+def config_from_args(args: argparse.Namespace, **single: Any) -> RunConfig:
+    """The RunConfig of the flags (``single`` fixes sweepable flags to one value each)."""
+    base: dict[str, Any] = {}
+    axes = sweep_axes(args)
+    for k, vals in axes.items():
+        if k in single:
+            continue
+        if len(vals) > 1:
+            raise ConfigError(f"--{k} takes one value with this command, got {', '.join(map(str, vals))}")
+        single[k] = vals[0] if vals else None
+    if args.config:  # a regular file, bounded in size and depth (qbench.fsutil)
+        from qbench.fsutil import read_json_file
+
+        base = RunConfig.from_dict(read_json_file(args.config, "config file")).to_dict()
+    for f in dataclasses.fields(RunConfig):
+        v = single[f.name] if f.name in single else getattr(args, f.name, None)
+        if v is not None and f.name not in ("method_options", "metric_options"):
+            base[f.name] = v
+    mo = dict(base.get("method_options", {}))
+    mo.update(dict(args.option))
+    base["method_options"] = mo
+    me = dict(base.get("metric_options", {}))
+    me.update(dict(args.metric_option))
+    if args.inception_weights:
+        me["inception_weights"] = args.inception_weights
+    base["metric_options"] = me
+    try:
+        return RunConfig.from_dict(base, validate=False)  # validated by the preflight, with everything else
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from qbench.cli_checks import precheck_run
+
+    axes = sweep_axes(args)
+    if any(len(v) > 1 for v in axes.values()):
+        return _run_cli_sweep(args, axes)
+    cfg = config_from_args(args)
+    precheck_run(cfg)  # what the arguments and files alone decide, before any model library loads
+    from qbench import harness
+    from qbench.preflight import plan_run, print_plan
+    from qbench.tables import console, print_result
+
+    con = console(stderr=args.json)
+    plan = plan_run(cfg)
+    if args.dry_run:
+        if args.json:
+            print(json.dumps(plan.summary(), indent=1, default=str))
+        else:
+            print_plan(plan, con)
+        return 0
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
+    if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
+        return 0
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=1, default=str))
+    else:
+        print_result(result.to_dict(), con)
+        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
+    return 0
+
+
+def _run_cli_sweep(args: argparse.Namespace, axes: dict[str, list[Any]]) -> int:
+    """``qbench run`` with several values of --model/--method/--bits/--seed: every combination."""
+    import itertools
+
+    from qbench.sweep import Sweep
+
+    if args.json:
+        raise ConfigError("--json prints one run; a sweep's runs are compared with `qbench compare --json` afterwards")
+    combos = itertools.product(*[axes[k] or [None] for k in SWEEP_FLAGS])
+    cells = []
+    for values in combos:
+        single = dict(zip(SWEEP_FLAGS, values))
+        if single["method"] and not _quantizes(single["method"]):
+            single["bits"] = None  # fp x {W4A8, W8A8}: one fp cell, not one per bit width
+        cfg = config_from_args(args, **single)
+        if all(c.to_dict() != cfg.to_dict() for c in cells):
+            cells.append(cfg)
+    return _sweep(Sweep("command line", cells), args)
+
+
+def _quantizes(method: str) -> bool:
+    from qbench.catalog import METHODS
+
+    return bool(METHODS.get(method).uses_bits)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from qbench.sweep import load_sweep
+
+    overrides = {k: getattr(args, k) for k in ("out_dir", "db") if getattr(args, k, None)}
+    return _sweep(load_sweep(args.file, overrides), args)
+
+
+def _sweep(sweep, args: argparse.Namespace) -> int:
+    """Run a sweep's unfinished cells, then compare every model's cells (and write the report)."""
+    from qbench.sweep import run_sweep
+    from qbench.tables import console
+
+    from qbench.dist import current
+
+    con = console()
+    main_rank = current(sweep.cells[0].device if sweep.cells else "auto").is_main  # only the main rank prints and reports
+    say = (lambda m: con.print(m, markup=False, highlight=False)) if main_rank else (lambda m: None)
+    say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
+    out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
+    if args.dry_run or not main_rank or not (out["ran"] or out["skipped"]):
+        return 1 if out["failed"] else 0
+    ids = out["ran"] + out["skipped"]
+    cfg0 = sweep.cells[0]
+    # the sweep's runs through the commands' own parsers (their defaults stay theirs)
+    where = ["--runs", ",".join(ids), "--out-dir", cfg0.out_dir] + (["--db", cfg0.db] if cfg0.db else [])
+    from qbench.cli_parser import build_parser
+
+    cmd_compare(build_parser().parse_args(["compare", *where]))
+    cmd_report(build_parser().parse_args(["report", *where]))
+    say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
+    for f in out["failed"]:
+        say(f"  failed: {f}")
+    return 1 if out["failed"] else 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from qbench.costs import plan_sweep
+    from qbench.sweep import load_sweep
+    from qbench.tables import console, print_plan_table
+
+    plan = plan_sweep(load_sweep(args.file), gpus=args.gpus, gpu=args.gpu, mfu=args.mfu, tflops=args.tflops)
+    if args.json:
+        print(json.dumps(plan, indent=1))
+    else:
+        print_plan_table(plan, console())
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from qbench.catalog import METHODS
+
+    if not args.method:
+        with_step = sorted(e.name for e in METHODS if e.load().CAPABILITIES.calibrate_command)
+        raise ConfigError(f"qbench calibrate needs --method (a method with a calibration step: {', '.join(with_step)})")
+    cfg = config_from_args(args)
+    from qbench.cli_checks import precheck_run
+
+    precheck_run(cfg)
+    cls = METHODS.get(cfg.method)
+    if not cls.CAPABILITIES.calibrate_command:
+        raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
+    if args.dry_run:  # the run's preflight holds the calibration's plan and cost; nothing loads
+        from qbench.preflight import plan_run, print_plan
+        from qbench.tables import console
+
+        plan = plan_run(cfg)
+        if args.json:
+            print(json.dumps(plan.summary(), indent=1, default=str))
+        else:
+            print_plan(plan, console())
+        return 0
+    summary = cls.run_calibration(cfg, show_progress=not args.no_progress)
+    print(json.dumps(summary, indent=1, default=str))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``qbench export --method M --bits B --model X OUT``: quantize as ``qbench run`` would, write
+    the pipeline folder (:mod:`qbench.export`)."""
+    from qbench.export import export
+    from qbench.tables import console
+
+    for name in ("prompts", "batch_size", "guidance", "resolution", "metrics", "db", "latency_warmup", "latency_repeats", "tag", "config"):
+        setattr(args, name, getattr(args, name, None))
+    args.metric_option, args.inception_weights = [], None
+    cfg = config_from_args(args)
+    from qbench.cli_checks import check_out_dir, precheck_run
+
+    check_out_dir(args.out, "export folder")
+    precheck_run(cfg)
+    con = console(stderr=True)
+    doc = export(cfg, args.out, force=args.force, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False))
+    if args.json:
+        print(json.dumps(doc, indent=1, default=str))
+    else:
+        for name, c in doc["quantized_components"].items():
+            print(f"{name}: {c['class']}, {c['quantized_layers']} quantized layers ({', '.join(c['modes'])}), {c['bytes'] / 2**20:.2f} MiB of tensors")
+        print(f"load it with: {doc['load']['qbench']}")
+        print(f"or with diffusers: {doc['load']['diffusers']}")
+    return 0
+
+
+def _db_path(args: argparse.Namespace) -> str:
+    return args.db or os.path.join(args.out_dir, "qbench.sqlite")
+
+
+def _finished(run: dict[str, Any]) -> dict[str, Any]:
+    if run["status"] != "done":
+        raise QBenchError(f"run {run['id']} is {run['status']}: only finished runs can be compared (`qbench show {run['id'][-6:]}`)")
+    return run
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
+    from qbench.compare import compare, make_row, matches, status_counts
+    from qbench.compare_table import print_compare
+    from qbench.store import Store
+    from qbench.tables import console
+
+    store = Store(_db_path(args), create=False)  # a read: creates nothing
+    selected = None
+    if args.runs:
+        selected = list({r["id"]: _finished(r) for r in (store.get(x) for x in args.runs.split(",") if x.strip())}.values())
+    base_run, base_name = None, None
+    if args.baseline:
+        try:
+            base_run = _finished(store.get(args.baseline))
+        except NoSuchRunError:  # not a run id: a method, label or tag
+            base_name = args.baseline
+    if base_run and args.model and base_run["model"] != args.model:
+        raise QBenchError(f"baseline run {base_run['id']} is a {base_run['model']} run, not {args.model}")
+    if args.model:
+        models = [args.model]
+    elif selected:
+        models = list(dict.fromkeys(r["model"] for r in selected))
+    else:
+        models = [base_run["model"]] if base_run else store.models()
+    if not models:
+        others = status_counts(store.runs(status=None))
+        more = f" ({', '.join(f'{n} {s}' for s, n in sorted(others.items()))}: `qbench runs` lists them)" if others else ""
+        raise QBenchError(f"no finished runs in {store.path}{more}; run `qbench run` first")
+    payload, extras = {}, {}
+    for m in models:
+        runs = [r for r in selected if r["model"] == m] if selected else store.runs(model=m)
+        if base_run and base_run["model"] == m and base_run["id"] not in {r["id"] for r in runs}:
+            runs.append(base_run)
+        if not runs:
+            raise QBenchError(f"no finished runs for model {m!r} in {store.path}")
+        if base_name and not any(matches(make_row(r), base_name) for r in runs):
+            methods = sorted({r["label"] + (f" tag {r['config'].get('tag')}" if (r.get("config") or {}).get("tag") else "") for r in runs})
+            raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method, label or tag of the {m} runs ({', '.join(methods)})")
+        rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
+                               keep_all=bool(selected), selected=bool(selected))
+        payload[m] = rows
+        extras[m] = (hidden, status_counts(store.runs(model=m, status=None)) if not selected else {})
+    only = [x.strip() for x in args.metrics.split(",") if x.strip()] if args.metrics else None
+    if only:
+        have = sorted({n for rows in payload.values() for r in rows for n in r["metrics"]})
+        unknown = [n for n in only if n not in have]
+        if unknown:
+            raise QBenchError(f"no metric {', '.join(unknown)} in these runs (they have: {', '.join(have) or 'none'})")
+    if args.csv or (args.json and args.json != "-"):
+        from qbench.results_export import compare_records, to_csv, write_text
+
+        if args.csv:
+            write_text(args.csv, to_csv(compare_records(payload)))
+        if args.json and args.json != "-":
+            write_text(args.json, dumps(payload, indent=1) + "\n")
+        if "-" in (args.csv, args.json):
+            return 0
+    if args.json == "-":
+        print(dumps(payload, indent=1))
+        return 0
+    con = console()
+    for m in models:
+        print_compare(m, payload[m], con, wide=args.wide, metrics=only, hidden=extras[m][0], unfinished=extras[m][1])
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
+    from qbench.store import Store
+    from qbench.tables import console, print_run
+
+    run = Store(_db_path(args), create=False).get(args.run)
+    if args.json:
+        print(dumps(run, indent=1))
+        return 0
+    try:
+        print_run(run, console())
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a stored result of another shape
+        raise QBenchError(f"run {run['id']}: its stored result lacks what the table shows ({type(e).__name__}: {str(e)[:80]}); "
+                          f"the database was edited or written by another qbench version; `qbench show {run['id'][-6:]} --json` prints it as stored") from None
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from qbench.results_export import dumps
+    from qbench.store import Store
+    from qbench.tables import console, print_runs
+
+    store = Store(_db_path(args), create=False)
+    runs = store.runs(model=args.model, status=args.status)
+    if args.json:
+        print(dumps(runs, indent=1))
+        return 0
+    if not runs:
+        raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+    print_runs(runs, console())
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from qbench.catalog import METHODS, METRICS, MODELS, PROMPTS
+    from qbench.tables import console, print_registry
+
+    regs = {"models": MODELS, "methods": METHODS, "metrics": METRICS, "prompts": PROMPTS}
+    kinds = [args.kind] if args.kind else list(regs)
+    if args.json:
+        from qbench.registry import plugin_options
+
+        def entry(k, e):
+            d = {"name": e.name, "description": e.description, **e.meta}
+            if k in ("methods", "metrics"):
+                d["options"] = plugin_options(e)
+            return d
+
+        print(json.dumps({k: [entry(k, e) for e in regs[k]] for k in kinds}, indent=1, default=str))
+        return 0
+    con = console()
+    for k in kinds:
+        print_registry(k, regs[k], con)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qbench.report import main as report_main
+
+    return report_main(args, _db_path(args))
+
+
+def cmd_export_results(args: argparse.Namespace) -> int:
+    from qbench.results_export import main as export_main
+
+    return export_main(args, _db_path(args), _finished)
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from qbench.regress import main as regress_main
+
+    return regress_main(args)
+
+
+def delegate(target: str, argv: list[str]) -> int:
+    from qbench.registry import Entry
+
+    return int(Entry("cmd", target, "").load()(argv) or 0)
