@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     restore = _stop_signals_interrupt()
     try:
-        return args.func(args)
+        from qbench import cli_commands
+
+        return getattr(cli_commands, args.func)(args)  # the parser names its command (no import cycle)
     except QBenchError as e:
         by = f"{signal.Signals(_SIGNALLED[0]).name}: " if _SIGNALLED and isinstance(e, RunInterrupted) else ""
         sys.stderr.write(f"qbench: error: {by}{one_line(str(e), keep_lines=True)}\n")

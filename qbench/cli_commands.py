@@ -373,6 +373,11 @@ def cmd_regress(args: argparse.Namespace) -> int:
     return regress_main(args)
 
 
+def cmd_delegate(args: argparse.Namespace) -> int:
+    """A command with its own parser (``bench-kernels``, ``zoo``): every argument goes to it."""
+    return delegate(args.delegate_target, args.rest)
+
+
 def delegate(target: str, argv: list[str]) -> int:
     from qbench.registry import Entry
 

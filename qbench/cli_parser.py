@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from typing import Any
 
-from qbench import cli_commands as C
+from qbench.cli_types import (  # noqa: F401  (re-exported)
+    _number,
+    positive_int,
+    nonneg_int,
+    bounded_int,
+    positive_float,
+    fraction,
+    id_list,
+)
 from qbench.config import RunConfig
 
 
@@ -46,67 +53,6 @@ def _kv(text: str) -> tuple[str, Any]:
     if json_depth(value, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
         raise argparse.ArgumentTypeError(f"{k.strip()}: the value nests deeper than {MAX_JSON_DEPTH} levels")
     return k.strip(), value
-
-
-def _number(text: str, kind: type) -> float:
-    try:
-        v = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text[:40]!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
-    return v
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (``--gpus``, ``--repeats``, ...)."""
-    v = int(_number(text, int))
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
-
-def nonneg_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    v = int(_number(text, int))
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def bounded_int(lo: int, hi: int):
-    """argparse type: an integer in [lo, hi] (``bench-kernels --repeats 1-1000``)."""
-
-    def parse(text: str) -> int:
-        v = int(_number(text, int))
-        if not lo <= v <= hi:
-            raise argparse.ArgumentTypeError(f"must be from {lo} to {hi}, got {v}")
-        return v
-
-    return parse
-
-
-def positive_float(text: str) -> float:
-    """argparse type: a finite number > 0 (``--tflops``)."""
-    v = _number(text, float)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return v
-
-
-def fraction(text: str) -> float:
-    """argparse type: a number in (0, 1] (``--mfu``: a utilisation)."""
-    v = _number(text, float)
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
-
-
-def id_list(text: str) -> str:
-    """argparse type: comma-separated run ids with at least one id (``,,,`` compares nothing)."""
-    if not [x for x in text.split(",") if x.strip()]:
-        raise argparse.ArgumentTypeError(f"lists no run id: {text[:40]!r}")
-    return text
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
@@ -147,11 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     p = sub.add_parser("run", help="generate images with a model + method, measure, store the result")
     _add_run_args(p)
-    p.set_defaults(func=C.cmd_run)
+    p.set_defaults(func="cmd_run")
     p = sub.add_parser("calibrate", help="run a method's calibration only (e.g. Q-Sched coefficient search) and save its checkpoint")
     _add_run_args(p)
     p.add_argument("--search", action=_Removed, new="-O search=grid|own")
-    p.set_defaults(func=C.cmd_calibrate)
+    p.set_defaults(func="cmd_calibrate")
     p = sub.add_parser("export", help="quantize a model with a method (as `qbench run` does) and write it to a folder that qbench.load_quantized or diffusers loads back")
     p.add_argument("out", help="output folder (must not exist or be empty; --force replaces an earlier export)")
     p.add_argument("--model", action="append", help="registered model name (default toy-flux)")
@@ -170,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace an earlier export in OUT")
     p.add_argument("--json", action="store_true", help="print the export index (qbench_export.json) as JSON")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=C.cmd_export)
+    p.set_defaults(func="cmd_export")
     p = sub.add_parser("sweep", help="run every cell of a sweep file (models x methods x bits x seeds), skipping finished cells, then compare")
     p.add_argument("file", help="sweep YAML (see sweeps/toy.yaml)")
     p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
     p.add_argument("--db")
     p.add_argument("--dry-run", action="store_true", help="check every cell and list what would run")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=C.cmd_sweep)
+    p.set_defaults(func="cmd_sweep")
     p = sub.add_parser("plan", help="images, forward passes, FLOPs and estimated GPU time of every cell of a sweep (real models), before running it")
     p.add_argument("file", help="sweep YAML (e.g. sweeps/paper.yaml)")
     p.add_argument("--gpus", type=positive_int, default=1, help="GPUs the images are split across (default 1)")
@@ -185,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=fraction, default=0.40, help="assumed model-FLOPs utilisation (default 0.40; measure yours)")
     p.add_argument("--tflops", type=positive_float, help="effective TFLOP/s per GPU (overrides --gpu and --mfu)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=C.cmd_plan)
+    p.set_defaults(func="cmd_plan")
     p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")
@@ -197,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the comparison as JSON: on stdout, or into FILE (the table is still printed)")
     p.add_argument("--csv", metavar="FILE", help="the comparison as CSV, one row per configuration (- for stdout): every metric with its standard "
                    "error and n, paired difference, its standard error and whether it is resolved; settings, latency, memory, size")
-    p.set_defaults(func=C.cmd_compare)
+    p.set_defaults(func="cmd_compare")
     p = sub.add_parser("report", help="write a Markdown report and a self-contained HTML page per model (tables, provenance, plots, image grids) under <out-dir>/")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--out-dir", default="reports")
@@ -205,37 +151,37 @@ def build_parser() -> argparse.ArgumentParser:
     from qbench.report import add_arguments as report_arguments
 
     report_arguments(p)
-    p.set_defaults(func=C.cmd_report)
+    p.set_defaults(func="cmd_report")
     p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
     from qbench.results_export import add_arguments as export_arguments
 
     export_arguments(p)
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
-    p.set_defaults(func=C.cmd_export_results)
+    p.set_defaults(func="cmd_export_results")
     p = sub.add_parser("regress", help="regression check: the toy models' quality cells through `qbench run` against reports/baselines/toy.json, "
                        "and (--speed) the pytest-benchmark suite against its committed baseline; prints what moved")
     from qbench.regress import add_arguments
 
     add_arguments(p)
-    p.set_defaults(func=C.cmd_regress)
+    p.set_defaults(func="cmd_regress")
     p = sub.add_parser("show", help="one stored run in full")
     p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=C.cmd_show)
+    p.set_defaults(func="cmd_show")
     p = sub.add_parser("runs", help="every stored run with its status (done, running, stale = process gone, interrupted, failed)")
     p.add_argument("--model")
     p.add_argument("--status", choices=["done", "running", "stale", "interrupted", "failed"])
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=C.cmd_runs)
+    p.set_defaults(func="cmd_runs")
     p = sub.add_parser("list", help="registered models, methods, metrics or prompt sets")
     p.add_argument("kind", nargs="?", choices=["models", "methods", "metrics", "prompts"])
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=C.cmd_list)
+    p.set_defaults(func="cmd_list")
     for name, target, helptext in [
         ("bench-kernels", "qbench.quant.bench:main", "benchmark quantized vs full-precision linear layers at real GEMM shapes"),
         ("zoo", "qbench.zoo.cli:main", "the toy world: train / check the shipped toy models"),
@@ -244,5 +190,5 @@ def build_parser() -> argparse.ArgumentParser:
         # no prefix character here, argparse never takes a leading "--flag" for an option of ours
         p = sub.add_parser(name, help=helptext, add_help=False, prefix_chars="\0")
         p.add_argument("rest", nargs=argparse.REMAINDER)
-        p.set_defaults(func=lambda a, _t=target: C.delegate(_t, a.rest))
+        p.set_defaults(func="cmd_delegate", delegate_target=target)
     return parser

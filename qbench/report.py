@@ -352,7 +352,7 @@ def _write_bytes(path: str, data: bytes) -> str:
 # -- command line ---------------------------------------------------------------------------------------
 def add_arguments(p) -> None:
     """``qbench report``'s own flags (the CLI adds --model, --out-dir and --db)."""
-    from qbench.cli_parser import bounded_int, id_list
+    from qbench.cli_types import bounded_int, id_list
 
     p.add_argument("--runs", type=id_list, metavar="ID,ID,...", help="report exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
     p.add_argument("--format", default="md,html", help="md, html or md,html (default)")

@@ -211,7 +211,7 @@ def jsonl(records: Iterable[dict[str, Any]]) -> str:
 def add_arguments(p) -> None:
     """``qbench export-results``' own flags (the CLI adds --out-dir and --db)."""
     p.add_argument("--model", help="only this model's runs (default: every finished run)")
-    from qbench.cli_parser import id_list
+    from qbench.cli_types import id_list
 
     p.add_argument("--runs", type=id_list, metavar="ID,ID,...", help="only these runs (ids or unique prefixes/suffixes)")
     p.add_argument("--output", "-o", default="-", metavar="FILE", help="the JSONL file (default -: stdout)")
