@@ -1,7 +1,7 @@
 """The package layering, read from the source with ``ast`` (every import, also those inside
 functions, followed through other modules): the toy world's domain (``qbench.toyworld``) reaches
 neither ``qbench.metrics`` nor ``qbench.zoo``; ``qbench.metrics`` never reaches ``qbench.zoo``; no import cycle among the
-``qbench.metrics`` modules; Q-Sched's scheduler module (what plain diffusers users import) needs
+``qbench.metrics`` modules, nor among the ``qbench.quant`` modules; Q-Sched's scheduler module (what plain diffusers users import) needs
 nothing of the harness at import time."""
 from __future__ import annotations
 
@@ -145,6 +145,14 @@ def test_metrics_never_import_zoo(graph):
 def test_no_import_cycle_among_metrics(graph):
     metrics = {m: {d for d in deps if d.startswith("qbench.metrics.")} for m, deps in graph.items() if m.startswith("qbench.metrics.")}
     assert find_cycle(metrics) is None
+
+
+def test_no_import_cycle_among_quant(graph):
+    """backends -> kernels -> primitives/pack, backends -> triton_w4a8 (lazily, needs triton), linear
+    -> backends: no module of qbench.quant imports one that imports it back (lazy imports count)."""
+    quant = {m: {d for d in deps if d.startswith("qbench.quant.")} for m, deps in graph.items() if m.startswith("qbench.quant.")}
+    assert find_cycle(quant) is None, find_cycle(quant)
+    assert "qbench.quant.backends" not in quant["qbench.quant.kernels"] | quant["qbench.quant.triton_w4a8"]
 
 
 def test_qsched_scheduler_module_needs_no_harness_at_import():

@@ -44,7 +44,9 @@ import torch
 import torch.nn.functional as F
 
 from qbench.errors import QBenchError
-from qbench.quant import cpucaps
+from qbench.quant import cpucaps, kernels
+from qbench.quant import pack as packing
+from qbench.quant.primitives import two_level_weight
 
 ENV = "QBENCH_KERNEL_PATH"
 CPU_PATHS = ("int_mm", "onednn", "onednn-split")
@@ -74,9 +76,7 @@ class _IntGemm:
     """An operand whose layer runs :func:`qbench.quant.kernels.int_linear` (quantize, GEMM, epilogue)."""
 
     def linear(self, x2: torch.Tensor, s1: torch.Tensor, bias: torch.Tensor | None, **act: Any) -> torch.Tensor:
-        from qbench.quant.kernels import int_linear
-
-        return int_linear(x2, self, s1, bias, **act)
+        return kernels.int_linear(x2, self, s1, bias, **act)
 
 
 class IntMMOperand(_IntGemm):
@@ -279,9 +279,7 @@ def _select_cuda(forced: str | None) -> Selection:
     ok, note = False, ""
     if forced in (None, "triton"):
         try:
-            from qbench.quant import triton_w4a8
-
-            ok, note = triton_w4a8.self_check("cuda")
+            ok, note = triton_self_check("cuda")
         except Exception as e:  # no triton, a compile error on this GPU
             ok, note = False, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     if forced == "triton" and not ok:
@@ -315,6 +313,47 @@ def kernel_info(device: torch.device | str) -> dict[str, Any]:
     return selection(device).to_dict()
 
 
+def kernel_path(device: torch.device | str, weight_only: bool = False) -> str:
+    """One line naming the GEMM kernel mode runs on ``device`` and the machine's capability
+    (probes once per process); raises :class:`~qbench.errors.QBenchError` for a device without one."""
+    dev = torch.device(device)
+    sel = selection(dev)  # refuses devices without an integer GEMM
+    if weight_only:
+        where = sel.caps.summary() if sel.caps is not None else dev.type
+        return f"{dev.type} dequant: packed int weights dequantized per call + float GEMM (weight-only) | {where}"
+    return sel.describe()
+
+
+#: (M, K, N) of the self-check: M not a multiple of any tile; K=200 pads to 224 and gathers group
+#: scales per element; 130x256x136 spans two row and column tiles with one group scale per K tile
+SELF_CHECK_SHAPES = ((37, 200, 72), (130, 256, 136))
+
+
+def triton_self_check(device: str = "cuda") -> tuple[bool, str]:
+    """Compile and run :mod:`qbench.quant.triton_w4a8`'s kernels on ``device`` at
+    :data:`SELF_CHECK_SHAPES` with the tiles a GPU uses (W4A8 and W2A8, asymmetric and symmetric
+    per-token, group size 32) and compare with the ``int_mm`` reference bit for bit: (ok, note).
+    Raises ImportError where triton is missing."""
+    from qbench.quant import triton_w4a8  # needs triton (the CUDA wheel's); only here and in operand()
+
+    g = torch.Generator().manual_seed(3)
+    for m, k, n in SELF_CHECK_SHAPES:
+        for w_bits, sym in ((4, False), (4, True), (2, False)):
+            w, x, b = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g) * 2, torch.randn(n, generator=g)
+            tw = two_level_weight(w, w_bits, 32)
+            q = tw.q.to(device)
+            bufs = {"qweight": packing.pack(q, w_bits), "sg": tw.sg.to(device)}
+            kp = q.shape[1]
+            s1, b, x = tw.s1.to(device), b.to(device), x.to(device)
+            act = dict(a_bits=8, a_symmetric=sym, a_granularity="token")
+            ref = IntMMOperand(lambda: packing.unpack_scaled(bufs["qweight"], w_bits, bufs["sg"], 32), n, kp).linear(x, s1, b, **act)
+            out = triton_w4a8.TritonOperand(bufs, w_bits, 32, n, kp).linear(x, s1, b, **act)
+            if not torch.equal(out, ref):
+                return False, f"{m}x{k}x{n} W{w_bits}A8 {'sym' if sym else 'asym'}: max |triton - int_mm| {float((out - ref).abs().max()):.3g}"
+    shapes = ", ".join("x".join(map(str, s)) for s in SELF_CHECK_SHAPES)
+    return True, f"bit-exact vs int_mm at {shapes} (W4A8/W2A8, asym/sym per-token, GPU tiles)"
+
+
 # -- per layer ----------------------------------------------------------------------------------------------
 _OPERANDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> {path: (key, operand)}
 
@@ -332,8 +371,6 @@ def operand(layer, device: torch.device) -> Any:
     """The layer's operand for its path, built from its stored buffers and cached (rebuilt when a
     buffer is replaced or written in place, e.g. by ``load_state_dict``). Not part of the
     ``state_dict``: the saved format stays the packed buffers."""
-    from qbench.quant import kernels
-
     path = layer_path(layer, device)
     bufs = layer._kernel_buffers()
     key = (path, str(device)) + tuple((n, t.data_ptr(), t._version) for n, t in sorted(bufs.items()))
