@@ -28,12 +28,14 @@ from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_term
 from qbench.metrics.inception import (  # noqa: F401 (re-exported)
     DEFAULT_PROTOCOL,
     FEATURE_DIM,
+    FID_PRESETS,
     INCEPTION_SIZE,
     PROTOCOLS,
     InceptionFeatures,
     build_inception,
     check_protocol,
     inception_input,
+    resolve_protocol,
 )
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -211,7 +213,8 @@ class _FIDBase(Metric):
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
-        self.protocol = check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+        self.preset = _preset(ctx)
+        self.protocol = _protocol(ctx)
         self.weights_path, self.weights_info = resolve_inception_weights(ctx)
         self.extractor = InceptionFeatures(self.weights_path, self.protocol, ctx.device, common.opt_int(ctx, "metric_batch_size", 16))
         self.gen = FeatureStats()
@@ -227,6 +230,7 @@ class _FIDBase(Metric):
             "network": "Inception-v3 pool3 (2048-d), TF 2015-12-05 graph as ported by torch-fidelity",
             "protocol": self.protocol,
             "protocol_description": PROTOCOLS[self.protocol],
+            "preset": None if self.preset is None else {"name": self.preset, **FID_PRESETS[self.preset]},
             "resolution": list(self._size) if self._size else None,
             "reference": reference,
             "statistics": "float64 running sums; covariance ddof=1",
@@ -265,6 +269,7 @@ def _fid_options(with_reference: bool) -> tuple:
 
     out = (
         Opt("fid_protocol", "str", None, "how images reach the Inception network", choices=tuple(PROTOCOLS)),
+        Opt("fid_preset", "str", None, "a published FID's protocol by name (sets fid_protocol)", choices=tuple(FID_PRESETS)),
         Opt("inception_weights", "str", None, "local Inception-v3 FID weights (torch-fidelity's .pth), loaded with weights_only=True"),
     )
     if with_reference:
@@ -277,7 +282,7 @@ def _fid_options(with_reference: bool) -> tuple:
 
 def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
     """The checks of the FID metrics without building the network."""
-    check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+    _protocol(ctx)
     path, _ = resolve_inception_weights(ctx)
     if common.opt(ctx, "inception_weights") is not None:  # a user's file: check it is the right network now
         from qbench.metrics.inception import build_inception
@@ -285,6 +290,16 @@ def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
         build_inception(path)
     if with_reference:
         _reference_path(ctx)
+
+
+def _preset(ctx: MetricContext) -> str | None:
+    v = common.opt(ctx, "fid_preset")
+    return None if v is None else str(v)
+
+
+def _protocol(ctx: MetricContext) -> str:
+    v = common.opt(ctx, "fid_protocol")
+    return resolve_protocol(None if v is None else str(v), _preset(ctx))
 
 
 def _reference_path(ctx: MetricContext) -> str:
