@@ -30,7 +30,7 @@ import argparse
 import dataclasses
 import json
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 import torch
@@ -61,7 +61,7 @@ def build_meta(model: str) -> nn.Module:
         return getattr(diffusers, cls_name)(**config)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _per_row(kind: str, k_shape: tuple[int, ...], bias: bool, spec: Any) -> tuple[int, int]:
     """``(bytes per output row, constant bytes)`` of one quantized layer in the packed format,
     bias at 2 bytes: from the real layer classes at 1 and 2 output rows (zero weights)."""

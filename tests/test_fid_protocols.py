@@ -19,7 +19,12 @@ from PIL import Image
 from qbench.api import MetricContext
 from qbench.errors import ConfigError
 from qbench.metrics import fid
-from qbench.metrics.inception import FID_PRESETS, PROTOCOLS, inception_input, resolve_protocol
+from qbench.metrics.inception import (
+    FID_PRESETS,
+    PROTOCOLS,
+    inception_input,
+    resolve_protocol,
+)
 
 SIZES = (32, 64, 100, 256, 299, 512, 1024)
 

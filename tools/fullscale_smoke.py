@@ -50,7 +50,13 @@ def build(model: str, out: str, dtype: str, flux_blocks: tuple[int, int]) -> dic
     """Write a random-weight pipeline of ``model``'s real classes to ``out``; returns what was reduced."""
     import diffusers
     import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModel,
+        CLIPTextModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
 
     from qbench.models.specs import REAL_DENOISERS
     from qbench.models.tokenizer import VOCAB_SIZE, clip_tokenizer
@@ -94,8 +100,9 @@ def timed(cmd: list[str], log: str) -> dict:
     """Run ``cmd`` under ``/usr/bin/time -v``: wall seconds, peak RSS (GiB), exit status, last error line."""
     t = time.perf_counter()
     with open(log, "w", encoding="utf-8") as f:
-        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT).returncode
-    text = open(log, encoding="utf-8", errors="replace").read()
+        rc = subprocess.run(["/usr/bin/time", "-v", *cmd], stdout=f, stderr=subprocess.STDOUT, check=False).returncode
+    with open(log, encoding="utf-8", errors="replace") as f:
+        text = f.read()
     rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
     errs = [ln for ln in text.splitlines() if "error" in ln.lower() and "Exit status" not in ln]
     return {"cmd": " ".join(cmd), "rc": rc, "wall_s": round(time.perf_counter() - t, 1),
@@ -103,7 +110,11 @@ def timed(cmd: list[str], log: str) -> dict:
 
 
 def cells(model: str, path: str, work: str, steps: int, res: int | None, dtype: str) -> list[tuple[str, list[str]]]:
-    from qbench.methods.qsched_scheduler import QSchedCoefficients, make_checkpoint, save_checkpoint
+    from qbench.methods.qsched_scheduler import (
+        QSchedCoefficients,
+        make_checkpoint,
+        save_checkpoint,
+    )
 
     ckpt = save_checkpoint(os.path.join(work, f"{model}-qsched.json"),
                            make_checkpoint(QSchedCoefficients("ramp", (0.95, 1.05)), steps=steps, model=model, bits="W4A8", base="naive"))
@@ -131,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(a.work, exist_ok=True)
     path = os.path.join(a.work, a.model)
     out_json = os.path.join(a.work, f"smoke-{a.model}.json")
-    result = json.load(open(out_json)) if os.path.isfile(out_json) else {}
+    result: dict = {}
+    if os.path.isfile(out_json):
+        with open(out_json, encoding="utf-8") as f:
+            result = json.load(f)
     entry = result.setdefault(a.model, {"cells": {}})
     if not os.path.isfile(os.path.join(path, "model_index.json")):
         t = time.perf_counter()

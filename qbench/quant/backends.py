@@ -334,7 +334,9 @@ def triton_self_check(device: str = "cuda") -> tuple[bool, str]:
     :data:`SELF_CHECK_SHAPES` with the tiles a GPU uses (W4A8 and W2A8, asymmetric and symmetric
     per-token, group size 32) and compare with the ``int_mm`` reference bit for bit: (ok, note).
     Raises ImportError where triton is missing."""
-    from qbench.quant import triton_w4a8  # needs triton (the CUDA wheel's); only here and in operand()
+    from qbench.quant import (
+        triton_w4a8,  # needs triton (the CUDA wheel's); only here and in operand()
+    )
 
     g = torch.Generator().manual_seed(3)
     for m, k, n in SELF_CHECK_SHAPES:
@@ -346,7 +348,8 @@ def triton_self_check(device: str = "cuda") -> tuple[bool, str]:
             kp = q.shape[1]
             s1, b, x = tw.s1.to(device), b.to(device), x.to(device)
             act = dict(a_bits=8, a_symmetric=sym, a_granularity="token")
-            ref = IntMMOperand(lambda: packing.unpack_scaled(bufs["qweight"], w_bits, bufs["sg"], 32), n, kp).linear(x, s1, b, **act)
+            w8 = packing.unpack_scaled(bufs["qweight"], w_bits, bufs["sg"], 32)
+            ref = IntMMOperand(lambda w8=w8: w8, n, kp).linear(x, s1, b, **act)
             out = triton_w4a8.TritonOperand(bufs, w_bits, 32, n, kp).linear(x, s1, b, **act)
             if not torch.equal(out, ref):
                 return False, f"{m}x{k}x{n} W{w_bits}A8 {'sym' if sym else 'asym'}: max |triton - int_mm| {float((out - ref).abs().max()):.3g}"
