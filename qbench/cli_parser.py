@@ -184,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="cmd_list")
     for name, target, helptext in [
         ("bench-kernels", "qbench.quant.bench:main", "benchmark quantized vs full-precision linear layers at real GEMM shapes"),
+        ("size", "qbench.sizes:main", "FP16 and deployable bytes of the real denoisers (meta device) per method x bit width"),
         ("zoo", "qbench.zoo.cli:main", "the toy world: train / check the shipped toy models"),
     ]:
         # every argument, --help and other flags included, goes to the command's own parser: with

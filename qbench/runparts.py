@@ -5,12 +5,10 @@ method or model.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from qbench.api import MetricValue
-from qbench.errors import QBenchError
 from qbench.generation import fp_method, generate_cached, image_key
 from qbench.imagecache import ImageCache
 from qbench.store import iter_chunks

@@ -217,3 +217,31 @@ def test_codes_scales_and_zeros_equal_torchao_primitives():
     assert total > 7_900_000
     assert all(d == (0, 0, 0) for d in differ.values()), f"(scales, zeros, codes) differing from torchao: {differ}"
     assert old_order_differs > 1000, f"the near-tie inputs must tell the two rounding orders apart ({old_order_differs} codes)"
+
+
+def test_scales_have_the_same_bits_under_the_cuda_division_rule():
+    """PyTorch's CUDA kernel multiplies by float32(1/d) when a tensor is divided by a Python number
+    (tests/cuda_div_emulation.py emulates that rule on CPU); the CPU divides. The scales divide by
+    a same-device tensor instead (P.div_by), so they have the same bits under both rules."""
+    from cuda_div_emulation import CudaDivRule
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4096, 64, generator=g) * torch.rand(4096, 1, generator=g) * 10
+    for sym in (True, False):
+        for bits in (8, 4):
+            ref = P.act_qparams(x, bits, sym, "token")
+            with CudaDivRule() as rule:
+                emu = P.act_qparams(x, bits, sym, "token")
+            assert rule.hits == 0 and torch.equal(emu[0], ref[0]) and (sym or torch.equal(emu[1], ref[1]))
+    w = torch.randn(64, 256, generator=g)
+    ref = P.two_level_weight(w, 4, 32)
+    with CudaDivRule() as rule:
+        emu = P.two_level_weight(w, 4, 32)
+    assert rule.hits == 0 and torch.equal(emu.s1, ref.s1) and torch.equal(emu.q, ref.q) and torch.equal(emu.sg, ref.sg)
+    # the emulation does see a Python-number divisor, and then most rows differ by 1 ulp
+    amax = x.abs().amax(-1)
+    with CudaDivRule() as rule:
+        cuda_like = amax / 127.5
+    frac = float((cuda_like != amax / 127.5).float().mean())
+    assert rule.hits == 1 and frac > 0.5, frac
+    assert float(((cuda_like - amax / 127.5).abs() / torch.finfo(torch.float32).eps / cuda_like).max()) <= 1.0  # at most 1 ulp

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,16 +23,18 @@ import numpy as np
 from qbench.api import Metric, MetricContext, MetricValue
 from qbench.errors import ConfigError, QBenchError
 from qbench.metrics import common
-from qbench.metrics.frechet import ROUNDOFF_NOTE, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
+from qbench.metrics.frechet import ROUNDOFF_NOTE, FeatureStats, frechet_distance, frechet_terms, trace_sqrt_product  # noqa: F401 (re-exported)
 from qbench.metrics.inception import (  # noqa: F401 (re-exported)
     DEFAULT_PROTOCOL,
     FEATURE_DIM,
+    FID_PRESETS,
     INCEPTION_SIZE,
     PROTOCOLS,
     InceptionFeatures,
     build_inception,
     check_protocol,
     inception_input,
+    resolve_protocol,
 )
 
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -42,76 +43,6 @@ REFERENCE_PREPROCESS = "center crop to a square, PIL bicubic resize to the gener
 
 
 # -- statistics ----------------------------------------------------------------------------------
-class FeatureStats:
-    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n).
-
-    Rows are summed in fixed blocks of ``BLOCK`` consecutive rows, so the float64 result depends
-    only on the sequence of rows, not on how the caller batched them: a sharded run that replays
-    every rank's features in image order (:meth:`record` / :meth:`replay`) gets bit-identical sums."""
-
-    BLOCK = 64
-
-    def __init__(self, dim: int = FEATURE_DIM):
-        self.dim = dim
-        self.reset()
-
-    def reset(self) -> None:
-        self.n = 0
-        self.sum = np.zeros(self.dim, dtype=np.float64)
-        self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
-        self._pending: list[np.ndarray] = []
-        self._log: list[np.ndarray] | None = None
-
-    def record(self) -> None:
-        """Keep every feature array given to :meth:`update` (float32 when exact), for :meth:`replay`."""
-        self._log = []
-
-    @property
-    def log(self) -> list[np.ndarray]:
-        return list(self._log or [])
-
-    def replay(self, logs: Sequence[Sequence[np.ndarray]]) -> None:
-        """Reset, then update with every array of ``logs`` (a list per rank, in image order)."""
-        self.reset()
-        for log in logs:
-            for x in log:
-                self.update(x)
-
-    def update(self, features: np.ndarray) -> None:
-        x = np.asarray(features, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
-        if not np.isfinite(x).all():
-            raise QBenchError("non-finite Inception features (NaN/inf in the images or the network)")
-        if self._log is not None:
-            x32 = x.astype(np.float32)
-            self._log.append(x32 if np.array_equal(x32.astype(np.float64), x) else x.copy())
-        self.n += x.shape[0]
-        self._pending.append(x)
-        self._flush(final=False)
-
-    def _flush(self, final: bool) -> None:
-        rows = sum(p.shape[0] for p in self._pending)
-        if rows < self.BLOCK and not (final and rows):
-            return
-        x = np.concatenate(self._pending)
-        whole = x.shape[0] if final else x.shape[0] - x.shape[0] % self.BLOCK
-        for i in range(0, whole, self.BLOCK):
-            b = x[i : i + self.BLOCK]
-            self.sum += b.sum(axis=0)
-            self.outer += b.T @ b
-        self._pending = [x[whole:]] if whole < x.shape[0] else []
-
-    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean and unbiased covariance (``ddof=1``, as numpy.cov, pytorch-fid, torchmetrics)."""
-        self._flush(final=True)
-        if self.n < 2:
-            raise QBenchError(f"FID needs at least 2 images per side, got {self.n}")
-        mu = self.sum / self.n
-        cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
-        return mu, cov
-
-
 def resolve_inception_weights(ctx: MetricContext) -> tuple[str, dict[str, Any]]:
     """(local path, provenance) of the Inception weights for this run."""
     path = common.opt(ctx, "inception_weights")
@@ -227,7 +158,8 @@ class _FIDBase(Metric):
 
     def __init__(self, ctx: MetricContext):
         super().__init__(ctx)
-        self.protocol = check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+        self.preset = _preset(ctx)
+        self.protocol = _protocol(ctx)
         self.weights_path, self.weights_info = resolve_inception_weights(ctx)
         self.extractor = InceptionFeatures(self.weights_path, self.protocol, ctx.device, common.opt_int(ctx, "metric_batch_size", 16))
         self.gen = FeatureStats()
@@ -243,6 +175,7 @@ class _FIDBase(Metric):
             "network": "Inception-v3 pool3 (2048-d), TF 2015-12-05 graph as ported by torch-fidelity",
             "protocol": self.protocol,
             "protocol_description": PROTOCOLS[self.protocol],
+            "preset": None if self.preset is None else {"name": self.preset, **FID_PRESETS[self.preset]},
             "resolution": list(self._size) if self._size else None,
             "reference": reference,
             "statistics": "float64 running sums; covariance ddof=1",
@@ -281,6 +214,7 @@ def _fid_options(with_reference: bool) -> tuple:
 
     out = (
         Opt("fid_protocol", "str", None, "how images reach the Inception network", choices=tuple(PROTOCOLS)),
+        Opt("fid_preset", "str", None, "a published FID's protocol by name (sets fid_protocol)", choices=tuple(FID_PRESETS)),
         Opt("inception_weights", "str", None, "local Inception-v3 FID weights (torch-fidelity's .pth), loaded with weights_only=True", path=True),
     )
     if with_reference:
@@ -293,7 +227,7 @@ def _fid_options(with_reference: bool) -> tuple:
 
 def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
     """The checks of the FID metrics without building the network."""
-    check_protocol(str(common.opt(ctx, "fid_protocol", DEFAULT_PROTOCOL)))
+    _protocol(ctx)
     path, _ = resolve_inception_weights(ctx)
     if common.opt(ctx, "inception_weights") is not None:  # a user's file: check it is the right network now
         from qbench.metrics.inception import build_inception
@@ -301,6 +235,16 @@ def preflight_fid(ctx: MetricContext, with_reference: bool) -> None:
         build_inception(path)
     if with_reference:
         _reference_path(ctx)
+
+
+def _preset(ctx: MetricContext) -> str | None:
+    v = common.opt(ctx, "fid_preset")
+    return None if v is None else str(v)
+
+
+def _protocol(ctx: MetricContext) -> str:
+    v = common.opt(ctx, "fid_protocol")
+    return resolve_protocol(None if v is None else str(v), _preset(ctx))
 
 
 def _reference_path(ctx: MetricContext) -> str:

@@ -21,6 +21,7 @@ exactly 0.0; a result below ``-that`` cannot come from round-off and raises :cla
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -107,3 +108,73 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     """``||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrtm(sigma1 sigma2))`` (float, >= 0);
     see :func:`frechet_terms` for the round-off handling and the errors raised."""
     return frechet_terms(mu1, sigma1, mu2, sigma2)["value"]
+
+
+class FeatureStats:
+    """Running float64 sums of features: ``n``, ``sum x``, ``sum x x^T`` (memory independent of n).
+
+    Rows are summed in fixed blocks of ``BLOCK`` consecutive rows, so the float64 result depends
+    only on the sequence of rows, not on how the caller batched them: a sharded run that replays
+    every rank's features in image order (:meth:`record` / :meth:`replay`) gets bit-identical sums."""
+
+    BLOCK = 64
+
+    def __init__(self, dim: int = 2048):  # Inception-v3 pool3
+        self.dim = dim
+        self.reset()
+
+    def reset(self) -> None:
+        self.n = 0
+        self.sum = np.zeros(self.dim, dtype=np.float64)
+        self.outer = np.zeros((self.dim, self.dim), dtype=np.float64)
+        self._pending: list[np.ndarray] = []
+        self._log: list[np.ndarray] | None = None
+
+    def record(self) -> None:
+        """Keep every feature array given to :meth:`update` (float32 when exact), for :meth:`replay`."""
+        self._log = []
+
+    @property
+    def log(self) -> list[np.ndarray]:
+        return list(self._log or [])
+
+    def replay(self, logs: Sequence[Sequence[np.ndarray]]) -> None:
+        """Reset, then update with every array of ``logs`` (a list per rank, in image order)."""
+        self.reset()
+        for log in logs:
+            for x in log:
+                self.update(x)
+
+    def update(self, features: np.ndarray) -> None:
+        x = np.asarray(features, dtype=np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"expected features of shape (N, {self.dim}), got {x.shape}")
+        if not np.isfinite(x).all():
+            raise QBenchError("non-finite Inception features (NaN/inf in the images or the network)")
+        if self._log is not None:
+            x32 = x.astype(np.float32)
+            self._log.append(x32 if np.array_equal(x32.astype(np.float64), x) else x.copy())
+        self.n += x.shape[0]
+        self._pending.append(x)
+        self._flush(final=False)
+
+    def _flush(self, final: bool) -> None:
+        rows = sum(p.shape[0] for p in self._pending)
+        if rows < self.BLOCK and not (final and rows):
+            return
+        x = np.concatenate(self._pending)
+        whole = x.shape[0] if final else x.shape[0] - x.shape[0] % self.BLOCK
+        for i in range(0, whole, self.BLOCK):
+            b = x[i : i + self.BLOCK]
+            self.sum += b.sum(axis=0)
+            self.outer += b.T @ b
+        self._pending = [x[whole:]] if whole < x.shape[0] else []
+
+    def mean_cov(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and unbiased covariance (``ddof=1``, as numpy.cov, pytorch-fid, torchmetrics)."""
+        self._flush(final=True)
+        if self.n < 2:
+            raise QBenchError(f"FID needs at least 2 images per side, got {self.n}")
+        mu = self.sum / self.n
+        cov = (self.outer - self.n * np.outer(mu, mu)) / (self.n - 1)
+        return mu, cov

@@ -14,8 +14,13 @@ Protocols (how an image reaches 299x299 and how it is normalised):
   (antialiased), clipped to [0, 255], no re-quantization; ``(x - 128) / 128``.
 * ``legacy_tensorflow`` (TF1 FID, torch-fidelity, torchmetrics ``FrechetInceptionDistance(
   antialias=False)``): uint8 pixels, TF1-compatible bilinear resize, ``(x - 128) / 128``.
-* ``legacy_pytorch`` (pytorch-fid): ``torch.nn.functional.interpolate(bilinear,
-  align_corners=False)`` without antialiasing, ``2 * x / 255 - 1``.
+* ``legacy_pytorch`` (pytorch-fid 0.3.0, operation for operation): torchvision's ``ToTensor``
+  (``uint8 -> float32 / 255``), ``torch.nn.functional.interpolate(bilinear, align_corners=False)``
+  to 299x299 without antialiasing (``InceptionV3(resize_input=True)``), ``2 * x - 1``
+  (``normalize_input=True``).
+
+Named presets (:data:`FID_PRESETS`, metric option ``fid_preset``) fix a protocol together with
+what a published number was computed against, so a user knows what else to supply.
 """
 from __future__ import annotations
 
@@ -31,7 +36,26 @@ from qbench.metrics import common
 PROTOCOLS: dict[str, str] = {
     "clean": "clean-fid: per-channel PIL bicubic float resize to 299x299 (antialiased), no quantization, (x-128)/128",
     "legacy_tensorflow": "TF1 FID / torch-fidelity / torchmetrics(antialias=False): uint8, TF1 bilinear resize to 299x299, (x-128)/128",
-    "legacy_pytorch": "pytorch-fid: torch bilinear resize to 299x299 (align_corners=False, no antialias), 2*x/255-1",
+    "legacy_pytorch": "pytorch-fid 0.3.0: x/255, torch bilinear resize to 299x299 (align_corners=False, no antialias), 2*x-1",
+}
+#: ``{preset: {"protocol", "description", "weights", "reference"}}``. ``pytorch-fid-0.3.0``: the
+#: FID of mseitzer/pytorch-fid 0.3.0 (pinned in enyac-group/q-sched's ``env.yml``):
+#: ``pytorch_fid/fid_score.py`` loads each image with PIL ``convert("RGB")`` and ``ToTensor``;
+#: ``pytorch_fid/inception.py`` resizes and normalises as ``legacy_pytorch``; pool3 of the TF
+#: 2015-12-05 Inception (its ``pt_inception-2015-12-05-6726825d.pth``: the checkpoint torch-fidelity
+#: ports as ``weights-inception-2015-12-05-6726825d.pth``, which qbench loads); statistics
+#: ``np.mean`` / ``np.cov(rowvar=False)`` (ddof 1) of all images' features; the reference side
+#: is a folder of real images or an ``.npz`` written by ``python -m pytorch_fid --save-stats``.
+FID_PRESETS: dict[str, dict[str, str]] = {
+    "pytorch-fid-0.3.0": {
+        "protocol": "legacy_pytorch",
+        "description": "pytorch-fid 0.3.0: ToTensor (x/255), bilinear resize to 299 (align_corners=False, no antialias), 2x-1, "
+                       "Inception-v3 pool3 (TF 2015-12-05), mean and covariance (ddof 1)",
+        "weights": "the TF 2015-12-05 Inception-v3 (pytorch-fid's pt_inception-2015-12-05-6726825d.pth; qbench loads "
+                   "torch-fidelity's port of the same checkpoint, weights-inception-2015-12-05-6726825d.pth)",
+        "reference": "the real images the published number used (their folder, or pytorch-fid's --save-stats .npz of them), "
+                     "at the published image count",
+    },
 }
 DEFAULT_PROTOCOL = "clean"
 INCEPTION_SIZE = 299
@@ -42,6 +66,19 @@ def check_protocol(protocol: str) -> str:
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown FID protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     return protocol
+
+
+def resolve_protocol(protocol: str | None, preset: str | None) -> str:
+    """The protocol of metric options ``fid_protocol`` / ``fid_preset`` (default ``clean``).
+    Raises :class:`ConfigError` for an unknown preset or a protocol that contradicts the preset."""
+    if preset is None:
+        return check_protocol(protocol or DEFAULT_PROTOCOL)
+    if preset not in FID_PRESETS:
+        raise ConfigError(f"unknown FID preset {preset!r}; expected one of {', '.join(FID_PRESETS)}")
+    want = FID_PRESETS[preset]["protocol"]
+    if protocol is not None and protocol != want:
+        raise ConfigError(f"fid_preset={preset} uses fid_protocol={want}; drop fid_protocol={protocol} or the preset")
+    return want
 
 
 # -- resizing per protocol ----------------------------------------------------------------------
@@ -74,8 +111,8 @@ def inception_input(images: Iterable[Any], protocol: str):
 
         x = interpolate_bilinear_2d_like_tensorflow1x(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), align_corners=False)
         return (x - 128.0) / 128.0
-    x = F.interpolate(x, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)
-    return x / 127.5 - 1.0
+    x = F.interpolate(x.div(255), size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="bilinear", align_corners=False)  # ToTensor, resize_input
+    return 2 * x - 1  # normalize_input
 
 
 # -- the network --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from torch import nn
 
 from qbench.errors import ConfigError
 from qbench.models.base import module_nbytes, tensor_parts
-from qbench.quant import backends, kernels
+from qbench.quant import backends
 from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore, conv2d_supported
 from qbench.quant.spec import QuantConfig, _is_pattern
 
@@ -179,7 +179,7 @@ def quantize_(module: nn.Module, config: QuantConfig, pre_scales: dict[str, Any]
         setattr(parent, attr, new)
     if config.mode == "kernel" and device is not None and swaps:
         weight_only = all(new.spec.a_bits is None for _, new in swaps)
-        report.kernel_path = kernels.kernel_path(device, weight_only)
+        report.kernel_path = backends.kernel_path(device, weight_only)
         report.kernel = backends.kernel_info(device)
     report.bytes_after = module_nbytes(module)
     stored = sum(new.stored_nbytes() for _, new in swaps)

@@ -41,10 +41,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from qbench.errors import QBenchError
-from qbench.quant import cpucaps
+from qbench.quant import cpucaps, kernels
+from qbench.quant.operands import INT16_MAX, IntMMOperand, OneDNNOperand, _IntGemm, int8_mm, needs_split  # noqa: F401 (re-exported)
+from qbench.quant import pack as packing
+from qbench.quant.primitives import two_level_weight
 
 ENV = "QBENCH_KERNEL_PATH"
 CPU_PATHS = ("int_mm", "onednn", "onednn-split")
@@ -55,108 +57,6 @@ DESCRIPTIONS = {
     "onednn-split": "oneDNN qlinear u8s8, activations split into 7-bit digits where int16 pairs could saturate (int8 weights prepacked and resident)",
     "triton": "Triton fused W4A8 (per-token activation quantization kernel + int4-in-registers int8 tensor-core GEMM) for two-level W<=4 layers; int_mm for the others",
 }
-INT16_MAX = 32767
-
-
-def int8_mm(xq: torch.Tensor, w8: torch.Tensor) -> torch.Tensor:
-    """``xq`` [M, K] int8 @ ``w8`` [N, K] int8 ^T -> int32 [M, N] (``torch._int_mm``)."""
-    if xq.device.type == "cuda":  # cuBLASLt: M > 16, K and N multiples of 8
-        m, k = xq.shape
-        n = w8.shape[0]
-        pm, pk, pn = max(17, -(-m // 8) * 8) - m, (-k) % 8, (-n) % 8
-        if pm or pk or pn:
-            return torch._int_mm(F.pad(xq, (0, pk, 0, pm)), F.pad(w8, (0, pk, 0, pn)).t())[:m, :n]
-    return torch._int_mm(xq, w8.t())
-
-
-# -- operands: a layer's int8 weight, ready for one path ---------------------------------------------------
-class _IntGemm:
-    """An operand whose layer runs :func:`qbench.quant.kernels.int_linear` (quantize, GEMM, epilogue)."""
-
-    def linear(self, x2: torch.Tensor, s1: torch.Tensor, bias: torch.Tensor | None, **act: Any) -> torch.Tensor:
-        from qbench.quant.kernels import int_linear
-
-        return int_linear(x2, self, s1, bias, **act)
-
-
-class IntMMOperand(_IntGemm):
-    """``torch._int_mm``; ``w8_fn()`` gives the int8 weight [N, Kp] (unpacked per call for W<=4)."""
-
-    path = "int_mm"
-
-    def __init__(self, w8_fn: Callable[[], torch.Tensor], n: int, kp: int):
-        self._w8_fn, self.n, self.kp = w8_fn, n, kp
-        self._colsum: torch.Tensor | None = None
-
-    def colsum(self) -> torch.Tensor:
-        """int32 [N]: sum_k w8[n, k] (exact; cached: 4 bytes per output channel)."""
-        if self._colsum is None:
-            w8 = self._w8_fn()
-            self._colsum = int8_mm(torch.ones(1, self.kp, dtype=torch.int8, device=w8.device), w8).view(-1)
-        return self._colsum
-
-    def bind(self, s1: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        """Per forward: ``mm(xq int8 [M, Kp]) -> float32(acc) * s1`` [M, N] (``s1`` float32 [1, N])."""
-        w8 = self._w8_fn()
-        return lambda xq: int8_mm(xq, w8).to(torch.float32).mul_(s1)
-
-    def resident_nbytes(self) -> int:
-        return 0 if self._colsum is None else self._colsum.numel() * 4
-
-
-def needs_split(a_bits: int, w_absmax: int) -> bool:
-    """Could ``VPMADDUBSW`` saturate? u8 activations reach ``2^A - 1`` (+2^(A-1) shift); a pair of
-    products is at most ``umax * 2 * max|w8|``; int16 holds 32767 (oneDNN, "Nuances of int8")."""
-    umax = 2**a_bits - 1
-    return umax * 2 * w_absmax > INT16_MAX
-
-
-class OneDNNOperand(_IntGemm):
-    """``onednn::qlinear_pointwise`` on a prepacked int8 weight (``split``: 7-bit digits along K)."""
-
-    def __init__(self, w8: torch.Tensor, a_bits: int, split: bool):
-        n, kp = w8.shape
-        self.n, self.kp, self.a_bits = n, kp, a_bits
-        self.shift = 2 ** (a_bits - 1)
-        self.split = bool(split) and needs_split(a_bits, int(w8.to(torch.int16).abs().max()) if w8.numel() else 0)
-        self.path = "onednn-split" if self.split else "onednn"
-        wp = torch.cat([w8, w8], 1) if self.split else w8.contiguous()
-        self._packed = torch.ops.onednn.qlinear_prepack(wp, None)
-        self._packed_nbytes = wp.numel()  # oneDNN's blocked layout is opaque; its int8 elements
-        self._colsum = w8.sum(1, dtype=torch.int32)
-        self._zeros = torch.zeros(n, dtype=torch.int64)
-
-    def colsum(self) -> torch.Tensor:
-        return self._colsum
-
-    def _u8(self, xq: torch.Tensor) -> torch.Tensor:
-        if self.shift == 128:  # two's complement + 128 = flip the sign bit
-            u = xq.view(torch.uint8).bitwise_xor(128)
-        else:  # codes in [-2^(A-1), 2^(A-1) - 1]: no int8 overflow
-            u = (xq + self.shift).view(torch.uint8)
-        if not self.split:
-            return u
-        m, k = u.shape
-        buf = torch.empty(m, 2 * k, dtype=torch.uint8)
-        torch.bitwise_and(u, 127, out=buf[:, :k])
-        torch.bitwise_and(u, 128, out=buf[:, k:])
-        return buf
-
-    def bind(self, s1: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
-        zp = 64 if self.split else self.shift  # split: (lo - 64) + (128*hi - 64) = u - 128
-        scales = s1.reshape(-1).contiguous()
-        packed, zeros = self._packed, self._zeros
-
-        def mm(xq: torch.Tensor) -> torch.Tensor:
-            return torch.ops.onednn.qlinear_pointwise(self._u8(xq), 1.0, zp, packed, scales, zeros, None, 1.0, 0, torch.float32, "none", [], "")
-
-        return mm
-
-    def resident_nbytes(self) -> int:
-        return self._packed_nbytes + self._colsum.numel() * 4 + self._zeros.numel() * 8
-
-
-# -- the machine's choice ------------------------------------------------------------------------------
 @dataclass
 class Selection:
     device: str
@@ -279,9 +179,7 @@ def _select_cuda(forced: str | None) -> Selection:
     ok, note = False, ""
     if forced in (None, "triton"):
         try:
-            from qbench.quant import triton_w4a8
-
-            ok, note = triton_w4a8.self_check("cuda")
+            ok, note = triton_self_check("cuda")
         except Exception as e:  # no triton, a compile error on this GPU
             ok, note = False, f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
     if forced == "triton" and not ok:
@@ -315,6 +213,50 @@ def kernel_info(device: torch.device | str) -> dict[str, Any]:
     return selection(device).to_dict()
 
 
+def kernel_path(device: torch.device | str, weight_only: bool = False) -> str:
+    """One line naming the GEMM kernel mode runs on ``device`` and the machine's capability
+    (probes once per process); raises :class:`~qbench.errors.QBenchError` for a device without one."""
+    dev = torch.device(device)
+    sel = selection(dev)  # refuses devices without an integer GEMM
+    if weight_only:
+        where = sel.caps.summary() if sel.caps is not None else dev.type
+        return f"{dev.type} dequant: packed int weights dequantized per call + float GEMM (weight-only) | {where}"
+    return sel.describe()
+
+
+#: (M, K, N) of the self-check: M not a multiple of any tile; K=200 pads to 224 and gathers group
+#: scales per element; 130x256x136 spans two row and column tiles with one group scale per K tile
+SELF_CHECK_SHAPES = ((37, 200, 72), (130, 256, 136))
+
+
+def triton_self_check(device: str = "cuda") -> tuple[bool, str]:
+    """Compile and run :mod:`qbench.quant.triton_w4a8`'s kernels on ``device`` at
+    :data:`SELF_CHECK_SHAPES` with the tiles a GPU uses (W4A8 and W2A8, asymmetric and symmetric
+    per-token, group size 32) and compare with the ``int_mm`` reference bit for bit: (ok, note).
+    Raises ImportError where triton is missing."""
+    from qbench.quant import (
+        triton_w4a8,  # needs triton (the CUDA wheel's); only here and in operand()
+    )
+
+    g = torch.Generator().manual_seed(3)
+    for m, k, n in SELF_CHECK_SHAPES:
+        for w_bits, sym in ((4, False), (4, True), (2, False)):
+            w, x, b = torch.randn(n, k, generator=g), torch.randn(m, k, generator=g) * 2, torch.randn(n, generator=g)
+            tw = two_level_weight(w, w_bits, 32)
+            q = tw.q.to(device)
+            bufs = {"qweight": packing.pack(q, w_bits), "sg": tw.sg.to(device)}
+            kp = q.shape[1]
+            s1, b, x = tw.s1.to(device), b.to(device), x.to(device)
+            act = dict(a_bits=8, a_symmetric=sym, a_granularity="token")
+            w8 = packing.unpack_scaled(bufs["qweight"], w_bits, bufs["sg"], 32)
+            ref = IntMMOperand(lambda w8=w8: w8, n, kp).linear(x, s1, b, **act)
+            out = triton_w4a8.TritonOperand(bufs, w_bits, 32, n, kp).linear(x, s1, b, **act)
+            if not torch.equal(out, ref):
+                return False, f"{m}x{k}x{n} W{w_bits}A8 {'sym' if sym else 'asym'}: max |triton - int_mm| {float((out - ref).abs().max()):.3g}"
+    shapes = ", ".join("x".join(map(str, s)) for s in SELF_CHECK_SHAPES)
+    return True, f"bit-exact vs int_mm at {shapes} (W4A8/W2A8, asym/sym per-token, GPU tiles)"
+
+
 # -- per layer ----------------------------------------------------------------------------------------------
 _OPERANDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # layer -> {path: (key, operand)}
 
@@ -332,8 +274,6 @@ def operand(layer, device: torch.device) -> Any:
     """The layer's operand for its path, built from its stored buffers and cached (rebuilt when a
     buffer is replaced or written in place, e.g. by ``load_state_dict``). Not part of the
     ``state_dict``: the saved format stays the packed buffers."""
-    from qbench.quant import kernels
-
     path = layer_path(layer, device)
     bufs = layer._kernel_buffers()
     key = (path, str(device)) + tuple((n, t.data_ptr(), t._version) for n, t in sorted(bufs.items()))

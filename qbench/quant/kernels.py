@@ -16,7 +16,8 @@ bits; :func:`epilogue`)::
 
 The integer GEMM itself is chosen per machine and per layer by :mod:`qbench.quant.backends`
 (``torch._int_mm`` on VNNI/AMX CPUs and CUDA, oneDNN's u8s8 qlinear on other x86 CPUs, a fused
-Triton W4A8 kernel on CUDA); this module holds the math they share.
+Triton W4A8 kernel on CUDA); this module holds the math they share and imports none of them
+(``backends`` imports it; the layers reach both through ``backends``).
 """
 from __future__ import annotations
 
@@ -26,19 +27,6 @@ import torch
 
 from qbench.quant import pack as packing
 from qbench.quant.primitives import act_qparams, check_finite, quantize
-
-
-def kernel_path(device: torch.device | str, weight_only: bool = False) -> str:
-    """One line naming the GEMM kernel mode runs on ``device`` and the machine's capability
-    (probes once per process); raises :class:`~qbench.errors.QBenchError` for a device without one."""
-    from qbench.quant import backends
-
-    dev = torch.device(device)
-    sel = backends.selection(dev)  # refuses devices without an integer GEMM
-    if weight_only:
-        where = sel.caps.summary() if sel.caps is not None else dev.type
-        return f"{dev.type} dequant: packed int weights dequantized per call + float GEMM (weight-only) | {where}"
-    return sel.describe()
 
 
 def quantize_act_int(

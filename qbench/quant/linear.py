@@ -134,7 +134,7 @@ class _QuantCore(nn.Module):
         if self.mode == "simulate":
             self.weight = nn.Parameter(qobj.dequantize(w2.dtype), requires_grad=False)
         else:
-            kernels.kernel_path(w2.device)  # refuse devices without an integer GEMM now
+            backends.kernel_path(w2.device)  # refuse devices without an integer GEMM now
             self.register_buffer("qweight", packing.pack(q, spec.w_bits))
             for name, t in scales.items():
                 self.register_buffer(name, t.contiguous())

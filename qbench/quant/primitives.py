@@ -12,6 +12,14 @@ Conventions (torchao's ``choose_qparams_affine`` / ``quantize_affine``):
   is representable exactly, so 0.0 round-trips);
 * all in float32 (``x`` is upcast first; ``1/s`` is ``torch.reciprocal``, as torchao's
   ``1.0 / scale``); round-to-nearest, ties to even (``torch.round``);
+* the range is divided by ``(qmax - qmin)/2`` or ``qmax - qmin`` as an IEEE float32 *true
+  division by a float32 tensor on the input's device* (:func:`div_by`), never by a Python number:
+  PyTorch's CUDA ``div_true`` turns a CPU-scalar divisor into a multiply by its float32
+  reciprocal (``aten/src/ATen/native/cuda/BinaryDivTrueKernel.cu``: ``inv_b = 1 / b``; the CPU
+  kernel divides), which puts ~72% of per-token scales 1 ulp away from the CPU's and from the
+  Triton kernel's ``tl.div_rn``. With a same-device tensor divisor CPU, CUDA and Triton all
+  divide, so a scale has the same bits on every device by construction (tested on CPU with an
+  emulation of the CUDA rule, ``tests/cuda_div_emulation.py``);
 * scales are never zero: they are floored at ``EPS`` = float32 machine epsilon (1.19e-7), the
   ``eps`` torchao's int8 workflow (``Int8Tensor``) passes to ``choose_qparams_affine`` (whose own
   default, float32's smallest normal, only matters for ranges below ~1e-5); an all-zero tensor
@@ -76,22 +84,34 @@ def pad_to_multiple(w: torch.Tensor, multiple: int) -> torch.Tensor:
 
 
 # -- scales and zero-points -------------------------------------------------------------------------
+def div_by(a: torch.Tensor, d: float) -> torch.Tensor:
+    """``a / d`` (float32, ``a``'s shape) as IEEE float32 division on every device: the divisor is a
+    0-dim float32 tensor made on ``a``'s device (``torch.full``: a fill kernel, no host copy), so
+    PyTorch's CUDA kernel divides instead of multiplying by ``float32(1/d)`` as it does for a
+    Python-number divisor (see the module docstring). ``d`` must be exact in float32."""
+    return torch.div(a, torch.full((), d, dtype=torch.float32, device=a.device))
+
+
 def qparams_from_range(
-    amin: torch.Tensor, amax: torch.Tensor, bits: int, symmetric: bool
+    amin: torch.Tensor, amax: torch.Tensor, bits: int, symmetric: bool, check: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Scale (float32) and zero-point (int32 or None) for ranges ``[amin, amax]`` (same shapes)."""
+    """Scale (float32) and zero-point (int32 or None) for ranges ``[amin, amax]`` (same shapes).
+
+    ``check=False`` skips the NaN/inf test (a host sync on CUDA) for callers that detect
+    non-finite inputs themselves (the Triton kernel flags them per row)."""
     qmin, qmax = qrange(bits)
     amin = amin.float()
     amax = amax.float()
-    check_finite(amin, "range minimum")
-    check_finite(amax, "range maximum")
+    if check:
+        check_finite(amin, "range minimum")
+        check_finite(amax, "range maximum")
     if symmetric:
         absmax = torch.maximum(amax.abs(), amin.abs())
-        scale = (absmax / ((qmax - qmin) / 2)).clamp_min(EPS)
+        scale = div_by(absmax, (qmax - qmin) / 2).clamp_min(EPS)
         return scale, None
     lo = torch.clamp(amin, max=0.0)
     hi = torch.clamp(amax, min=0.0)
-    scale = ((hi - lo) / (qmax - qmin)).clamp_min(EPS)
+    scale = div_by(hi - lo, float(qmax - qmin)).clamp_min(EPS)
     zero = torch.clamp(qmin - torch.round(lo / scale), qmin, qmax).to(torch.int32)
     return scale, zero
 
@@ -259,7 +279,7 @@ def two_level_weight(w: torch.Tensor, bits: int, group_size: int) -> TwoLevelWei
     blocks, gs = _grouped(w.float(), "group", group_size)
     smax = max_group_scale(bits)
     ideal, _ = qparams_from_range(blocks.amin(-1), blocks.amax(-1), bits, symmetric=True)  # [N, G]
-    s1 = (ideal.amax(-1) / smax).clamp_min(EPS)  # [N]
+    s1 = div_by(ideal.amax(-1), float(smax)).clamp_min(EPS)  # [N]; device-independent bits (div_by)
     sg = torch.clamp(torch.round(ideal / s1.unsqueeze(-1)), 1, smax)
     q = quantize(blocks, (s1.unsqueeze(-1) * sg).unsqueeze(-1), None, bits).view(n, -1)
     return TwoLevelWeight(q=q, s1=s1, sg=sg.to(torch.uint8), bits=bits, group_size=gs, k=k)
@@ -275,12 +295,17 @@ def act_range(x: torch.Tensor, granularity: str) -> tuple[torch.Tensor, torch.Te
     raise ConfigError(f"unknown activation granularity {granularity!r}; expected token or tensor")
 
 
-def act_qparams(x: torch.Tensor, bits: int, symmetric: bool, granularity: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dynamic scale/zero of ``x``; NaN/inf in ``x`` raise (min/max reductions propagate them)."""
+def act_qparams(x: torch.Tensor, bits: int, symmetric: bool, granularity: str,
+                check: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dynamic scale/zero of ``x``; NaN/inf in ``x`` raise (min/max reductions propagate them).
+
+    The check reads one bool back to the host (a sync per call on CUDA: the reference / ``int_mm``
+    path keeps it); ``check=False`` leaves it to the caller (the Triton path flags bad rows in
+    its kernel and poisons their outputs instead)."""
     amin, amax = act_range(x, granularity)
-    if not (bool(torch.isfinite(amin).all()) and bool(torch.isfinite(amax).all())):
+    if check and not (bool(torch.isfinite(amin).all()) and bool(torch.isfinite(amax).all())):
         raise NonFiniteOutputError("cannot quantize activation: it holds NaN/inf value(s)")
-    return qparams_from_range(amin, amax, bits, symmetric)
+    return qparams_from_range(amin, amax, bits, symmetric, check=False)
 
 
 def fake_quantize_act(

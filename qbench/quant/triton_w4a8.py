@@ -2,32 +2,49 @@
 unpacks int4 weights in registers (QServe / QQQ style) and runs int8 tensor-core dots.
 
 Two kernels, bit-exact against the reference path (:func:`qbench.quant.kernels.int_linear` with
-``torch._int_mm``; tested under ``TRITON_INTERPRET=1`` on CPU tensors, and on a GPU by
-:func:`self_check` before the path is chosen):
+``torch._int_mm``; tested under ``TRITON_INTERPRET=1`` on CPU tensors at the tile shapes a GPU
+compiles, and on a GPU by :func:`qbench.quant.backends.triton_self_check` before the path is
+chosen):
 
 * :func:`_act_quant_kernel`, one program per token row ``x`` [M, K] (float32/16, bf16):
   the row's min/max, then ``scale``/``zero`` exactly as
   :func:`qbench.quant.primitives.qparams_from_range` (``absmax / ((qmax-qmin)/2)`` or
-  ``(hi-lo) / (qmax-qmin)``, clamped to float32 eps; ``zero = clamp(qmin - round(lo/scale))``),
-  then codes as :func:`~qbench.quant.primitives.quantize` (``x * (1/scale)``, round half to even,
-  ``+ zero``, clamp) into int8 ``xq`` [M, Kp] (zero-padded to the weight's ``Kp``). Divisions are
-  ``tl.div_rn`` (IEEE); rounding is the float32 ``(v + 1.5*2^23) - 1.5*2^23`` identity, exact
-  round-half-even for ``|v| < 2^22`` (larger magnitudes clamp to the same code either way). A
-  static (calibrated, or dynamic per-tensor computed on the host) scale/zero is read instead.
+  ``(hi-lo) / (qmax-qmin)`` as IEEE float32 divisions, clamped to float32 eps;
+  ``zero = clamp(qmin - round(lo/scale))``), then codes as
+  :func:`~qbench.quant.primitives.quantize` (``x * (1/scale)``, round half to even, ``+ zero``,
+  clamp) into int8 ``xq`` [M, Kp] (zero-padded to the weight's ``Kp``). Divisions are
+  ``tl.div_rn`` (IEEE, round to nearest); the reference divides by a same-device float32 tensor
+  (:func:`~qbench.quant.primitives.div_by`), which PyTorch evaluates as an IEEE division on CPU
+  and CUDA alike, so the scales agree on every device by construction (PyTorch's CUDA kernel
+  would multiply by ``float32(1/d)`` for a Python-number divisor: 1 ulp off in ~72% of rows).
+  Rounding is the float32 ``(v + 1.5*2^23) - 1.5*2^23`` identity, exact round-half-even for
+  ``|v| < 2^22`` (larger magnitudes clamp to the same code either way). A static (calibrated, or
+  dynamic per-tensor computed on the device) scale/zero is read instead. A row holding NaN/inf
+  is flagged in ``bad`` [M] int32.
 * :func:`_w4a8_gemm_kernel`: tiles ``[BM, BN]`` of ``y``; for each tile of ``BK`` packed bytes
   of the weight (:mod:`qbench.quant.pack`'s blocked layout: byte ``j`` of a row holds code
   ``j + f*Kp/ppb`` in bit field ``f``), each field is sign-extended with int8 shifts, multiplied
   by its integer group scale ``sg`` (two-level format: ``|sg*q| <= 128``) and fed to
-  ``tl.dot(int8, int8) -> int32`` with the matching activation columns. Epilogue, one IEEE
-  float32 operation per step and no fused multiply-add (``enable_fp_fusion=False``), the order
-  of :func:`qbench.quant.kernels.epilogue`::
+  ``tl.dot(int8, int8) -> int32`` with the matching activation columns. Where the group size and
+  ``Kp/ppb`` are multiples of ``BK`` (:func:`tiles` picks such a ``BK`` when one exists) a K tile
+  lies inside one group and its group scales are one ``[BN]`` load; otherwise they are gathered
+  per element (``[BN, BK]`` loads, served from cache). Epilogue, one IEEE float32 operation per
+  step and no fused multiply-add (``enable_fp_fusion=False``), the order of
+  :func:`qbench.quant.kernels.epilogue`::
 
       y = float32(acc) * s1[n];  y = y - float32(zx[m]) * ws1[n];  y = y * sx[m];  y = y + bias[n]
 
-  with ``ws1 = float32(colsum(w8)) * s1`` computed once on the host, as the reference does.
+  with ``ws1 = float32(colsum(w8)) * s1`` computed on the device, as the reference does. Rows
+  flagged ``bad`` are written as NaN.
 
-Errors: :class:`~qbench.errors.NonFiniteOutputError` for NaN/inf activations (the reference's
-error); ``triton`` must be importable (it ships with the CUDA torch wheel).
+Launch facts (each a known limit, stated): tiles are fixed by :func:`tiles` (``BM`` 64 for
+M <= 64 else 128, ``BN`` 128, ``BK`` 64 or 32: NVIDIA's int8 ``tl.dot`` needs K tiles >= 32), with
+no ``triton.autotune`` (the interpreter tests run exactly these shapes; autotuning would pick
+shapes no CPU test ran); pointer offsets are int64 (``row * stride`` cannot wrap at 2^31
+elements); there is no host synchronisation per layer: instead of raising at the layer as the
+reference does, NaN/inf activations turn the layer's output rows into NaN, which propagate to the
+image and raise :class:`~qbench.errors.NonFiniteOutputError` when it is decoded
+(``qbench.models.base``). ``triton`` must be importable (it ships with the CUDA torch wheel).
 """
 from __future__ import annotations
 
@@ -39,7 +56,7 @@ import triton
 import triton.language as tl
 
 from qbench.quant import pack as packing
-from qbench.quant.primitives import EPS, act_qparams, check_finite, qrange
+from qbench.quant.primitives import EPS, act_qparams, qrange
 
 _RNE = 12582912.0  # 1.5 * 2**23: (v + c) - c rounds a float32 |v| < 2**22 to nearest, ties to even
 
@@ -53,7 +70,7 @@ def _act_quant_kernel(x_ptr, xq_ptr, sx_ptr, zx_ptr, bad_ptr, s_ptr, z_ptr, K, K
                       QMIN: tl.constexpr, QMAX: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr, EPS_: tl.constexpr):
     """MODE 0: dynamic symmetric, 1: dynamic asymmetric (per row), 2: static scale (``s_ptr``) and
     zero (``z_ptr``, int32) for every row."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # int64 offsets: row * stride may pass 2^31
     xrow = x_ptr + row * stride_x
     bad = tl.zeros((BLOCK,), dtype=tl.int32)
     if MODE == 2:
@@ -102,28 +119,34 @@ def _act_quant_kernel(x_ptr, xq_ptr, sx_ptr, zx_ptr, bad_ptr, s_ptr, z_ptr, K, K
 
 
 @triton.jit
-def _w4a8_gemm_kernel(xq_ptr, qw_ptr, sg_ptr, s1_ptr, ws1_ptr, sx_ptr, zx_ptr, b_ptr, out_ptr, M, N, KB, G,
+def _w4a8_gemm_kernel(xq_ptr, qw_ptr, sg_ptr, s1_ptr, ws1_ptr, sx_ptr, zx_ptr, b_ptr, bad_ptr, out_ptr, M, N, KB,
                       stride_x, stride_w, stride_g, stride_o,
                       PPB: tl.constexpr, CB: tl.constexpr, GS: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_BIAS: tl.constexpr,
-                      PER_ROW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+                      PER_ROW: tl.constexpr, SG_COL: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     mm = rm < M
     mn = rn < N
+    rm64 = rm.to(tl.int64)  # int64 offsets: row * stride may pass 2^31
+    rn64 = rn.to(tl.int64)
     acc = tl.zeros((BM, BN), dtype=tl.int32)
     for j0 in range(0, KB, BK):
         rj = j0 + tl.arange(0, BK)
         mj = rj < KB
-        p = tl.load(qw_ptr + rn[:, None] * stride_w + rj[None, :], mask=mn[:, None] & mj[None, :], other=0)
+        p = tl.load(qw_ptr + rn64[:, None] * stride_w + rj[None, :], mask=mn[:, None] & mj[None, :], other=0)
         p = p.to(tl.int8, bitcast=True)  # [BN, BK] packed bytes
         for f in tl.static_range(PPB):
             code = (p << (8 - CB * (f + 1))) >> (8 - CB)  # field f, sign-extended (int8 arithmetic shift)
             rk = f * KB + rj
-            sg = tl.load(sg_ptr + rn[:, None] * stride_g + (rk // GS)[None, :], mask=mn[:, None] & mj[None, :], other=0)
-            w8 = (code.to(tl.int16) * sg.to(tl.int16)).to(tl.int8)  # |sg * q| <= 128 (two-level format)
-            x = tl.load(xq_ptr + rm[:, None] * stride_x + rk[None, :], mask=mm[:, None] & mj[None, :], other=0)
+            if SG_COL:  # the K tile lies inside one group: one scale per output row
+                sg = tl.load(sg_ptr + rn64 * stride_g + (f * KB + j0) // GS, mask=mn, other=0)
+                w8 = (code.to(tl.int16) * sg.to(tl.int16)[:, None]).to(tl.int8)  # |sg * q| <= 128 (two-level format)
+            else:
+                sg = tl.load(sg_ptr + rn64[:, None] * stride_g + (rk // GS)[None, :], mask=mn[:, None] & mj[None, :], other=0)
+                w8 = (code.to(tl.int16) * sg.to(tl.int16)).to(tl.int8)
+            x = tl.load(xq_ptr + rm64[:, None] * stride_x + rk[None, :], mask=mm[:, None] & mj[None, :], other=0)
             acc += tl.dot(x, tl.trans(w8), out_dtype=tl.int32)
     s1 = tl.load(s1_ptr + rn, mask=mn, other=0.0)
     y = acc.to(tl.float32) * s1[None, :]
@@ -141,7 +164,21 @@ def _w4a8_gemm_kernel(xq_ptr, qw_ptr, sg_ptr, s1_ptr, ws1_ptr, sx_ptr, zx_ptr, b
     y = y * sx[:, None]
     if HAS_BIAS:
         y = y + tl.load(b_ptr + rn, mask=mn, other=0.0)[None, :]
-    tl.store(out_ptr + rm[:, None] * stride_o + rn[None, :], y, mask=mm[:, None] & mn[None, :])
+    bad = tl.load(bad_ptr + rm, mask=mm, other=0)
+    y = tl.where((bad != 0)[:, None], float("nan"), y)  # NaN/inf activations: a NaN row, no host sync
+    tl.store(out_ptr + rm64[:, None] * stride_o + rn[None, :], y, mask=mm[:, None] & mn[None, :])
+
+
+def tiles(m: int, kb: int, group_size: int) -> tuple[int, int, int, bool]:
+    """``(BM, BN, BK, sg_col)`` for ``m`` rows and ``kb`` packed bytes per weight row: what a GPU
+    runs and what the interpreter tests run. ``BK`` is 64 or 32 (NVIDIA's int8 ``tl.dot`` needs
+    K >= 32): the larger one dividing both the group size and ``kb`` (then ``sg_col``: one group
+    scale per row and K tile), else 64 with per-element group-scale gathers."""
+    bm = 64 if m <= 64 else 128
+    for bk in (64, 32):
+        if group_size % bk == 0 and kb % bk == 0:
+            return bm, 128, bk, True
+    return bm, 128, 64, False
 
 
 def _launch_opts() -> dict[str, Any]:
@@ -150,20 +187,21 @@ def _launch_opts() -> dict[str, Any]:
 
 def quantize_act(x2: torch.Tensor, kp: int, a_bits: int, a_symmetric: bool, a_granularity: str,
                  static: tuple[torch.Tensor, torch.Tensor | None] | None = None):
-    """(xq int8 [M, kp], sx float32 [M] or [1], zx int32 [M] or [1] or None, per_row) with the
-    reference's codes (:func:`qbench.quant.kernels.quantize_act_int`)."""
+    """``(xq int8 [M, kp], sx float32 [M] or [1], zx int32 [M] or [1] or None, per_row, bad int32 [M])``:
+    the reference's codes and scales (:func:`qbench.quant.kernels.quantize_act_int`) for finite
+    rows, ``bad[m] != 0`` where row ``m`` holds NaN/inf. Nothing is read back to the host."""
     m, k = x2.shape
     x2 = x2.contiguous()
     qmin, qmax = qrange(a_bits)
     dev = x2.device
     if static is None and a_granularity == "tensor":  # one scale over all rows, as the reference
-        s, z = act_qparams(x2, a_bits, a_symmetric, "tensor")
+        s, z = act_qparams(x2, a_bits, a_symmetric, "tensor", check=False)  # NaN/inf: flagged by the kernel
         static = (s.reshape(1, 1), None if z is None else z.reshape(1, 1))
     xq = torch.empty(m, kp, dtype=torch.int8, device=dev)
     bad = torch.empty(m, dtype=torch.int32, device=dev)
     if static is not None:
         s = static[0].reshape(1).to(device=dev, dtype=torch.float32).contiguous()
-        z = (static[1] if static[1] is not None else torch.zeros(1, dtype=torch.int32)).reshape(1).to(device=dev, dtype=torch.int32).contiguous()
+        z = torch.zeros(1, dtype=torch.int32, device=dev) if static[1] is None else static[1].reshape(1).to(device=dev, dtype=torch.int32).contiguous()
         sx, zx, mode = s, z, 2
     else:
         sx = torch.empty(m, dtype=torch.float32, device=dev)
@@ -172,10 +210,8 @@ def quantize_act(x2: torch.Tensor, kp: int, a_bits: int, a_symmetric: bool, a_gr
     if m:
         _act_quant_kernel[(m,)](x2, xq, sx, zx, bad, s, z, k, kp, x2.stride(0), xq.stride(0),
                                 QMIN=qmin, QMAX=qmax, MODE=mode, BLOCK=256 if k >= 256 else 32, EPS_=EPS, **_launch_opts())
-        if bool(bad.any()):  # raise the reference's error
-            check_finite(x2, "activation") if static is not None else act_qparams(x2, a_bits, a_symmetric, a_granularity)
     has_zero = (static[1] is not None) if static is not None else not a_symmetric
-    return xq, sx, (zx if has_zero else None), static is None
+    return xq, sx, (zx if has_zero else None), static is None, bad
 
 
 class TritonOperand:
@@ -202,45 +238,21 @@ class TritonOperand:
         return 0 if self._colsum is None else self._colsum.numel() * 4
 
     def linear(self, x2: torch.Tensor, s1: torch.Tensor, bias: torch.Tensor | None, *, a_bits: int, a_symmetric: bool,
-               a_granularity: str, static=None, block: tuple[int, int, int] | None = None) -> torch.Tensor:
+               a_granularity: str, static=None) -> torch.Tensor:
         """float32 [M, N] = the reference's :func:`~qbench.quant.kernels.int_linear` output, bit for bit."""
         m = x2.shape[0]
-        xq, sx, zx, per_row = quantize_act(x2, self.kp, a_bits, a_symmetric, a_granularity, static)
+        xq, sx, zx, per_row, bad = quantize_act(x2, self.kp, a_bits, a_symmetric, a_granularity, static)
         s1 = s1.to(torch.float32).reshape(-1).contiguous()
         ws1 = (self.colsum().to(torch.float32) * s1).contiguous() if zx is not None else s1
         b = bias.to(torch.float32).reshape(-1).contiguous() if bias is not None else s1
         out = torch.empty(m, self.n, dtype=torch.float32, device=x2.device)
         if m == 0:
             return out
-        bm, bn, bk = block or ((32, 32, 32) if interpreting() else (64 if m <= 64 else 128, 128, 64))
+        kb = self.kp // self.ppb
+        bm, bn, bk, sg_col = tiles(m, kb, self.gs)
         grid = (triton.cdiv(m, bm), triton.cdiv(self.n, bn))
-        _w4a8_gemm_kernel[grid](xq, self.qweight, self.sg, s1, ws1, sx, zx if zx is not None else sx, b, out,
-                                m, self.n, self.kp // self.ppb, self.sg.shape[1], xq.stride(0), self.qweight.stride(0),
-                                self.sg.stride(0), out.stride(0), PPB=self.ppb, CB=self.cb, GS=self.gs, HAS_ZERO=zx is not None,
-                                HAS_BIAS=bias is not None, PER_ROW=per_row, BM=bm, BN=bn, BK=bk, **_launch_opts())
+        _w4a8_gemm_kernel[grid](xq, self.qweight, self.sg, s1, ws1, sx, zx if zx is not None else sx, b, bad, out,
+                                m, self.n, kb, xq.stride(0), self.qweight.stride(0), self.sg.stride(0), out.stride(0),
+                                PPB=self.ppb, CB=self.cb, GS=self.gs, HAS_ZERO=zx is not None, HAS_BIAS=bias is not None,
+                                PER_ROW=per_row, SG_COL=sg_col, BM=bm, BN=bn, BK=bk, **_launch_opts())
         return out
-
-
-def self_check(device: str = "cuda") -> tuple[bool, str]:
-    """Compile and run the kernels on ``device`` at one small shape (W4A8 and W2A8, asymmetric and
-    symmetric per-token, padded K, M not a multiple of the tile) and compare with the reference
-    path bit for bit: (ok, note)."""
-    from qbench.quant import backends
-    from qbench.quant.linear import QuantLinear
-    from qbench.quant.spec import LayerSpec
-
-    g = torch.Generator().manual_seed(3)
-    for w_bits, sym in ((4, False), (4, True), (2, False)):
-        spec = LayerSpec(w_bits=w_bits, a_bits=8, w_granularity="group", group_size=32, w_symmetric=True, w_clip="minmax",
-                         group_scales="int8", a_granularity="token", a_symmetric=sym, a_static=False, a_calib="minmax", mode="kernel")
-        w, x, b = torch.randn(72, 200, generator=g), torch.randn(37, 200, generator=g) * 2, torch.randn(72, generator=g)
-        layer = QuantLinear(w, b, spec).to(device)
-        x = x.to(device)
-        bufs = layer._kernel_buffers()
-        ref_op = backends.IntMMOperand(lambda: packing.unpack_scaled(bufs["qweight"], w_bits, bufs["sg"], 32), layer.n, layer.kp)
-        act = dict(a_bits=8, a_symmetric=sym, a_granularity="token")
-        ref = ref_op.linear(x, layer.s1, layer.bias, **act)
-        out = TritonOperand(bufs, w_bits, 32, layer.n, layer.kp).linear(x, layer.s1, layer.bias, **act)
-        if not torch.equal(out, ref):
-            return False, f"W{w_bits}A8 {'sym' if sym else 'asym'}: max |triton - int_mm| {float((out - ref).abs().max()):.3g}"
-    return True, "bit-exact vs int_mm at 37x200x72 (W4A8/W2A8, asym/sym per-token)"
