@@ -294,7 +294,7 @@ def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
     """tiny-lcm with FAST: 4 content + 2 quality layers x 4 widths (W2, W4, W8, A8), 2 prompts in one
     batch of 4 steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation
     images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes, in both lines."""
-    from qbench.methods.mixdq_calib import work
+    from qbench.methods.mixdq_cost import work
 
     assert work(2, 32, 8, 4, 1, 2) | {"what": ""} == {"images": 38, "reference_images": 2, "sensitivity_images": 32, "allocation_images_max": 4,
                                                       "forward_passes": 32, "what": ""}
