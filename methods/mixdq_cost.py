@@ -63,10 +63,12 @@ def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: in
     image per prompt per (layer, width) config) + at most ``points`` allocations x ``n`` images
     (the image-MSE pick; an upper bound: equal allocations are scored once);
     ``forward_passes`` = ``quality_configs`` x ``steps`` x ``batches`` denoiser calls replayed on
-    captured inputs for the output SQNR of the quality layers (no images)."""
+    captured inputs for the output SQNR of the quality layers (no images); ``sensitivity_denoiser_rows``
+    = ``quality_configs`` x ``n`` prompts: the replayed trajectories, each ``steps`` denoiser forwards
+    of one prompt (x2 with classifier-free guidance), what ``qbench plan`` costs in FLOPs."""
     alloc = points * n
     return {"images": n + sens_images + alloc, "reference_images": n, "sensitivity_images": sens_images, "allocation_images_max": alloc,
-            "forward_passes": quality_configs * steps * batches,
+            "forward_passes": quality_configs * steps * batches, "sensitivity_denoiser_rows": quality_configs * n,
             "what": f"{n} full-precision reference + {sens_images} sensitivity images (content layers: SSIM) + at most {alloc} allocation images "
                     f"({points} allocations x {n}); {quality_configs * steps * batches} denoiser passes = {quality_configs} quality-layer configs "
                     f"x {steps} steps x {batches} batch(es) (output SQNR, no images)"}
@@ -75,7 +77,8 @@ def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: in
 def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
     """Images and denoiser passes of a calibration on ``n`` prompts with nothing cached (upper
     bounds; :func:`work` says what each counts), from the denoiser's config (meta device, no
-    weights) when it is on disk."""
+    weights) when it is on disk, else from the real architecture's public config
+    (:func:`qbench.costs.meta_denoiser`; the paper's hub models before any download)."""
     from qbench.models.loader import get_spec
 
     spec = get_spec(method.cfg.model)
@@ -110,7 +113,12 @@ def _census(method: MixDQ, spec: Any) -> tuple[int, int, dict[str, int], set[str
         with torch.device("meta"):
             den = cls.from_config(cls.load_config(folder))
     except (OSError, ValueError, KeyError, AttributeError, QBenchError):
-        return None  # not on disk yet (a hub model): the count is printed after loading
+        from qbench.costs import meta_denoiser
+
+        den = meta_denoiser(spec.family)  # not on disk yet (a hub model): its public config
+        if den is None:
+            return None  # the count is printed after loading
+        cls_name = type(den).__name__
     names = candidate_layers(method, den)
     pats = method.content_patterns(cls_name)
     content = {x for x in names if any(fnmatch.fnmatchcase(x, p) for p in pats)}

@@ -326,3 +326,25 @@ def test_b_sweep_below_mixdqs_range_is_said(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert "b_sweep budgets 2 lie below MixDQ's range [W4 - 0.3, W4]: the allocation's mean weight bits will be about that, under a W4 label" in err, err
     assert abs(json.loads(out)["mean_w"] - 2.0) <= 0.02 + 1e-9
+
+
+def test_plan_counts_the_sensitivity_pass_of_a_hub_model(tmp_path):
+    """`qbench plan` counts MixDQ's per-layer sensitivity on a real model before any download (its
+    layer census from the public config on the meta device): the content-layer images and the
+    output-SQNR replays as denoiser forwards, and refuses a budget MixDQ's rule cannot reach."""
+    from qbench.costs import image_flops, plan_sweep
+    from qbench.errors import QBenchError
+    from qbench.models.loader import get_spec
+    from qbench.sweep import load_sweep
+
+    p = tmp_path / "s.yaml"
+    p.write_text("models: [sdxl-turbo]\nmethods: [{method: mixdq, bits: [W4A8]}]\nrun: {prompts: coco2017:10, metrics: [psnr]}\n")
+    cell = next(c for c in plan_sweep(load_sweep(str(p)))["cells"] if c["method"].startswith("mixdq"))
+    cost = image_flops(get_spec("sdxl-turbo"))
+    assert cell["calibration_images"] > 32 * 5  # 32 FP references + content layers x widths x 32 (+ allocations)
+    assert cell["calibration_forwards"] > 0 and cell["calibration_forwards"] % (32 * cost["forwards"]) == 0
+    want = (cell["images"] + cell["calibration_images"]) * cost["per_image"] + cell["calibration_forwards"] * cost["denoiser_forward"]
+    assert cell["pflops"] == pytest.approx(want / 1e15)
+    p.write_text("models: [sdxl-turbo]\nmethods: [{method: mixdq, bits: [W2A8], options: {b_sweep: 2}}]\nrun: {prompts: coco2017:10, metrics: [psnr]}\n")
+    with pytest.raises(QBenchError, match="infeasible on sdxl-turbo under MixDQ's allocation rule"):
+        plan_sweep(load_sweep(str(p)))

@@ -172,7 +172,7 @@ def main() -> None:
             k, nk = runs["mixdq_kernel"], runs["naive_kernel"]
             p(f"- kernel mode ({lo}, {k['n_images']} prompts): each layer at its own width ({k['method_report']['kernel_path']}); stored bytes "
               f"mixdq {k['size']['deploy_bytes']:,} vs naive {nk['size']['deploy_bytes']:,}; PSNR to FP {metric(k, 'psnr', 2)} vs {metric(nk, 'psnr', 2)}")
-        p("- naive 3-bit codes are stored in 4-bit fields (two per byte), so naive W3A8 takes naive W4A8's bytes; mixdq's 2-bit layers pack four per byte\n")
+        p("- mixdq's 2-bit layers pack four codes per byte, its 4-bit layers two\n")
 
         alloc = allocs[lo]
         p("### Sensitivity: most and least sensitive layers\n")
