@@ -1,8 +1,8 @@
 """``mixdq``: MixDQ-style mixed-precision quantization of the denoiser.
 
-    qbench run --method mixdq --bits W3A8 --model toy-flux [--mode kernel]
-    qbench calibrate --method mixdq --bits W3A8 --model toy-flux
-    qbench run --method qsched -O base=mixdq --bits W3A8 --model toy-flux
+    qbench run --method mixdq --bits W4A8 --model toy-flux [--mode kernel]
+    qbench calibrate --method mixdq --bits W4A8 --model toy-flux
+    qbench run --method qsched -O base=mixdq --bits W4A8 --model toy-flux
 
 Source: Zhao et al., "MixDQ: Memory-Efficient Few-Step Text-to-Image Diffusion Models with
 Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), and its public code
@@ -114,7 +114,7 @@ CONTENT = {
     "FluxTransformer2DModel": ("context_embedder", "*text_embedder*", "*add_q_proj", "*add_k_proj", "*add_v_proj", "*to_add_out", "*ff*", "*proj_mlp"),
 }
 #: options that only steer the calibration (nothing of a given allocation's images depends on them)
-CALIBRATION_ONLY = {"rule", "w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
+CALIBRATION_ONLY = {"rule", "conv", "w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
 #: options that change neither the allocation nor the images (where it comes from, how fast it is made)
 NO_EFFECT = ("allocation", "recalibrate", "calib_batch_size", "reuse_prefix")
 PASS_THROUGH = ("group_size", "include", "exclude", "w_clip", "group_scales", "a_granularity")

@@ -164,7 +164,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     if low:  # legal (B is a budget in bits), but the mean then sits well below the --bits label
         ctx.say(f"mixdq: note: b_sweep budgets {', '.join(f'{b:g}' for b in low)} lie below MixDQ's range [W{W} - {al.MIXDQ_B_BELOW:g}, W{W}]: "
                 f"the allocation's mean weight bits will be about that, under a W{W} label")
-    todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep))
+    todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep),
+                     method.opts["reuse_prefix"])
     ctx.say(f"mixdq: sensitivity of {len(layers)} layers ({len(content)} content: SSIM on images; {len(layers) - len(content)} quality: output SQNR) x widths "
             f"W{method.w_cands} A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute at most: "
             f"{todo_work['images']} images, {todo_work['forward_passes']} denoiser passes ({todo_work['what']}; the reference images are reused when cached)")

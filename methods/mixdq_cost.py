@@ -56,22 +56,26 @@ def act_widths(method: MixDQ) -> list[int]:
     return sorted(set(method.a_cands) | {a}) if method.opts["act_alloc"] == "mixed" else [a]
 
 
-def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: int, points: int) -> dict[str, Any]:
+def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: int, points: int, record: bool = False) -> dict[str, Any]:
     """The calibration's work counted one way for the estimate and the progress line.
 
     ``images`` = ``n`` full-precision reference images + ``sens_images`` (content layers: one
     image per prompt per (layer, width) config) + at most ``points`` allocations x ``n`` images
     (the image-MSE pick; an upper bound: equal allocations are scored once);
     ``forward_passes`` = ``quality_configs`` x ``steps`` x ``batches`` denoiser calls replayed on
-    captured inputs for the output SQNR of the quality layers (no images); ``sensitivity_denoiser_rows``
+    captured inputs for the output SQNR of the quality layers (no images), + one replay of them that
+    records the units' full-precision outputs when ``record`` (prefix reuse) and there is a quality
+    config to compute; ``sensitivity_denoiser_rows``
     = ``quality_configs`` x ``n`` prompts: the replayed trajectories, each ``steps`` denoiser forwards
     of one prompt (x2 with classifier-free guidance), what ``qbench plan`` costs in FLOPs."""
     alloc = points * n
+    rec = steps * batches if (record and quality_configs) else 0
+    passes = quality_configs * steps * batches + rec
     return {"images": n + sens_images + alloc, "reference_images": n, "sensitivity_images": sens_images, "allocation_images_max": alloc,
-            "forward_passes": quality_configs * steps * batches, "sensitivity_denoiser_rows": quality_configs * n,
+            "forward_passes": passes, "sensitivity_denoiser_rows": quality_configs * n + (n if rec else 0),
             "what": f"{n} full-precision reference + {sens_images} sensitivity images (content layers: SSIM) + at most {alloc} allocation images "
-                    f"({points} allocations x {n}); {quality_configs * steps * batches} denoiser passes = {quality_configs} quality-layer configs "
-                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)"}
+                    f"({points} allocations x {n}); {passes} denoiser passes = {quality_configs} quality-layer configs "
+                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)" + (" + 1 recording replay (prefix reuse)" if rec else "")}
 
 
 def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
@@ -92,7 +96,7 @@ def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
                 f"{widths} x {steps * math.ceil(n / batch)} denoiser passes per quality layer) and at most {points} allocations x {n} images"}
     nc, nq, params, content = census
     check_feasible(method, params, content)
-    out = work(n, nc * widths * n, nq * widths, steps, math.ceil(n / batch), points)
+    out = work(n, nc * widths * n, nq * widths, steps, math.ceil(n / batch), points, method.opts["reuse_prefix"])
     out["what"] = f"MixDQ on {nc} content + {nq} quality layers x {widths} widths: " + out["what"] + "; cached scores are reused"
     return out
 
