@@ -165,7 +165,7 @@ def main() -> None:
             counts = rep["bits_by_layer_count"]
             bs = [x["B"] for x in alloc["sweep"]["weights"]]
             n_b, m_b = runs[f"naive_{b}"]["size"]["deploy_bytes"], r["size"]["deploy_bytes"]
-            p(f"- **{b}**: {alloc['counts']['sweep_points']} feasible (B, k) points with B in [{min(bs):.3f}, {max(bs):.3f}], "
+            p(f"- **{b}** (calibrated on {len(alloc['calibration_prompts'])} toy-calib prompts): {alloc['counts']['sweep_points']} feasible (B, k) points with B in [{min(bs):.3f}, {max(bs):.3f}], "
               f"{alloc['counts']['distinct_allocations']} distinct allocations, the one with the lowest image MSE on the calibration prompts chosen: "
               f"B = {ch['B']:.3f}, k = {ch['k']:.3f} (b_quality {ch['b_q']:.3f}, b_content {ch['b_c']:.3f}, MSE {mse_s}). "
               f"Parameter-weighted mean weight bits **{rep['mean_w']:.3f}** (|mean − B| = {abs(rep['mean_w'] - ch['B']):.3f} <= 0.02), "
@@ -259,8 +259,8 @@ def main() -> None:
             t4 = allocs[b2]
             reused, configs = t4["counts"]["reused"], t4["counts"]["configs"]
             how = ("reused every cached score" if reused == configs else
-                   f"reused {reused} cached scores and measured {configs - reused} (the score cache is keyed by the code version, "
-                   "which changed between the two calibrations)")
+                   f"reused {reused} cached scores and measured {configs - reused} (the score cache is keyed by the quantizer settings, "
+                   "which differ with W, by the code version and by prompt)")
             p(f"- the {b2} calibration {how} ({reused} of {configs} configurations reused): "
               f"sensitivity {t4['timings']['sensitivity_s']:.0f} s, allocation {t4['timings']['allocation_s']:.0f} s")
         p("")
