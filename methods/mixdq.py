@@ -1,8 +1,8 @@
 """``mixdq``: MixDQ-style mixed-precision quantization of the denoiser.
 
-    qbench run --method mixdq --bits W3A8 --model toy-flux [--mode kernel]
-    qbench calibrate --method mixdq --bits W3A8 --model toy-flux
-    qbench run --method qsched -O base=mixdq --bits W3A8 --model toy-flux
+    qbench run --method mixdq --bits W4A8 --model toy-flux [--mode kernel]
+    qbench calibrate --method mixdq --bits W4A8 --model toy-flux
+    qbench run --method qsched -O base=mixdq --bits W4A8 --model toy-flux
 
 Source: Zhao et al., "MixDQ: Memory-Efficient Few-Step Text-to-Image Diffusion Models with
 Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), and its public code
@@ -14,9 +14,17 @@ github.com/thu-nics/MixDQ (``mixed_precision_scripts/``). Facts taken from them:
 * Metric-decoupled sensitivity: "content" layers (name contains ``attn2`` or ``ff``) are scored by
   the SSIM of images generated with only that layer quantized against the FP images; all other
   ("quality") layers by the SQNR of the UNet output on captured inputs; each layer alone, at each
-  candidate width (weights {2, 4, 8}; activations {4, 8}).
+  candidate width (weights {2, 4, 8}; activations {4, 8}). SSIM: skimage ``structural_similarity``
+  with ``win_size=511`` on 512 px images (``quant_content.py``), a near-whole-image window,
+  averaged over the prompts; SQNR: one ``10 log10(sum t^2 / sum e^2)`` over the whole batch of
+  saved UNet inputs (``quant_quality.py``'s ``LossFunction``). Linear and Conv2d layers alike
+  (its SDXL-Turbo configs list ``conv_in``, the resnets' convolutions, ``conv_out``).
 * Integer programming per group (binary c[i,b], one width per layer, maximise summed sensitivity,
-  parameter-weighted mean bits within the target +- 0.02); the budget split
+  size-weighted mean bits within the target +- 0.02; ``integer_programming.py``). Weight widths:
+  content layers {2, 4, 8}, quality layers **{4, 8} only**; a split is kept only when
+  ``4 <= b_q <= 8`` and ``2 <= b_c <= 8`` (its shipped SDXL-Turbo weight configs have no 2-bit
+  quality layer). Weights are weighted by parameter count (``weight_ratio_config.yaml``),
+  activations by input activation tensor size (``act_ratio_config.yaml``). The budget split
   ``b_q = B(1+r)/(k r+1)``, ``b_c = k b_q``, ``r = P_content / P_quality``, swept over
   ``k in linspace(0.46, 1.36, 10)`` and ``B in linspace(target-0.3, target, 10)``; the final
   configuration chosen by image quality. The most sensitive activation layers stay FP16 (the
@@ -26,7 +34,8 @@ github.com/thu-nics/MixDQ (``mixed_precision_scripts/``). Facts taken from them:
 
 What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
 
-* Layers: the denoiser's Linear layers (``include``/``exclude`` apply). Content layers: MixDQ's
+* Layers: the denoiser's Linear layers and the Conv2d layers :class:`~qbench.quant.linear.QuantConv2d`
+  can replace (``-O conv=false``: Linear only; ``include``/``exclude`` apply). Content layers: MixDQ's
   rule on UNets (``*attn2*``, ``*ff*``); on the FLUX transformer (no cross-attention: text and
   image tokens meet in joint attention) the text stream and the cross-modal projections
   (``context_embedder``, ``*text_embedder*``, ``*add_q_proj``/``*add_k_proj``/``*add_v_proj``,
@@ -37,7 +46,16 @@ What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
   activations, w = 8 -> per-channel (MixDQ itself used per-channel weights and static per-tensor
   activations). Weight sensitivity is measured weight-only (``resolve_spec(b, None)``),
   activation sensitivity with float weights and only that layer's input fake-quantized with the
-  activation quantizer of the ``W`` of ``--bits``; always in simulate mode (float group scales).
+  activation quantizer of the ``W`` of ``--bits`` (a Conv2d: its im2col rows, as the deployed
+  layer quantizes them); always in simulate mode (float group scales). Scores as MixDQ's: SSIM
+  with a uniform window of ``min(511, the largest odd size <= the image side)`` (on the 32 px toy
+  images 31 px), averaged over the prompts; SQNR over the whole batch (every prompt and step).
+* Rule (``-O rule``): ``mixdq`` (default) is MixDQ's: quality layers take the ``w_candidates`` of
+  at least 4 bits (default {4, 8}), content layers any (default {2, 4, 8}), and only splits with
+  ``4 <= b_q`` are kept; so a budget below ``(4 P_q + 2 P_c) / P`` is refused in one line before
+  any sensitivity is measured (toy-flux: 3.16 bits, W3A8 infeasible). ``loose`` (qbench's old
+  search): every layer any width, both group means down to the narrowest candidate; the summed dB
+  then favours many small layers at 8 bits paid for by large ones at 2 (worse images).
 * Weights: budget = the W of ``--bits``; the (B, k) sweep above (``k_sweep``, ``b_sweep``), each
   point solved exactly with ``scipy.optimize.milp`` for both groups; every distinct feasible
   allocation is scored by the mean pixel MSE of its images (activations in float) against the FP
@@ -46,8 +64,9 @@ What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
 * Activations (A of ``--bits`` < 16): ``a_fp16`` layers (default ceil(1 %) of the layers; 0 when
   it cannot fit) with the lowest score at A stay 16-bit, taken alternately from the quality and
   content groups; with ``act_alloc=mixed`` (default) the others get widths from ``a_candidates``
-  (default {4, 8}) by the same integer program so that the parameter-weighted mean over *all*
-  layers equals A +- tolerance (MixDQ's 7.7-bit rule), groups split with ``a_k_sweep`` (default
+  (default {4, 8}) by the same integer program so that the mean over *all* layers, weighted by
+  input activation size (per sample, measured by one forward), equals A +- tolerance (MixDQ's
+  7.7-bit rule; MixDQ also sweeps B in [A - 0.3, A], qbench targets A), groups split with ``a_k_sweep`` (default
   k = 1; several values are chosen between by image MSE); with ``act_alloc=uniform`` the others
   stay at A and the mean rises above A (reported).
 * BOS: the layers whose input *is* the denoiser's text embedding (found by hooks: SD/SDXL
@@ -68,16 +87,21 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import TYPE_CHECKING, Any
 
-from qbench.methods.mixdq_alloc import allocation_yaml, check_made_for, overrides_of, parse_allocation
-from qbench.methods.mixdq_calib import calibrate_allocation, probe_text_stream
+from qbench.methods.mixdq_alloc import (
+    allocation_yaml,
+    check_made_for,
+    overrides_of,
+    parse_allocation,
+)
+from qbench.methods.mixdq_calib import calibrate_allocation
 
 from qbench.api import Capabilities, Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
+from qbench.quant.bos import probe_text_stream
 from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +114,9 @@ CONTENT = {
     "FluxTransformer2DModel": ("context_embedder", "*text_embedder*", "*add_q_proj", "*add_k_proj", "*add_v_proj", "*to_add_out", "*ff*", "*proj_mlp"),
 }
 #: options that only steer the calibration (nothing of a given allocation's images depends on them)
-CALIBRATION_ONLY = {"w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
+CALIBRATION_ONLY = {"rule", "conv", "w_candidates", "a_candidates", "k_sweep", "b_sweep", "tolerance", "act_alloc", "a_k_sweep", "a_fp16", "content"}
+#: options that change neither the allocation nor the images (where it comes from, how fast it is made)
+NO_EFFECT = ("allocation", "recalibrate", "calib_batch_size", "reuse_prefix")
 PASS_THROUGH = ("group_size", "include", "exclude", "w_clip", "group_scales", "a_granularity")
 
 
@@ -99,7 +125,10 @@ def _options() -> tuple:
 
     q = {o.name: o for o in QUANT_OPTIONS}
     return (
-        Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8)"),
+        Opt("rule", "str", "mixdq", "group widths: mixdq (quality layers 4 or 8 bits, splits with quality mean >= 4; content 2/4/8) "
+            "or loose (every layer any of w_candidates, both group means down to the narrowest)", choices=("mixdq", "loose")),
+        Opt("conv", "bool", True, "allocate the denoiser's Conv2d layers too (MixDQ quantizes them); false: Linear only"),
+        Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8; with rule=mixdq the quality layers take those >= 4)"),
         Opt("a_candidates", "any", None, "candidate activation widths (default 4,8)"),
         Opt("k_sweep", "any", None, "the values of k = b_content/b_quality to sweep, a list (k_sweep=1 means k = 1.0, not 1 point; "
             "default MixDQ's linspace(0.46, 1.36, 10))"),
@@ -115,6 +144,7 @@ def _options() -> tuple:
         Opt("allocation", "str", None, "a per-layer YAML allocation to use instead of calibrating", path=True),
         Opt("recalibrate", "bool", False, "calibrate even if a stored allocation exists"),
         Opt("calib_batch_size", "int", None, "images per generation batch while calibrating (default --batch-size)", minimum=1),
+        Opt("reuse_prefix", "bool", True, "output SQNR: serve the units before the perturbed layer from recorded full-precision outputs (same scores, less work)"),
         *(q[n] for n in PASS_THROUGH),
     )
 
@@ -166,6 +196,12 @@ class MixDQ(Method):
         w = self.bits.w
         if not self.w_cands[0] <= w <= self.w_cands[-1]:
             raise ConfigError(f"mixdq: the weight budget W{w} lies outside the candidate widths {self.w_cands}")
+        # the quality (output-SQNR) group's widths and least mean: MixDQ's rule keeps it at >= 4 bits
+        q_min = al.MIXDQ_QUALITY_WIDTHS[0] if o["rule"] == "mixdq" else self.w_cands[0]
+        self.q_cands = [b for b in self.w_cands if b >= q_min]
+        if not self.q_cands:
+            raise ConfigError(f"mixdq: rule=mixdq gives the quality layers {q_min} bits or more, w_candidates {self.w_cands} has none (or pass -O rule=loose)")
+        self.q_range = (float(max(q_min, self.q_cands[0])), float(self.q_cands[-1]))
         self.k_sweep = _numbers("k_sweep", o["k_sweep"], list(al.MIXDQ_K_SWEEP))
         self.b_sweep = _numbers("b_sweep", o["b_sweep"], al.budget_grid(w))
         self.a_k_sweep = _numbers("a_k_sweep", o["a_k_sweep"], [1.0])
@@ -190,6 +226,8 @@ class MixDQ(Method):
     @classmethod
     def run_calibration(cls, cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
         """Entry point of ``qbench calibrate`` (module-level :func:`run_calibration`)."""
+        from qbench.methods.mixdq_calib import run_calibration
+
         return run_calibration(cfg, show_progress=show_progress)
 
     # -- where allocations live -------------------------------------------------------------------
@@ -200,7 +238,7 @@ class MixDQ(Method):
         from qbench.models.loader import get_spec
 
         spec = get_spec(self.cfg.model)
-        keep = {k: v for k, v in self.opts.items() if k not in ("allocation", "recalibrate", "calib_batch_size")}
+        keep = {k: v for k, v in self.opts.items() if k not in NO_EFFECT}
         return {"model": self.cfg.model, "model_path": self.cfg.model_path, "bits": str(self.bits), "steps": self.cfg.steps or spec.steps,
                 "seed": self.cfg.seed, "resolution": self.cfg.resolution or spec.resolution,
                 "guidance": spec.guidance if self.cfg.guidance is None else self.cfg.guidance,
@@ -271,7 +309,7 @@ class MixDQ(Method):
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
         if self._peek() is not None:
             return None
-        from qbench.methods.mixdq_calib import estimate_cost
+        from qbench.methods.mixdq_cost import estimate_cost
 
         return estimate_cost(self, n_prompts)
 
@@ -285,7 +323,7 @@ class MixDQ(Method):
         st = self._stored()
         if st is not None and st.get("provenance", {}).get("weights") in (None, model.source):
             self.alloc = {n: {"w": v["w"], "a": v["a"]} for n, v in st["allocation"].items()}
-            self.origin, self.calib_info = "stored", {k: st.get(k) for k in ("mean_w", "mean_a", "chosen", "timings", "yaml")}
+            self.origin, self.calib_info = "stored", {k: st.get(k) for k in ("mean_w", "mean_a", "chosen", "timings", "yaml", "act_sizes", "rule")}
             _say(f"mixdq: using stored allocation {self.stored_path()}")
             return
         if not prompts:
@@ -295,7 +333,7 @@ class MixDQ(Method):
 
             ctx = CalibrationContext.standalone(model, self.cfg, prompts, self.name)
         if self.text is None:
-            self.text = probe_text_stream(self, model)
+            self.text = probe_text_stream(model, self.opts["bos"], self.opts["text_token_rule"])
         result = calibrate_allocation(self, model, list(prompts), ctx)
         self.alloc, self.origin, self.calib_info = result["allocation"], "calibrated", result
 
@@ -312,7 +350,7 @@ class MixDQ(Method):
                 raise QBenchError(f"mixdq: no allocation for {self.cfg.model} {self.bits}; run `qbench calibrate --method mixdq` first")
             self.alloc, self.origin = alloc, "option" if self.given is not None else "stored"
         if self.text is None:
-            self.text = probe_text_stream(self, model)
+            self.text = probe_text_stream(model, self.opts["bos"], self.opts["text_token_rule"])
         den = model.denoiser
         qc = self.qconfig.replace(overrides=overrides_of(self.alloc))
         orig = {n: den.get_submodule(n) for n in self.text["wrap"] if n in self.alloc}
@@ -333,7 +371,7 @@ class MixDQ(Method):
         left out; the allocation's sha (of its ``{layer: {w, a}}`` map, not the file's bytes) is
         what identifies the configuration, and :attr:`label` carries its first 8 hex digits."""
         alloc = self._peek()
-        drop = {"allocation", "recalibrate", "calib_batch_size"} | (CALIBRATION_ONLY if self.given is not None else set())
+        drop = set(NO_EFFECT) | (CALIBRATION_ONLY if self.given is not None else set())
         opts = {k: v for k, v in self.opts.items() if k not in drop}
         out: dict[str, Any] = {"method": self.name, "bits": str(self.bits), "mode": self.mode, "options": opts, "allocation": None}
         if alloc is not None:
@@ -357,7 +395,10 @@ class MixDQ(Method):
         layers = {d["name"]: d for d in r.layers}
         params = {n: d["shape"][0] * d["shape"][1] for n, d in layers.items() if n in (self.alloc or {})}
         mean_w = al.mean_bits({n: self.alloc[n]["w"] for n in params}, params)
-        mean_a = al.mean_bits({n: 16 if self.alloc[n]["a"] is None else self.alloc[n]["a"] for n in params}, params)
+        # MixDQ weights the activation budget by input activation size (known from the calibration)
+        asz = {n: v for n, v in (self.calib_info.get("act_sizes") or {}).items() if n in params}
+        a_weights = asz if len(asz) == len(params) and sum(asz.values()) else params
+        mean_a = al.mean_bits({n: 16 if self.alloc[n]["a"] is None else self.alloc[n]["a"] for n in params}, a_weights)
         text = {k: v for k, v in (self.text or {}).items() if k != "bos_input"}
         text["wrapped"] = [n for n, _ in self._swapped]
         text["bos_hits"] = sum(m.bos_hits for _, m in self._swapped if m.rule == "bos")
@@ -366,10 +407,11 @@ class MixDQ(Method):
             "allocation_origin": self.origin,
             "budget": {"w": self.bits.w, "a": self.bits.a or 16},
             "mean_w": round(mean_w, 3), "mean_a": round(mean_a, 3),
+            "mean_a_weighted_by": "input activation size" if a_weights is asz else "weight parameters (activation sizes unknown for a given allocation)",
             "layers_quantized": r.n_quantized, "bits_by_layer_count": r.to_dict()["bits_by_layer_count"],
             "kernel_path": r.kernel_path, "bytes_before": r.bytes_before, "bytes_after": r.bytes_after, "bytes_packed": r.bytes_packed,
             "text_stream": text,
-            "calibration": {k: v for k, v in self.calib_info.items() if k not in ("allocation", "params", "sensitivity", "sweep")},
+            "calibration": {k: v for k, v in self.calib_info.items() if k not in ("allocation", "params", "act_sizes", "sensitivity", "sweep")},
         }
         return out
 
@@ -380,39 +422,4 @@ def _say(msg: str) -> None:
     Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)
 
 
-def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
-    """``qbench calibrate --method mixdq``: sensitivity (reusing cached scores) and allocation,
-    always recomputed; writes the YAML/JSON and returns a summary."""
-    from qbench.calibctx import CalibrationContext
-    from qbench.models.loader import load_model
-    from qbench.preflight import calibration_prompts
-    from qbench.progress import make_progress
-
-    if cfg.method != "mixdq":
-        raise ConfigError(f"this calibration is for --method mixdq, got {cfg.method!r}")
-    opts = dict(cfg.method_options)
-    if opts.get("allocation"):
-        raise ConfigError("qbench calibrate computes an allocation; -O allocation=FILE is for qbench run")
-    opts["recalibrate"] = True
-    cfg = cfg.replace(method_options=opts)
-    method = MixDQ(cfg)
-    prompts = calibration_prompts(cfg, method)
-    cost = method.calibration_cost(len(prompts))
-    if cost:
-        _say(f"mixdq: calibrating on {method.calib_spec}: {cost['images']} images, {cost.get('forward_passes', 0)} denoiser passes ({cost['what']})")
-    t = time.perf_counter()
-    model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
-    with make_progress(show_progress) as progress:
-        ctx = CalibrationContext(model, cfg, prompts, method_name="mixdq", progress=progress, say=_say)
-        method.prepare(model)
-        method.calibrate(model, prompts, ctx)
-    info = method.calib_info
-    return {
-        "model": cfg.model, "bits": str(method.bits), "yaml": info["yaml"], "json": info["json"],
-        "mean_w": info["mean_w"], "mean_a": info["mean_a"], "chosen": info["chosen"],
-        "a_fp16_layers": info["a_fp16_layers"], "timings": info["timings"], "counts": info["counts"],
-        "wall_s": round(time.perf_counter() - t, 1),
-    }
-
-
-__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "check_made_for", "overrides_of", "parse_allocation", "run_calibration"]
+__all__ = ["CONTENT", "MixDQ", "allocation_yaml", "check_made_for", "overrides_of", "parse_allocation"]

@@ -5,142 +5,57 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 import math
 import os
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from qbench.methods.mixdq_cost import act_widths, candidate_layers, check_feasible, work
 
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
+from qbench.quant.bos import PROBE_TEXTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.methods.mixdq import MixDQ
 
-#: prompts of the text-stream probe (is token 0 the same for different prompts?)
-PROBE_TEXTS = ["", "a photo of a cat", "a red circle on a blue background", "two people riding bicycles down a city street at night"]
-
-
-def _tokenizer_bos(pipe: Any) -> dict[str, Any]:
-    out = {}
-    for attr in ("tokenizer", "tokenizer_2"):
-        tok = getattr(pipe, attr, None)
-        if tok is None:
-            continue
-        bos = getattr(tok, "bos_token_id", None)
-        ids = tok("a").input_ids
-        out[attr] = {"class": type(tok).__name__, "bos_token_id": bos, "adds_bos": bool(bos is not None and ids and ids[0] == bos)}
-    return out
-
-
-def probe_text_stream(method: MixDQ, model: Any) -> dict[str, Any]:
-    """Which layers read the text embedding, is its token 0 prompt-independent, which rule applies.
-
-    One generation of :data:`PROBE_TEXTS` is stopped at the first denoiser call; the denoiser then
-    runs once on it (full precision) with hooks. ``bos_input``: token 0's embedding (rule bos)."""
-    from qbench.quant.bos import text_fed_layers, token0_analysis
-    from qbench.quant.sensitivity import first_call
-
-    args, kwargs = first_call(model, PROBE_TEXTS)
-    fed = text_fed_layers(model.denoiser, args, kwargs)
-    info: dict[str, Any] = {"layers": sorted(fed), "tokenizers": _tokenizer_bos(model.pipe), "wrap": [], "rule": None}
-    if not fed:
-        info["note"] = "no Linear layer reads the text embedding directly: nothing BOS-aware"
-        return info
-    x = next(iter(fed.values()))
-    info.update(token0_analysis(x))
-    diff = f"max relative difference of token 0 between {x.shape[0]} probe prompts {info['max_rel_diff']:.3g}"
-    if not method.opts["bos"]:
-        info["note"] = f"BOS-aware layers off (-O bos=false); {diff}"
-    elif info["prompt_independent"]:
-        info.update(rule="bos", wrap=sorted(fed), bos_input=x[0, 0].detach().clone())
-        info["note"] = f"token 0 is prompt-independent ({diff}; max|token 0| / median max|token| = {info['outlier_ratio']:.2f}): its k/v computed once in full precision and cached"
-    else:
-        rule = method.opts["text_token_rule"]
-        info["note"] = (f"no prompt-independent BOS in this text stream ({diff}): its encoder is bidirectional (T5 on FLUX; FLUX.1's own "
-                        f"T5 tokenizer adds no BOS at all), so nothing can be cached; text_token_rule={rule}")
-        if rule != "none":
-            info.update(rule=rule, wrap=sorted(fed))
-    return info
-
-
-def candidate_layers(method: MixDQ, den: Any) -> dict[str, Any]:
-    """The Linear layers MixDQ allocates: every Linear of the denoiser kept by include/exclude."""
-    from torch import nn
-
-    return {n: m for n, m in den.named_modules()
-            if n and isinstance(m, nn.Linear) and not any(p.startswith("lora_") for p in n.split("."))
-            and method.sim_config.spec_for(n) is not None}
-
-
-def act_widths(method: MixDQ) -> list[int]:
-    a = method.bits.a
-    if a is None:
-        return []
-    return sorted(set(method.a_cands) | {a}) if method.opts["act_alloc"] == "mixed" else [a]
-
-
-def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: int, points: int) -> dict[str, Any]:
-    """The calibration's work counted one way for the estimate and the progress line.
-
-    ``images`` = ``n`` full-precision reference images + ``sens_images`` (content layers: one
-    image per prompt per (layer, width) config) + at most ``points`` allocations x ``n`` images
-    (the image-MSE pick; an upper bound: equal allocations are scored once);
-    ``forward_passes`` = ``quality_configs`` x ``steps`` x ``batches`` denoiser calls replayed on
-    captured inputs for the output SQNR of the quality layers (no images)."""
-    alloc = points * n
-    return {"images": n + sens_images + alloc, "reference_images": n, "sensitivity_images": sens_images, "allocation_images_max": alloc,
-            "forward_passes": quality_configs * steps * batches,
-            "what": f"{n} full-precision reference + {sens_images} sensitivity images (content layers: SSIM) + at most {alloc} allocation images "
-                    f"({points} allocations x {n}); {quality_configs * steps * batches} denoiser passes = {quality_configs} quality-layer configs "
-                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)"}
-
-
-def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
-    """Images and denoiser passes of a calibration on ``n`` prompts with nothing cached (upper
-    bounds; :func:`work` says what each counts), from the denoiser's config (meta device, no
-    weights) when it is on disk."""
-    from qbench.models.loader import get_spec
-
-    spec = get_spec(method.cfg.model)
-    census = _census(method, spec)
-    widths = len(method.w_cands) + len(act_widths(method))
-    batch = method.opts["calib_batch_size"] or method.cfg.batch_size
-    steps = method.cfg.steps or spec.steps
-    points = len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep)
-    if census is None:
-        return {"images": n * (1 + points), "what": f"MixDQ sensitivity (layer count known after loading: + {widths} x {n} images per content layer, "
-                f"{widths} x {steps * math.ceil(n / batch)} denoiser passes per quality layer) and at most {points} allocations x {n} images"}
-    nc, nq = census
-    out = work(n, nc * widths * n, nq * widths, steps, math.ceil(n / batch), points)
-    out["what"] = f"MixDQ on {nc} content + {nq} quality layers x {widths} widths: " + out["what"] + "; cached scores are reused"
-    return out
-
-
-def _census(method: MixDQ, spec: Any) -> tuple[int, int] | None:
+def act_only_conv(conv: Any, spec: Any) -> Any:
+    """A :class:`~qbench.quant.linear.QuantConv2d` (simulate) that fake-quantizes its input rows
+    as the deployed layer does (per im2col row) but keeps ``conv``'s float weights: the
+    activation-only perturbation of one Conv2d."""
     import torch
 
-    from qbench.models.loader import locate_model
+    from qbench.quant.linear import QuantConv2d
 
-    try:
-        ref = locate_model(method.cfg.model, model_path=method.cfg.model_path, device="cpu")
-        folder = os.path.join(ref.where, spec.denoiser)
-        with open(os.path.join(folder, "config.json"), encoding="utf-8") as f:
-            cls_name = json.load(f)["_class_name"]
-        import diffusers
+    q = QuantConv2d.from_float(conv, spec)
+    q.weight = torch.nn.Parameter(conv.weight.detach().reshape(conv.weight.shape[0], -1).clone(), requires_grad=False)
+    return q
 
-        cls = getattr(diffusers, cls_name)
-        with torch.device("meta"):
-            den = cls.from_config(cls.load_config(folder))
-    except (OSError, ValueError, KeyError, AttributeError, QBenchError):
-        return None  # not on disk yet (a hub model): the count is printed after loading
-    names = candidate_layers(method, den)
-    pats = method.content_patterns(cls_name)
-    nc = sum(any(fnmatch.fnmatchcase(x, p) for p in pats) for x in names)
-    return nc, len(names) - nc
+
+#: MixDQ's SSIM call (``quant_content.py``): skimage ``structural_similarity(..., win_size=511)`` on
+#: its 512 px images: a uniform window (skimage's default) nearly as large as the image
+MIXDQ_SSIM_WIN = 511
+
+
+def whole_image_ssim(images: list[Any], prompts: list[Any], refs: list[Any]) -> list[float]:
+    """Per image, SSIM as MixDQ's sensitivity scores it: ``skimage.metrics.structural_similarity``
+    with a uniform window of ``min(511, the largest odd size <= the smaller image side)`` px,
+    RGB channels averaged, sample covariance (skimage's defaults), data range 1 on [0, 1] floats
+    (the value MixDQ's uint8 call gives). On 512 px images this is MixDQ's ``win_size=511``; on
+    smaller images the same near-whole-image statistic. ``prompts`` is unused (scorer signature)."""
+    from skimage.metrics import structural_similarity
+
+    from qbench.metrics.common import to_unit_float_array
+
+    out = []
+    for a, b in zip(images, refs):
+        x, y = to_unit_float_array(a, np.float64), to_unit_float_array(b, np.float64)
+        side = min(x.shape[0], x.shape[1])
+        win = min(MIXDQ_SSIM_WIN, side if side % 2 else side - 1)
+        out.append(float(structural_similarity(x, y, channel_axis=-1, win_size=win, data_range=1.0)))
+    return out
 
 
 def _mse(images: list[Any], prompts: list[Any], refs: list[Any]) -> list[float]:
@@ -162,11 +77,14 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     from qbench.methods.mixdq_alloc import allocation_yaml, overrides_of
 
     from qbench.quant.bos import BOSAwareLinear, token_keep_mask
-    from qbench.quant.linear import QuantLinear
+    from qbench.quant.linear import QuantConv2d, QuantLinear
     from qbench.quant.primitives import fake_quantize_act
     from qbench.quant.sensitivity import (
+        SQNR_CAP,
         Runner,
+        activation_sizes,
         capture_calls,
+        first_call,
         quantized_input,
         swap_module,
     )
@@ -175,10 +93,13 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     den = model.denoiser
     layers = candidate_layers(method, den)
     if not layers:
-        raise ConfigError("mixdq: no Linear layer to allocate (check include/exclude)")
+        raise ConfigError("mixdq: no Linear or Conv2d layer to allocate (check include/exclude)")
     params = {n: int(m.weight.numel()) for n, m in layers.items()}
     pats = method.content_patterns(type(den).__name__)
     content = {n for n in layers if any(fnmatch.fnmatchcase(n, p) for p in pats)}
+    points = check_feasible(method, params, content)  # before any sensitivity is measured
+    # MixDQ weights the activation budget by each layer's input tensor size (act_ratio_config.yaml)
+    asz = activation_sizes(den, list(layers), *first_call(model, PROBE_TEXTS[:1]))
     text = method.text or {}
     rule, bos_in, wrap = text.get("rule"), text.get("bos_input"), set(text.get("wrap") or []) & set(layers)
     W, A = method.bits.w, method.bits.a
@@ -188,6 +109,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     a_specs = {a: sim.resolve_spec(W, a) for a in a_w}
     qdesc = {k: v for k, v in sim.to_dict().items() if k not in ("overrides", "bits", "mode")}
     cache = ctx.score_cache("sensitivity", {"quantizer": qdesc, "act": {a: [s.a_symmetric, s.a_granularity] for a, s in a_specs.items()},
+                                            "scores": "ssim whole-image window; sqnr: per-prompt error energies, one SQNR over the batch",
                                             "token_rule": rule, "wrap": sorted(wrap), "bos_input": None if bos_in is None else stable_hash(bos_in.tolist())})
     fp: dict[str, Any] = {}
 
@@ -209,15 +131,21 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             capture()
         return fp["calls"]
 
-    runner = Runner(prompts, ctx.generate, references, calls, den, cache, batch)
-    ssim = ctx.scorer("ssim")
+    runner = Runner(prompts, ctx.generate, references, calls, den, cache, batch, reuse_prefix=method.opts["reuse_prefix"])
+    def quantized(n: str, spec: Any) -> Any:
+        m = layers[n]
+        if not isinstance(m, torch.nn.Linear):
+            return QuantConv2d.from_float(m, spec)
+        return BOSAwareLinear.from_float(m, spec, rule, bos_in) if n in wrap else QuantLinear.from_float(m, spec)
 
     def weight_apply(n: str, b: int):
         spec = sim.resolve_spec(b, None)
-        return lambda: swap_module(den, n, BOSAwareLinear.from_float(layers[n], spec, rule, bos_in) if n in wrap else QuantLinear.from_float(layers[n], spec))
+        return lambda: swap_module(den, n, quantized(n, spec))
 
     def act_apply(n: str, a: int):
         s = a_specs[a]
+        if not isinstance(layers[n], torch.nn.Linear):  # a conv: its deployed im2col rows quantized, float weights
+            return lambda: swap_module(den, n, act_only_conv(layers[n], s))
 
         def q(x):
             keep = token_keep_mask(x, rule, bos_in) if (n in wrap and x.dim() == 3) else None
@@ -227,7 +155,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         return lambda: quantized_input(layers[n], q)
 
     configs = [(n, kind, b) for n in sorted(layers) for kind, ws in (("w", method.w_cands), ("a", a_w)) for b in ws]
-    key = lambda n, kind, b: f"{'ssim' if n in content else 'sqnr'}:{kind}{b}:{n}"
+    key = lambda n, kind, b: f"{'ssim' if n in content else 'err'}:{kind}{b}:{n}"
     todo = [c for c in configs if runner.missing(key(*c))]
     n_img = sum(len(runner.missing(key(*c))) for c in todo if c[0] in content)
     n_fw = sum(1 for c in todo if c[0] not in content)
@@ -236,7 +164,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     if low:  # legal (B is a budget in bits), but the mean then sits well below the --bits label
         ctx.say(f"mixdq: note: b_sweep budgets {', '.join(f'{b:g}' for b in low)} lie below MixDQ's range [W{W} - {al.MIXDQ_B_BELOW:g}, W{W}]: "
                 f"the allocation's mean weight bits will be about that, under a W{W} label")
-    todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep))
+    todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep),
+                     method.opts["reuse_prefix"])
     ctx.say(f"mixdq: sensitivity of {len(layers)} layers ({len(content)} content: SSIM on images; {len(layers) - len(content)} quality: output SQNR) x widths "
             f"W{method.w_cands} A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute at most: "
             f"{todo_work['images']} images, {todo_work['forward_passes']} denoiser passes ({todo_work['what']}; the reference images are reused when cached)")
@@ -252,7 +181,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         k = key(n, kind, b)
         before = runner.computed
         apply = weight_apply(n, b) if kind == "w" else act_apply(n, b)
-        v = runner.image_scores(k, apply, ssim, "ssim") if n in content else runner.output_sqnr(k, apply)
+        v = runner.image_scores(k, apply, whole_image_ssim, "ssim") if n in content else runner.output_error(k, apply, n)
         advance(1)
         done.append(c)
         if not eta_said[0] and runner.computed >= 2 and "ssim" in runner.seconds and "sqnr" in runner.seconds:
@@ -266,8 +195,11 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     # a sharded run (torchrun / accelerate) splits the configs into contiguous blocks, one per
     # rank; every rank then holds every score (and the main rank's cache file all of them)
     results = ctx.map_batches(measure, configs)
+    signal = runner.signal() if any(n not in content for n in layers) else None
     for (n, kind, b), (recs, _) in zip(configs, results):
-        scores[kind][n][b] = _gathered_mean(cache, recs)
+        scores[kind][n][b] = _gathered_mean(cache, recs)  # content: the mean SSIM (MixDQ's SSIM())
+        if n not in content:  # quality: one SQNR over the whole batch (MixDQ's LossFunction)
+            scores[kind][n][b] = al.sqnr_of_energies(signal, [r[2] for r in recs], cap=SQNR_CAP)
     t_sens, c_sens = time.perf_counter() - t0, time.process_time() - c0
     n_computed = sum(1 for _, fresh in results if fresh)
     local = {"images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
@@ -279,8 +211,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     # -- weights: (B, k) sweep, ILP per group, image MSE picks -----------------------------------
     t1, c1 = time.perf_counter(), time.process_time()
     tol = method.opts["tolerance"]
-    points = al.split_points(method.b_sweep, method.k_sweep, params, content, (method.w_cands[0], method.w_cands[-1]))
-    pairs = al.group_allocations(scores["w"], params, content, points, tol, method.w_cands)
+    pairs = al.group_allocations(scores["w"], params, content, points, tol, method.w_cands, method.q_cands)
     if not pairs:
         raise QBenchError(f"mixdq: no weight allocation within +-{tol} of the swept budgets {min(method.b_sweep):.2f}..{max(method.b_sweep):.2f} "
                           f"for these layers (try -O tolerance=0.05, or other w_candidates / k_sweep)")
@@ -293,8 +224,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             with contextlib.ExitStack() as stack:
                 for n in full:
                     spec = qc.spec_for(n)
-                    new = BOSAwareLinear.from_float(layers[n], spec, rule, bos_in) if n in wrap else QuantLinear.from_float(layers[n], spec)
-                    stack.enter_context(swap_module(den, n, new))
+                    stack.enter_context(swap_module(den, n, quantized(n, spec)))
                 yield
         return cm
 
@@ -306,7 +236,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             if sha not in uniq:
                 uniq[sha] = len(uniq)
             rows.append({"B": round(pt.budget, 4), "k": round(pt.k, 4), "b_q": round(pt.b_q, 4), "b_c": round(pt.b_c, 4), "sha": sha,
-                         "mean": round(al.mean_bits({n: v[what] or 16 for n, v in full.items()}, params), 4)})
+                         "mean": round(al.mean_bits({n: v[what] or 16 for n, v in full.items()}, params if what == "w" else asz), 4)})
         mse: dict[str, float] = {}
         if len(uniq) > 1:
             adv = ctx.progress(f"mixdq {what} allocations (image MSE)", len(uniq))
@@ -346,9 +276,10 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             if method.opts["act_alloc"] == "uniform":
                 a_alloc = {n: (None if n in protected else A) for n in layers}
                 break
-            target = al.rest_budget(A, params, protected) if rest else A
-            pr = {n: params[n] for n in rest}
-            pts = al.split_points([target], method.a_k_sweep, pr, content & set(rest), (method.a_cands[0], method.a_cands[-1]))
+            target = al.rest_budget(A, asz, protected) if rest else A
+            pr = {n: asz[n] for n in rest}
+            # protected layers with large activations can leave the rest no positive budget: fewer then
+            pts = al.split_points([target], method.a_k_sweep, pr, content & set(rest), (method.a_cands[0], method.a_cands[-1])) if target > 0 else []
             found = al.group_allocations({n: scores["a"][n] for n in rest}, pr, content & set(rest), pts, tol, method.a_cands)
             if found:
                 cands = [(pt, {n: {"w": w_alloc[n], "a": (None if n in protected else alloc[n])} for n in layers}) for pt, alloc in found]
@@ -362,7 +293,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     alloc = {n: {"w": w_alloc[n], "a": a_alloc[n]} for n in sorted(layers)}
     t_alloc, c_alloc = time.perf_counter() - t1, time.process_time() - c1
     mean_w = al.mean_bits(w_alloc, params)
-    mean_a = al.mean_bits({n: 16 if a is None else a for n, a in a_alloc.items()}, params)
+    mean_a = al.mean_bits({n: 16 if a is None else a for n, a in a_alloc.items()}, asz)
     chosen = dict(w_rows[wi])
     ctx.say(f"mixdq: allocation mean W{mean_w:.3f} A{mean_a:.3f} (budget W{W} A{A or 16}; B={chosen['B']:.3f}, k={chosen['k']:.2f}, "
             f"{len({r['sha'] for r in w_rows})} distinct weight allocations of {len(points)} sweep points); "
@@ -378,19 +309,58 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     if ctx.dist is not None:
         alloc_images = sum(ctx.dist.gather(alloc_images))
     stem = os.path.basename(path)[: -len(".json")]
-    header = (f"MixDQ allocation (qbench mixdq) for {method.cfg.model} --bits {method.bits}: mean W{mean_w:.3f} A{mean_a:.3f} over {len(layers)} Linear layers\n"
+    n_conv = sum(not isinstance(m, torch.nn.Linear) for m in layers.values())
+    header = (f"MixDQ allocation (qbench mixdq) for {method.cfg.model} --bits {method.bits}: mean W{mean_w:.3f} A{mean_a:.3f} over {len(layers)} layers "
+              f"({len(layers) - n_conv} Linear, {n_conv} Conv2d; rule={method.opts['rule']}; W weighted by parameters, A by input activation size)\n"
               f"chosen split: B={chosen['B']:.3f} k={chosen['k']:.3f} (b_quality={chosen['b_q']:.3f}, b_content={chosen['b_c']:.3f})\n"
               f"use: qbench run --method naive --bits {method.bits} -O layers=THIS_FILE  (or --method mixdq -O allocation=THIS_FILE, with the BOS path)")
     yaml_path = store.save_text(stem + ".yaml", allocation_yaml(alloc, method.bits, header))
-    sens = {n: {"group": "content" if n in content else "quality", "params": params[n], "w": scores["w"][n], "a": scores["a"][n]} for n in sorted(layers)}
+    sens = {n: {"group": "content" if n in content else "quality", "params": params[n], "act_size": asz[n], "w": scores["w"][n], "a": scores["a"][n]} for n in sorted(layers)}
     result = {
-        "allocation": alloc, "params": params, "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "chosen": chosen,
+        "allocation": alloc, "params": params, "act_sizes": asz, "rule": method.opts["rule"], "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "chosen": chosen,
         "a_fp16_layers": protected, "sweep": {"weights": w_rows, "activations": a_rows}, "sensitivity": sens,
         "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "sensitivity_cpu_s": round(c_sens, 2), "allocation_cpu_s": round(c_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
-        "counts": {"layers": len(layers), "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,
+        "counts": {"layers": len(layers), "conv2d": n_conv, "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,
                    "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows}),
                    "allocation_images": alloc_images},
         "calibration_prompts": [p.id for p in prompts], "yaml": yaml_path, "json": path, "key": method.allocation_key(),
     }
     store.save_json(os.path.basename(path), result, ctx.provenance(method.describe()))
     return result
+
+
+def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
+    """``qbench calibrate --method mixdq``: sensitivity (reusing cached scores) and allocation,
+    always recomputed; writes the YAML/JSON and returns a summary."""
+    from qbench.calibctx import CalibrationContext
+    from qbench.models.loader import load_model
+    from qbench.preflight import calibration_prompts
+    from qbench.progress import make_progress
+
+    if cfg.method != "mixdq":
+        raise ConfigError(f"this calibration is for --method mixdq, got {cfg.method!r}")
+    opts = dict(cfg.method_options)
+    if opts.get("allocation"):
+        raise ConfigError("qbench calibrate computes an allocation; -O allocation=FILE is for qbench run")
+    opts["recalibrate"] = True
+    cfg = cfg.replace(method_options=opts)
+    from qbench.methods.mixdq import MixDQ, _say
+
+    method = MixDQ(cfg)
+    prompts = calibration_prompts(cfg, method)
+    cost = method.calibration_cost(len(prompts))
+    if cost:
+        _say(f"mixdq: calibrating on {method.calib_spec}: {cost['images']} images, {cost.get('forward_passes', 0)} denoiser passes ({cost['what']})")
+    t = time.perf_counter()
+    model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    with make_progress(show_progress) as progress:
+        ctx = CalibrationContext(model, cfg, prompts, method_name="mixdq", progress=progress, say=_say)
+        method.prepare(model)
+        method.calibrate(model, prompts, ctx)
+    info = method.calib_info
+    return {
+        "model": cfg.model, "bits": str(method.bits), "yaml": info["yaml"], "json": info["json"],
+        "mean_w": info["mean_w"], "mean_a": info["mean_a"], "chosen": info["chosen"],
+        "a_fp16_layers": info["a_fp16_layers"], "timings": info["timings"], "counts": info["counts"],
+        "wall_s": round(time.perf_counter() - t, 1),
+    }

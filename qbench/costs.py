@@ -42,6 +42,19 @@ _VAE = dict(block_out_channels=(128, 256, 512, 512), down_block_types=("DownEnco
             up_block_types=("UpDecoderBlock2D",) * 4, layers_per_block=2)
 
 
+def meta_denoiser(family: str):
+    """The real denoiser of ``family`` (``lcm``, ``pcm``, ``sdxl-turbo``, ``flux-schnell``) built
+    from its public config on the meta device (no weights, no memory), or None for another family:
+    its layers, e.g. for counting a calibration's per-layer work before any download."""
+    import torch
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    if family != "flux-schnell" and family not in _UNETS:
+        return None
+    with torch.device("meta"):
+        return FluxTransformer2DModel() if family == "flux-schnell" else UNet2DConditionModel(**_UNETS[family])
+
+
 def _count(fn) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -124,12 +137,15 @@ def plan_sweep(sweep, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU
             if key not in seen:
                 seen.add(key)
                 new += n
-        calib = (method.calibration_cost(method.calibration_prompts_n) or {}).get("images", 0) if method.calibration_prompts_n else 0
+        cc = (method.calibration_cost(method.calibration_prompts_n) or {}) if method.calibration_prompts_n else {}
+        calib = cc.get("images", 0)
         images = new + calib
-        flops = images * cost["per_image"]
+        # denoiser-only calibration work (e.g. MixDQ's output-SQNR replays of captured trajectories)
+        calib_fwd = cc.get("sensitivity_denoiser_rows", 0) * cost["forwards"]
+        flops = images * cost["per_image"] + calib_fwd * cost["denoiser_forward"]
         hours = flops / (tflops * 1e12) / 3600
         row = {"model": cfg.model, "method": method.label, "prompts": n, "images": new, "calibration_images": calib,
-               "forwards": images * cost["forwards"], "pflops": flops / 1e15, "gpu_hours": hours, "wall_h": hours / gpus,
+               "calibration_forwards": calib_fwd, "forwards": images * cost["forwards"] + calib_fwd, "pflops": flops / 1e15, "gpu_hours": hours, "wall_h": hours / gpus,
                "tflops_per_image": cost["per_image"] / 1e12}
         rows.append(row)
         for k in total:
@@ -137,6 +153,7 @@ def plan_sweep(sweep, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU
     total["wall_h"] = total["gpu_hours"] / gpus
     return {"cells": rows, "total": total, "gpus": gpus, "gpu": gpu, "effective_tflops": tflops, "mfu": mfu,
             "assumptions": "FLOPs counted on the meta device (denoiser x steps (x2 with CFG) + VAE decode; text encoders left out); "
+                           "calibration counted: its images and MixDQ's sensitivity replays (denoiser forwards, layer counts from the real configs); "
                            f"time = FLOPs / ({tflops:.0f} effective TFLOP/s per GPU); images split evenly across GPUs"}
 
 

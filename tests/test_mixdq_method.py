@@ -143,7 +143,8 @@ def test_toy_flux_end_to_end_reports_the_t5_stream(tmp_path, capsys):
     assert cal["sensitivity"]["single_transformer_blocks.0.norm.linear"]["group"] == "quality"
 
 
-def test_sensitivity_resumes_after_a_kill_without_recomputing(tmp_path):
+def test_sensitivity_resumes_after_a_kill_without_recomputing(tmp_path, monkeypatch):
+    from qbench.methods import mixdq_calib
     from qbench.methods.mixdq import MixDQ
 
     from qbench.calibctx import CalibrationContext
@@ -160,21 +161,17 @@ def test_sensitivity_resumes_after_a_kill_without_recomputing(tmp_path):
     class Killed(Exception):
         pass
 
+    real = mixdq_calib.whole_image_ssim
+
     def ctx_with(limit):
-        ctx = CalibrationContext.standalone(model, cfg, prompts, "mixdq")
-        real = ctx.scorer
+        def counted(images, ps, refs=None):
+            calls["n"] += 1
+            if limit is not None and calls["n"] > limit:
+                raise Killed
+            return real(images, ps, refs)
 
-        def scorer(name, options=None):
-            s = real(name, options)
-
-            def counted(images, ps, refs=None):
-                calls["n"] += 1
-                if limit is not None and calls["n"] > limit:
-                    raise Killed
-                return s(images, ps, refs)
-            return counted
-        ctx.scorer = scorer
-        return ctx
+        monkeypatch.setattr(mixdq_calib, "whole_image_ssim", counted)  # the SSIM scorer of the content layers
+        return CalibrationContext.standalone(model, cfg, prompts, "mixdq")
 
     m = MixDQ(cfg)
     with pytest.raises(Killed):
@@ -202,8 +199,10 @@ def test_dry_run_prints_the_calibration_cost(tmp_path, capsys):
     assert main(["run", "--model", "tiny-lcm", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON, "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     cal = plan["calibration"]
-    # tiny-lcm: 24 content + 27 quality Linear layers, 5 widths, 2 prompts, 4 steps, batch 2; 100 + 1 sweep points
-    assert cal["images"] == 2 * (1 + 24 * 5 + 101) and cal["forward_passes"] == 27 * 5 * 4 and "cached scores are reused" in cal["what"]
+    # tiny-lcm: 24 content + 27 quality Linear layers + 33 Conv2d (quality: MixDQ quantizes convolutions), 5 widths, 2 prompts,
+    # 4 steps, batch 2; 100 + 1 sweep points
+    assert cal["images"] == 2 * (1 + 24 * 5 + 101) and cal["forward_passes"] == ((27 + 33) * 5 + 1) * 4 and "cached scores are reused" in cal["what"]
+    assert "24 content + 60 quality layers" in cal["what"] and cal["sensitivity_denoiser_rows"] == ((27 + 33) * 5 + 1) * 2
 
 
 BAD = [
@@ -293,21 +292,23 @@ def test_allocation_layer_names_are_checked_before_anything_loads(tmp_path, caps
 def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
     """tiny-lcm with FAST: 4 content + 2 quality layers x 4 widths (W2, W4, W8, A8), 2 prompts in one
     batch of 4 steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation
-    images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes, in both lines."""
-    from qbench.methods.mixdq_calib import work
+    images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes + 4 that record the
+    prefix outputs = 36, in both lines."""
+    from qbench.methods.mixdq_cost import work
 
+    assert work(2, 32, 8, 4, 1, 2, record=True)["forward_passes"] == 36
     assert work(2, 32, 8, 4, 1, 2) | {"what": ""} == {"images": 38, "reference_images": 2, "sensitivity_images": 32, "allocation_images_max": 4,
-                                                      "forward_passes": 32, "what": ""}
+                                                      "forward_passes": 32, "sensitivity_denoiser_rows": 16, "what": ""}
     assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1], *_opts()]) == 0
     out, err = capsys.readouterr()
     est = [x for x in err.splitlines() if "mixdq: calibrating on" in x]
     todo = [x for x in err.splitlines() if "to compute at most" in x]
     assert len(est) == 1 and len(todo) == 1, err
     for line in est + todo:
-        assert "38 images, 32 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
-        assert "32 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es)" in line, line
+        assert "38 images, 36 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
+        assert "36 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es) (output SQNR, no images) + 1 recording replay" in line, line
     counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
-    assert counts["forward_passes"] == 32 and counts["images_generated"] - counts["allocation_images"] == 32, counts
+    assert counts["forward_passes"] == 36 and counts["images_generated"] - counts["allocation_images"] == 32, counts
 
 
 def test_sweep_option_help_says_they_are_values_not_counts():
@@ -319,10 +320,36 @@ def test_sweep_option_help_says_they_are_values_not_counts():
 
 
 def test_b_sweep_below_mixdqs_range_is_said(tmp_path, capsys):
-    """b_sweep=2 under W4A8 is a budget of 2 bits (legal: every layer at the narrowest candidate), not
-    2 points; the calibration says the mean will be about that, under a W4 label."""
-    assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1],
-                 *_opts(b_sweep="2")]) == 0
+    """b_sweep=2 under W4A8 is a budget of 2 bits, not 2 points: MixDQ's rule (quality layers >= 4
+    bits) cannot reach it and refuses in one line; the loose search can (every layer at the
+    narrowest candidate), and the calibration says the mean will be about that, under a W4 label."""
+    argv = ["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1]]
+    assert main(argv + _opts(b_sweep="2")) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "W4 is infeasible on tiny-lcm under MixDQ's allocation rule" in err and "-O rule=loose" in err, err
+    assert main(argv + _opts(b_sweep="2", rule="loose")) == 0
     out, err = capsys.readouterr()
     assert "b_sweep budgets 2 lie below MixDQ's range [W4 - 0.3, W4]: the allocation's mean weight bits will be about that, under a W4 label" in err, err
     assert abs(json.loads(out)["mean_w"] - 2.0) <= 0.02 + 1e-9
+
+
+def test_plan_counts_the_sensitivity_pass_of_a_hub_model(tmp_path):
+    """`qbench plan` counts MixDQ's per-layer sensitivity on a real model before any download (its
+    layer census from the public config on the meta device): the content-layer images and the
+    output-SQNR replays as denoiser forwards, and refuses a budget MixDQ's rule cannot reach."""
+    from qbench.costs import image_flops, plan_sweep
+    from qbench.errors import QBenchError
+    from qbench.models.loader import get_spec
+    from qbench.sweep import load_sweep
+
+    p = tmp_path / "s.yaml"
+    p.write_text("models: [sdxl-turbo]\nmethods: [{method: mixdq, bits: [W4A8]}]\nrun: {prompts: coco2017:10, metrics: [psnr]}\n")
+    cell = next(c for c in plan_sweep(load_sweep(str(p)))["cells"] if c["method"].startswith("mixdq"))
+    cost = image_flops(get_spec("sdxl-turbo"))
+    assert cell["calibration_images"] > 32 * 5  # 32 FP references + content layers x widths x 32 (+ allocations)
+    assert cell["calibration_forwards"] > 0 and cell["calibration_forwards"] % (32 * cost["forwards"]) == 0
+    want = (cell["images"] + cell["calibration_images"]) * cost["per_image"] + cell["calibration_forwards"] * cost["denoiser_forward"]
+    assert cell["pflops"] == pytest.approx(want / 1e15)
+    p.write_text("models: [sdxl-turbo]\nmethods: [{method: mixdq, bits: [W2A8], options: {b_sweep: 2}}]\nrun: {prompts: coco2017:10, metrics: [psnr]}\n")
+    with pytest.raises(QBenchError, match="infeasible on sdxl-turbo under MixDQ's allocation rule"):
+        plan_sweep(load_sweep(str(p)))

@@ -19,7 +19,14 @@ Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), an
   ``scipy.optimize.milp`` (HiGHS) instead of the public code's OR-tools SCIP.
 * :func:`sweep_points` — the (B, k) grid the public code sweeps (weights:
   ``k in linspace(0.46, 1.36, 10)``, ``B in linspace(target - 0.3, target, 10)``), keeping the
-  points whose group means lie inside each group's candidate range.
+  points whose group means lie inside each group's range.
+* MixDQ's group rule (``integer_programming.py``, ``get_mixed_precision_config_weight`` and its
+  ``__main__`` loop): the quality (output-SQNR) layers get weight widths {4, 8} only
+  (:data:`MIXDQ_QUALITY_WIDTHS`), the content (SSIM) layers {2, 4, 8}; a split is kept only when
+  ``4 <= b_q <= 8`` and ``2 <= b_c <= 8``. So the least overall mean the rule reaches is
+  ``(4 P_q + 2 P_c) / (P_q + P_c)`` (:func:`least_mean`).
+* :func:`sqnr_of_energies` — one SQNR over a whole batch from per-sample signal and error
+  energies (MixDQ's ``LossFunction`` is called once on the whole batch of captured UNet outputs).
 """
 from __future__ import annotations
 
@@ -37,6 +44,8 @@ import numpy as np
 MIXDQ_K_SWEEP = tuple(float(x) for x in np.linspace(0.46, 1.36, 10))
 #: MixDQ's public sweep of the overall budget below the target: linspace(target - 0.3, target, 10)
 MIXDQ_B_BELOW, MIXDQ_B_POINTS = 0.3, 10
+#: MixDQ's weight widths of the quality (output-SQNR) and content (SSIM) groups (integer_programming.py)
+MIXDQ_QUALITY_WIDTHS, MIXDQ_CONTENT_WIDTHS = (4, 8), (2, 4, 8)
 
 
 def sqnr(pred, target, cap: float | None = None) -> float:
@@ -51,6 +60,22 @@ def sqnr(pred, target, cap: float | None = None) -> float:
     err = float(np.sum((p - t) ** 2))
     if sig == 0.0:
         raise ValueError("sqnr: the target is all zeros")
+    if err == 0.0:
+        return math.inf if cap is None else float(cap)
+    v = 10.0 * math.log10(sig / err)
+    return v if cap is None else min(v, float(cap))
+
+
+def sqnr_of_energies(signal: Sequence[float], error: Sequence[float], cap: float | None = None) -> float:
+    """One SQNR in dB over a batch: ``10*log10(sum(signal) / sum(error))`` where ``signal[i]`` =
+    ``sum(t_i^2)`` and ``error[i]`` = ``sum((p_i - t_i)^2)`` of sample ``i`` (equal to :func:`sqnr`
+    of the concatenated batch). No error gives ``+inf`` (or ``cap``); raises ``ValueError`` on
+    lengths that differ or no signal."""
+    if len(signal) != len(error):
+        raise ValueError(f"sqnr_of_energies: {len(signal)} signal vs {len(error)} error energies")
+    sig, err = float(np.sum(np.asarray(signal, np.float64))), float(np.sum(np.asarray(error, np.float64)))
+    if sig <= 0.0:
+        raise ValueError("sqnr_of_energies: the target is all zeros")
     if err == 0.0:
         return math.inf if cap is None else float(cap)
     v = 10.0 * math.log10(sig / err)
@@ -83,7 +108,7 @@ class SweepPoint:
 def sweep_points(budgets: Sequence[float], ks: Sequence[float], ratio: float,
                  range_q: tuple[float, float], range_c: tuple[float, float]) -> list[SweepPoint]:
     """Every (B, k) with ``b_q`` in ``range_q`` and ``b_c`` in ``range_c`` (the public code keeps
-    ``4 <= b_q <= 8`` and ``2 <= b_c <= 8``; here the ranges are the groups' candidate widths)."""
+    ``4 <= b_q <= 8`` and ``2 <= b_c <= 8``)."""
     out = []
     for b in budgets:
         for k in ks:
@@ -192,31 +217,46 @@ def allocation_score(alloc: Mapping[str, int], scores: Mapping[str, Mapping[int,
 
 def group_allocations(scores: Mapping[str, Mapping[int, float]], params: Mapping[str, int], content: set[str],
                       points: Sequence[SweepPoint], tol: float = 0.02,
-                      candidates: Sequence[int] | None = None) -> list[tuple[SweepPoint, dict[str, int]]]:
-    """For each sweep point, the content group solved at ``b_c`` and the quality group at ``b_q``
-    (each within ``+- tol``, so the union is within ``B +- tol``) -> the feasible
+                      candidates: Sequence[int] | None = None,
+                      quality_candidates: Sequence[int] | None = None) -> list[tuple[SweepPoint, dict[str, int]]]:
+    """For each sweep point, the content group solved at ``b_c`` with widths ``candidates`` and the
+    quality group at ``b_q`` with ``quality_candidates`` (default ``candidates``; MixDQ: {4, 8}),
+    each within ``+- tol``, so the union is within ``B +- tol`` -> the feasible
     ``(point, allocation)`` pairs, in the order of ``points``."""
     sc = {n: s for n, s in scores.items() if n in content}
     sq = {n: s for n, s in scores.items() if n not in content}
     out = []
     for pt in points:
         ac = solve_allocation(sc, params, pt.b_c, tol, candidates) if sc else {}
-        aq = solve_allocation(sq, params, pt.b_q, tol, candidates) if sq else {}
+        aq = solve_allocation(sq, params, pt.b_q, tol, candidates if quality_candidates is None else quality_candidates) if sq else {}
         if ac is not None and aq is not None:
             out.append((pt, {**ac, **aq}))
     return out
 
 
 def split_points(budget_points: Sequence[float], ks: Sequence[float], params: Mapping[str, int], content: set[str],
-                 cand_range: tuple[float, float]) -> list[SweepPoint]:
-    """The sweep points of ``budget_points`` x ``ks`` for these groups (one point per budget with
-    ``k = 1`` when a group is empty: nothing to split)."""
+                 cand_range: tuple[float, float], quality_range: tuple[float, float] | None = None) -> list[SweepPoint]:
+    """The sweep points of ``budget_points`` x ``ks`` for these groups: ``b_c`` in ``cand_range``,
+    ``b_q`` in ``quality_range`` (default ``cand_range``; MixDQ: [4, 8]). One point per budget with
+    ``k = 1`` when a group is empty (nothing to split), inside the range of the group there is."""
     pc = sum(p for n, p in params.items() if n in content)
     pq = sum(p for n, p in params.items() if n not in content)
+    rq = cand_range if quality_range is None else quality_range
     if pc == 0 or pq == 0:
-        return [SweepPoint(float(b), 1.0, float(b), float(b)) for b in budget_points
-                if cand_range[0] - 1e-9 <= b <= cand_range[1] + 1e-9]
-    return sweep_points(budget_points, ks, pc / pq, cand_range, cand_range)
+        lo, hi = rq if pc == 0 else cand_range
+        return [SweepPoint(float(b), 1.0, float(b), float(b)) for b in budget_points if lo - 1e-9 <= b <= hi + 1e-9]
+    return sweep_points(budget_points, ks, pc / pq, rq, cand_range)
+
+
+def least_mean(params: Mapping[str, int], content: set[str], quality_min: float, content_min: float) -> float:
+    """The least parameter-weighted mean bits when every quality layer has at least
+    ``quality_min`` and every content layer at least ``content_min`` bits:
+    ``(quality_min P_q + content_min P_c) / (P_q + P_c)``."""
+    pc = sum(p for n, p in params.items() if n in content)
+    pq = sum(p for n, p in params.items() if n not in content)
+    if pc + pq <= 0:
+        raise ValueError("least_mean of no parameters")
+    return (quality_min * pq + content_min * pc) / (pc + pq)
 
 
 def most_sensitive(scores_at: Mapping[str, float], content: set[str], n: int) -> list[str]:

@@ -160,10 +160,53 @@ def text_fed_layers(denoiser: nn.Module, call_args: tuple, call_kwargs: dict[str
                 if isinstance(x, torch.Tensor) and (x is ehs or (x.shape == ehs.shape and torch.equal(x, ehs))):
                     found[_name] = x.detach().clone()
             handles.append(mod.register_forward_pre_hook(hook))
-    try:
-        with torch.inference_mode():
-            denoiser(*call_args, **call_kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    from qbench.quant.sensitivity import forward_with_hooks
+
+    forward_with_hooks(denoiser, handles, call_args, call_kwargs)
     return found
+
+
+#: prompts of the text-stream probe (is token 0 the same for different prompts?)
+PROBE_TEXTS = ["", "a photo of a cat", "a red circle on a blue background", "two people riding bicycles down a city street at night"]
+
+
+def _tokenizer_bos(pipe: Any) -> dict[str, Any]:
+    out = {}
+    for attr in ("tokenizer", "tokenizer_2"):
+        tok = getattr(pipe, attr, None)
+        if tok is None:
+            continue
+        bos = getattr(tok, "bos_token_id", None)
+        ids = tok("a").input_ids
+        out[attr] = {"class": type(tok).__name__, "bos_token_id": bos, "adds_bos": bool(bos is not None and ids and ids[0] == bos)}
+    return out
+
+
+def probe_text_stream(model: Any, bos: bool = True, text_token_rule: str = "none") -> dict[str, Any]:
+    """Which layers read the text embedding, is its token 0 prompt-independent, which rule applies.
+
+    One generation of :data:`PROBE_TEXTS` is stopped at the first denoiser call; the denoiser then
+    runs once on it (full precision) with hooks. ``bos_input``: token 0's embedding (rule bos)."""
+    from qbench.quant.sensitivity import first_call
+
+    args, kwargs = first_call(model, PROBE_TEXTS)
+    fed = text_fed_layers(model.denoiser, args, kwargs)
+    info: dict[str, Any] = {"layers": sorted(fed), "tokenizers": _tokenizer_bos(model.pipe), "wrap": [], "rule": None}
+    if not fed:
+        info["note"] = "no Linear layer reads the text embedding directly: nothing BOS-aware"
+        return info
+    x = next(iter(fed.values()))
+    info.update(token0_analysis(x))
+    diff = f"max relative difference of token 0 between {x.shape[0]} probe prompts {info['max_rel_diff']:.3g}"
+    if not bos:
+        info["note"] = f"BOS-aware layers off (-O bos=false); {diff}"
+    elif info["prompt_independent"]:
+        info.update(rule="bos", wrap=sorted(fed), bos_input=x[0, 0].detach().clone())
+        info["note"] = f"token 0 is prompt-independent ({diff}; max|token 0| / median max|token| = {info['outlier_ratio']:.2f}): its k/v computed once in full precision and cached"
+    else:
+        rule = text_token_rule
+        info["note"] = (f"no prompt-independent BOS in this text stream ({diff}): its encoder is bidirectional (T5 on FLUX; FLUX.1's own "
+                        f"T5 tokenizer adds no BOS at all), so nothing can be cached; text_token_rule={rule}")
+        if rule != "none":
+            info.update(rule=rule, wrap=sorted(fed))
+    return info

@@ -9,10 +9,22 @@ Two kinds of measurement, each cached per (key, prompt) in a resumable
   applied; only the prompts missing from the cache are generated.
 * **output SQNR** (MixDQ's "quality" layers): the denoiser's full-precision calls of the
   calibration trajectories are captured once (:func:`capture_calls`: positional and keyword
-  inputs, output) and replayed with the perturbation; per prompt,
-  ``10 log10(sum t^2 / sum (p - t)^2)`` over that prompt's outputs at every step
-  (:func:`qbench.quant.allocate.sqnr`), capped at ``SQNR_CAP`` dB (a layer whose quantization
-  changes nothing would be +inf). MixDQ likewise averages per-input SQNR over captured UNet inputs.
+  inputs, output) and replayed with the perturbation. What is cached per prompt is the error
+  energy ``sum (p - t)^2`` over that prompt's outputs at every step (:func:`per_prompt_energy`),
+  and once the signal energy ``sum t^2``; the layer's score is ONE SQNR over the whole batch,
+  ``10 log10(sum_i signal_i / sum_i error_i)`` (:func:`qbench.quant.allocate.sqnr_of_energies`),
+  capped at ``SQNR_CAP`` dB (a layer whose quantization changes nothing would be +inf): MixDQ's
+  ``quant_quality.py`` calls its ``LossFunction`` once on the whole batch of saved UNet inputs
+  and outputs, not per input. (A mean of per-prompt dB would weight a prompt whose output is
+  small, where the same error costs more dB, like any other.)
+
+**Prefix reuse** (:class:`PrefixCache`, result-preserving): a replayed call's inputs are the
+full-precision ones, so every unit of the denoiser (a top-level child, or an element of a top-level
+``ModuleList``) that runs before the unit holding the perturbed layer sees exactly its
+full-precision inputs and gives exactly its full-precision output. Those outputs are recorded once
+per captured call and returned (as clones) instead of recomputed: on average about half of each
+replay is skipped, and the scores are bit-identical (tested). Recording stops (and replays run in
+full) when the recorded outputs would exceed ``limit_bytes``.
 
 A perturbation is a context-manager factory (``apply() -> ContextManager``), e.g.
 :func:`swap_module` (a quantized copy of one layer) or :func:`quantized_input` (fake-quantized
@@ -125,9 +137,124 @@ def first_call(model: Any, texts: list[str], seeds: list[int] | None = None) -> 
     return got[0]
 
 
+def activation_sizes(denoiser: nn.Module, names: Sequence[str], args: tuple, kwargs: dict[str, Any]) -> dict[str, int]:
+    """Per layer, the number of elements of its input activation for ONE sample (the first input's
+    numel divided by its leading batch dimension), from one full-precision forward of
+    ``denoiser(*args, **kwargs)`` with hooks: MixDQ's activation budget weights layers by this
+    size (``tensor_ratio/*/act_ratio_config.yaml``: e.g. SDXL-Turbo's ``conv_in`` 4x64x64 / 320 =
+    51.2). A layer the forward never calls gets 0 (it holds no activation to budget)."""
+    sizes: dict[str, int] = {}
+    hooks = []
+    for n in names:
+        def pre(mod, a, n=n):
+            x = a[0]
+            sizes.setdefault(n, int(x.numel() // max(1, x.shape[0])))
+        hooks.append(denoiser.get_submodule(n).register_forward_pre_hook(pre))
+    forward_with_hooks(denoiser, hooks, args, kwargs)
+    return {n: sizes.get(n, 0) for n in names}
+
+
+def forward_with_hooks(denoiser: nn.Module, hooks: Sequence[Any], args: tuple, kwargs: dict[str, Any]) -> Any:
+    """``denoiser(*args, **kwargs)`` under ``torch.inference_mode``, then remove ``hooks`` (the
+    handles of hooks registered for this one forward), also when it raises."""
+    try:
+        with torch.inference_mode():
+            return denoiser(*args, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def replay_outputs(denoiser: nn.Module, calls: Sequence[CapturedCall]) -> list[torch.Tensor]:
     with torch.inference_mode():
         return [_first(denoiser(*c.args, **c.kwargs)) for c in calls]
+
+
+def denoiser_units(denoiser: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The denoiser's units: its direct children, with a ``ModuleList``/``Sequential`` child
+    replaced by its elements (``down_blocks.0``, ``transformer_blocks.3``, ...)."""
+    out = []
+    for name, child in denoiser.named_children():
+        if isinstance(child, (nn.ModuleList, nn.Sequential)):
+            out.extend((f"{name}.{i}", m) for i, m in enumerate(child))
+        else:
+            out.append((name, child))
+    return out
+
+
+class PrefixCache:
+    """Full-precision outputs of the denoiser's units for every captured call, in execution order
+    (see the module docstring). :meth:`replay` replays the calls with the units that run before
+    the one holding ``layer`` served from the record."""
+
+    def __init__(self, denoiser: nn.Module, calls: Sequence[CapturedCall], limit_bytes: int = 2 << 30):
+        self.denoiser = denoiser
+        self.units = denoiser_units(denoiser)
+        self.traces: list[list[tuple[str, Any]]] | None = []
+        self.nbytes = 0
+        for c in calls:
+            trace: list[tuple[str, Any]] = []
+            hooks = [m.register_forward_hook(lambda mod, a, out, n=n, trace=trace: trace.append((n, _clone(out)))) for n, m in self.units]
+            forward_with_hooks(self.denoiser, hooks, c.args, c.kwargs)
+            self.nbytes += sum(t.numel() * t.element_size() for _, o in trace for t in _tensors(o))
+            if self.nbytes > limit_bytes:
+                self.traces = None  # too large to keep: replays run in full
+                return
+            self.traces.append(trace)
+
+    def unit_of(self, layer: str) -> str | None:
+        return next((n for n, _ in self.units if layer == n or layer.startswith(n + ".")), None)
+
+    def replay(self, layer: str, calls: Sequence[CapturedCall]) -> list[torch.Tensor]:
+        """Outputs of ``calls`` (the denoiser as it is now, e.g. with ``layer`` perturbed), the
+        units before ``layer``'s unit answered from the record."""
+        unit = self.unit_of(layer)
+        if self.traces is None or unit is None:
+            return replay_outputs(self.denoiser, calls)
+        mods = dict(self.units)
+        outs = []
+        for c, trace in zip(calls, self.traces):
+            first = next((i for i, (n, _) in enumerate(trace) if n == unit), len(trace))
+            queues: dict[str, list[Any]] = {}
+            for n, o in trace[:first]:
+                queues.setdefault(n, []).append(o)
+            for n, q in queues.items():
+                mods[n].forward = _serve(mods[n].forward, q)
+            try:
+                outs.extend(replay_outputs(self.denoiser, [c]))
+            finally:
+                for n in queues:
+                    del mods[n].forward  # the instance attribute: back to the class's forward
+        return outs
+
+
+def _serve(forward: Callable[..., Any], queue: list[Any]) -> Callable[..., Any]:
+    """``forward`` that returns clones of ``queue``'s outputs, in order, while there are any."""
+    pending = list(queue)
+
+    def fwd(*args: Any, **kwargs: Any) -> Any:
+        return _clone(pending.pop(0)) if pending else forward(*args, **kwargs)
+
+    return fwd
+
+
+def _tensors(x: Any) -> list[torch.Tensor]:
+    found: list[torch.Tensor] = []
+    tree_map(lambda t: found.append(t) if isinstance(t, torch.Tensor) else None, x)
+    return found
+
+
+def per_prompt_energy(outputs: Sequence[torch.Tensor] | None, calls: Sequence[CapturedCall], n_prompts: int) -> np.ndarray:
+    """Per prompt, float64 ``sum (p - t)^2`` over all of its output rows (every step), or with
+    ``outputs=None`` the signal energy ``sum t^2`` of the captured outputs -> array ``(n_prompts,)``."""
+    out = np.zeros(n_prompts, dtype=np.float64)
+    for i, c in enumerate(calls):
+        t = c.output.double()
+        d = t if outputs is None else outputs[i].double() - t
+        e = (d * d).reshape(d.shape[0], -1).sum(dim=1)
+        for r, p in enumerate(c.rows):
+            out[p] += float(e[r])
+    return out
 
 
 def per_prompt_sqnr(outputs: Sequence[torch.Tensor], calls: Sequence[CapturedCall], n_prompts: int, cap: float = SQNR_CAP) -> np.ndarray:
@@ -193,6 +320,8 @@ class Runner:
     computed: int = 0
     reused: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
+    reuse_prefix: bool = True
+    prefix: PrefixCache | None = None
 
     def missing(self, key: str) -> list[int]:
         return [i for i, p in enumerate(self.prompts) if (key, p.id) not in self.cache]
@@ -217,15 +346,27 @@ class Runner:
             self.reused += 1
         return np.array([self.cache.get(key, p.id) for p in self.prompts])
 
-    def output_sqnr(self, key: str, apply: Callable[[], ContextManager]) -> np.ndarray:
-        """Per-prompt SQNR of the denoiser output under ``apply()`` on the captured calls."""
+    def signal(self, key: str = "signal") -> np.ndarray:
+        """Per-prompt signal energy ``sum t^2`` of the full-precision denoiser outputs (cached)."""
+        if self.missing(key):
+            s = per_prompt_energy(None, self.calls(), len(self.prompts))
+            self.cache.put([(key, p.id, float(v)) for p, v in zip(self.prompts, s)])
+        return np.array([self.cache.get(key, p.id) for p in self.prompts])
+
+    def output_error(self, key: str, apply: Callable[[], ContextManager], layer: str | None = None) -> np.ndarray:
+        """Per-prompt error energy ``sum (p - t)^2`` of the denoiser output under ``apply()`` on
+        the captured calls (cached); with ``layer`` (the perturbed one) and ``reuse_prefix`` the
+        units before it are served from the :class:`PrefixCache` (same result, less work)."""
         if self.missing(key):
             t = time.perf_counter()
             calls = self.calls()
+            if self.reuse_prefix and layer is not None and self.prefix is None:
+                self.prefix = PrefixCache(self.denoiser, calls)
+                self.forward_passes += len(calls)
             with apply():
-                outs = replay_outputs(self.denoiser, calls)
+                outs = self.prefix.replay(layer, calls) if (self.prefix is not None and layer is not None) else replay_outputs(self.denoiser, calls)
             self.forward_passes += len(calls)
-            s = per_prompt_sqnr(outs, calls, len(self.prompts))
+            s = per_prompt_energy(outs, calls, len(self.prompts))
             self.cache.put([(key, p.id, float(v)) for p, v in zip(self.prompts, s)])
             self.computed += 1
             self.seconds["sqnr"] = self.seconds.get("sqnr", 0.0) + time.perf_counter() - t
