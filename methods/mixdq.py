@@ -6,74 +6,11 @@
 
 Source: Zhao et al., "MixDQ: Memory-Efficient Few-Step Text-to-Image Diffusion Models with
 Metric-Decoupled Mixed Precision Quantization", ECCV 2024 (arXiv 2405.17873), and its public code
-github.com/thu-nics/MixDQ (``mixed_precision_scripts/``). Facts taken from them:
-
-* BOS-aware text-embedding quantization: in cross-attention ``to_k``/``to_v`` the BOS token of the
-  CLIP text embedding (token 0, where the outliers sit) goes through full-precision weights; it is
-  prompt-independent, so its key/value is precomputed once (``bos_pre_computed``).
-* Metric-decoupled sensitivity: "content" layers (name contains ``attn2`` or ``ff``) are scored by
-  the SSIM of images generated with only that layer quantized against the FP images; all other
-  ("quality") layers by the SQNR of the UNet output on captured inputs; each layer alone, at each
-  candidate width (weights {2, 4, 8}; activations {4, 8}). SSIM: skimage ``structural_similarity``
-  with ``win_size=511`` on 512 px images (``quant_content.py``), a near-whole-image window,
-  averaged over the prompts; SQNR: one ``10 log10(sum t^2 / sum e^2)`` over the whole batch of
-  saved UNet inputs (``quant_quality.py``'s ``LossFunction``). Linear and Conv2d layers alike
-  (its SDXL-Turbo configs list ``conv_in``, the resnets' convolutions, ``conv_out``).
-* Integer programming per group (binary c[i,b], one width per layer, maximise summed sensitivity,
-  size-weighted mean bits within the target +- 0.02; ``integer_programming.py``). Weight widths:
-  content layers {2, 4, 8}, quality layers **{4, 8} only**; a split is kept only when
-  ``4 <= b_q <= 8`` and ``2 <= b_c <= 8`` (its shipped SDXL-Turbo weight configs have no 2-bit
-  quality layer). Weights are weighted by parameter count (``weight_ratio_config.yaml``),
-  activations by input activation tensor size (``act_ratio_config.yaml``). The budget split
-  ``b_q = B(1+r)/(k r+1)``, ``b_c = k b_q``, ``r = P_content / P_quality``, swept over
-  ``k in linspace(0.46, 1.36, 10)`` and ``B in linspace(target-0.3, target, 10)``; the final
-  configuration chosen by image quality. The most sensitive activation layers stay FP16 (the
-  public SDXL-Turbo config keeps 9, ~1 %), the others average 7.7 bits so that all average 8.
-  32 calibration prompts (first COCO caption per image). Configs are per-layer YAML ``name: 8``.
-* Its CUDA kernels accelerate W8A8 only; 4-bit layers are storage savings plus simulation.
-
-What qbench does (the exact rules; :mod:`qbench.quant.allocate` has the math):
-
-* Layers: the denoiser's Linear layers and the Conv2d layers :class:`~qbench.quant.linear.QuantConv2d`
-  can replace (``-O conv=false``: Linear only; ``include``/``exclude`` apply). Content layers: MixDQ's
-  rule on UNets (``*attn2*``, ``*ff*``); on the FLUX transformer (no cross-attention: text and
-  image tokens meet in joint attention) the text stream and the cross-modal projections
-  (``context_embedder``, ``*text_embedder*``, ``*add_q_proj``/``*add_k_proj``/``*add_v_proj``,
-  ``*to_add_out``) and the feed-forward layers (``*ff*`` incl. ``ff_context``, ``*proj_mlp``);
-  ``-O content=PAT,...`` overrides.
-* Quantizer: qbench's round-to-nearest conventions (:mod:`qbench.quant.spec`) for each layer's
-  (w, a): e.g. w < 8 with A8 -> per-group-32 symmetric weights and per-token asymmetric dynamic
-  activations, w = 8 -> per-channel (MixDQ itself used per-channel weights and static per-tensor
-  activations). Weight sensitivity is measured weight-only (``resolve_spec(b, None)``),
-  activation sensitivity with float weights and only that layer's input fake-quantized with the
-  activation quantizer of the ``W`` of ``--bits`` (a Conv2d: its im2col rows, as the deployed
-  layer quantizes them); always in simulate mode (float group scales). Scores as MixDQ's: SSIM
-  with a uniform window of ``min(511, the largest odd size <= the image side)`` (on the 32 px toy
-  images 31 px), averaged over the prompts; SQNR over the whole batch (every prompt and step).
-* Rule (``-O rule``): ``mixdq`` (default) is MixDQ's: quality layers take the ``w_candidates`` of
-  at least 4 bits (default {4, 8}), content layers any (default {2, 4, 8}), and only splits with
-  ``4 <= b_q`` are kept; so a budget below ``(4 P_q + 2 P_c) / P`` is refused in one line before
-  any sensitivity is measured (toy-flux: 3.16 bits, W3A8 infeasible). ``loose`` (qbench's old
-  search): every layer any width, both group means down to the narrowest candidate; the summed dB
-  then favours many small layers at 8 bits paid for by large ones at 2 (worse images).
-* Weights: budget = the W of ``--bits``; the (B, k) sweep above (``k_sweep``, ``b_sweep``), each
-  point solved exactly with ``scipy.optimize.milp`` for both groups; every distinct feasible
-  allocation is scored by the mean pixel MSE of its images (activations in float) against the FP
-  images of the calibration prompts, and the lowest wins. So the final mean is within
-  [W - 0.3 - 0.02, W + 0.02] and printed to 3 decimals.
-* Activations (A of ``--bits`` < 16): ``a_fp16`` layers (default ceil(1 %) of the layers; 0 when
-  it cannot fit) with the lowest score at A stay 16-bit, taken alternately from the quality and
-  content groups; with ``act_alloc=mixed`` (default) the others get widths from ``a_candidates``
-  (default {4, 8}) by the same integer program so that the mean over *all* layers, weighted by
-  input activation size (per sample, measured by one forward), equals A +- tolerance (MixDQ's
-  7.7-bit rule; MixDQ also sweeps B in [A - 0.3, A], qbench targets A), groups split with ``a_k_sweep`` (default
-  k = 1; several values are chosen between by image MSE); with ``act_alloc=uniform`` the others
-  stay at A and the mean rises above A (reported).
-* BOS: the layers whose input *is* the denoiser's text embedding (found by hooks: SD/SDXL
-  ``attn2.to_k``/``to_v``, FLUX ``context_embedder``) become :class:`qbench.quant.bos.BOSAwareLinear`
-  when token 0 of that embedding is identical for different prompts (CLIP is causal); otherwise
-  (FLUX's T5 stream: bidirectional, and FLUX.1's T5 tokenizer adds no BOS) the run's report says
-  so and ``text_token_rule`` (none | first | outlier) decides.
+github.com/thu-nics/MixDQ. ``docs/mixdq.md`` lists the facts taken from them (BOS-aware text
+layers, metric-decoupled SSIM / SQNR sensitivity, the per-group integer programs and their budget
+split, quality layers at 4 or 8 bits only) and the exact rules qbench applies (layers incl. Conv2d,
+quantizer, ``-O rule=mixdq|loose``, the weight and activation budgets, BOS); the math is in
+:mod:`qbench.quant.allocate`.
 
 The allocation is stored as ``<out_dir>/mixdq/<model>_<bits>_<key>.yaml`` (MixDQ's format,
 ``layer.name: 4``, or ``{w: 4, a: 16}`` where a layer's activations differ from ``--bits``) plus a
@@ -89,7 +26,8 @@ import math
 import os
 from typing import TYPE_CHECKING, Any
 
-from qbench.methods.mixdq_alloc import (
+from qbench.methods.mixdq_alloc import (  # noqa: F401 (re-exported)
+    allocation_identity,
     allocation_yaml,
     check_made_for,
     overrides_of,
@@ -245,20 +183,37 @@ class MixDQ(Method):
                 "calib": self.cfg.calib_prompts or f"{spec.calib_prompts}:{self.CALIBRATION_PROMPTS}", "options": keep}
 
     def stored_path(self) -> str:
-        stem = f"{self.cfg.model}_{self.bits}_{stable_hash(self.allocation_key(), 10)}".replace("/", "-")
+        """``<out_dir>/mixdq/<model>_<bits>_<key>.json``, ``key`` the first 12 characters of the
+        allocation's identity (:func:`~qbench.methods.mixdq_alloc.allocation_identity`)."""
+        stem = f"{self.cfg.model}_{self.bits}_{allocation_identity(self).key[:12]}".replace("/", "-")
         return os.path.join(self.cfg.out_dir, "mixdq", stem + ".json")
 
     def _stored(self) -> dict[str, Any] | None:
+        """The stored allocation of this configuration's identity (none while the weights cannot be
+        located: nothing was calibrated on them here; none when it records another key)."""
         import json
 
-        path = self.stored_path()
+        from qbench.errors import MissingWeightsError
+
+        try:
+            path = self.stored_path()
+        except MissingWeightsError:
+            return None
         if self.opts["recalibrate"] or not os.path.exists(path):
             return None
         try:
             with open(path, encoding="utf-8") as f:
-                return json.load(f)
+                stored = json.load(f)
         except (OSError, ValueError) as e:
             raise QBenchError(f"stored mixdq allocation {path} is unreadable ({e}); delete it or pass -O recalibrate=true") from None
+        return stored if isinstance(stored, dict) and (stored.get("identity") or {}).get("key") == allocation_identity(self).key else None
+
+    def identity_describe(self) -> dict[str, Any]:
+        """A given allocation file: its content; else what determines the calibrated allocation
+        (its identity key), so a stored run is found again whether or not the allocation exists yet."""
+        if self.given is not None:
+            return {**self.describe(), "files": self.option_files()}
+        return {**{k: v for k, v in self.describe().items() if k != "allocation"}, "allocation": allocation_identity(self).key}
 
     def _peek(self) -> dict[str, dict[str, Any]] | None:
         if self.alloc is not None:

@@ -57,3 +57,24 @@ def check_made_for(path: str, model: str, bits: BitSpec) -> None:
 
 
 __all__ = ["allocation_yaml", "check_made_for", "overrides_of", "parse_allocation"]
+
+
+def allocation_identity(method: Any) -> Any:
+    """The :class:`~qbench.identity.Identity` of the allocation a :class:`~qbench.methods.mixdq.MixDQ`
+    configuration calibrates: :meth:`~qbench.methods.mixdq.MixDQ.allocation_key` (bits, sampling
+    settings, every option that changes it), the model (spec, weights content), the calibration
+    prompts' ids and texts, dtype and device type, the code of the method and of the generation
+    path, and the generation and metric (SSIM) libraries. A stored allocation is used only under
+    this key (its file name carries it)."""
+    from qbench.generation import model_code, model_inputs
+    from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
+    from qbench.models.loader import locate_model
+    from qbench.prompts import load_prompts
+
+    cfg = method.cfg
+    key = method.allocation_key()
+    ref = locate_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
+    prompts = load_prompts(key["calib"])
+    return make("mixdq-allocation", {**key, **model_inputs(ref), "calibration_prompts": [[p.id, p.text] for p in prompts],
+                                     "dtype": str(ref.dtype), "device_type": ref.device.split(":")[0]},
+                code={"generation": model_code(ref), "method": method.code_modules()}, libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES)

@@ -303,6 +303,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     path = method.stored_path()
     os.makedirs(os.path.dirname(path), exist_ok=True)
     from qbench.calibctx import ArtefactStore
+    from qbench.methods.mixdq_alloc import allocation_identity
 
     store = ArtefactStore(os.path.dirname(path), write=ctx.is_main)  # one writer in a sharded run
     alloc_images = runner.images_generated - sens_images_here
@@ -324,6 +325,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
                    "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows}),
                    "allocation_images": alloc_images},
         "calibration_prompts": [p.id for p in prompts], "yaml": yaml_path, "json": path, "key": method.allocation_key(),
+        "identity": allocation_identity(method).record(),
     }
     store.save_json(os.path.basename(path), result, ctx.provenance(method.describe()))
     return result

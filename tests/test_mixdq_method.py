@@ -218,7 +218,7 @@ BAD = [
     (["--bits", "W4A8", "-O", "act_alloc=some"], "act_alloc must be one of"),
     (["--bits", "W4A8", "-O", "bos=maybe"], "bos must be true or false"),
     (["--bits", "W4A8", "-O", "kswep=1"], "did you mean 'k_sweep'"),
-    (["--bits", "W4A8", "-O", "allocation=/nonexistent.yaml"], "not found"),
+    (["--bits", "W4A8", "-O", "allocation=/nonexistent.yaml"], "does not exist"),
     (["--bits", "W4A16", "-O", "a_fp16=2"], "weight-only"),
     (["--bits", "W4A8", "-O", "tolerance=-1"], "tolerance must be >= 0"),
 ]
