@@ -270,3 +270,68 @@ def test_run_export_calibrate_and_sweep_go_through_the_phases():
     assert "run" in calls(sweep.run_sweep) and "run_phases" not in calls(sweep.run_sweep)  # every cell through harness.run
     for fn in (export.export, qsched_search.run_calibration, sweep.run_sweep):
         assert not {"prepare", "convert", "load_model", "generate_cached"} & calls(fn), fn.__name__
+
+
+# -- MixDQ allocations ---------------------------------------------------------------------------------
+def _mixdq_key(tmp_path, **kw):
+    from qbench.methods.mixdq import MixDQ
+    from qbench.methods.mixdq_alloc import allocation_identity
+
+    cfg = RunConfig(model="toy-flux", method="mixdq", bits="W4A8", out_dir=str(tmp_path), **kw)
+    return allocation_identity(MixDQ(cfg)).key
+
+
+def test_mixdq_allocation_key_perturbations(tmp_path, edit_module, bump_library):
+    k = _mixdq_key(tmp_path)
+    assert _mixdq_key(tmp_path) == k
+    assert _mixdq_key(tmp_path, calib_prompts="toy-calib:5") != k
+    assert _mixdq_key(tmp_path, method_options={"k_sweep": [1.0]}) != k
+    assert _mixdq_key(tmp_path, seed=7) != k
+    edit_module("qbench.methods.qsched")  # another method: reused
+    assert _mixdq_key(tmp_path) == k
+    edit_module("qbench.methods.mixdq_calib")  # its own calibration code
+    assert _mixdq_key(tmp_path) != k
+    identity._closure.cache_clear()
+    bump_library("scikit-image")  # SSIM of the content layers
+    assert _mixdq_key(tmp_path) != k
+
+
+# -- FID reference statistics ------------------------------------------------------------------------------
+class _Pixels:
+    """A stand-in extractor on the real ``folder_stats`` path (features from pixels)."""
+
+    protocol = "clean"
+    batch_size = 4
+
+    def __call__(self, images):
+        import numpy as np
+
+        return np.stack([np.resize(np.asarray(im, dtype=np.float64).ravel() / 255.0, 2048) for im in images])
+
+
+def test_fid_reference_statistics_key_perturbations(tmp_path, edit_module, bump_library):
+    from PIL import Image
+
+    from qbench.metrics.fid import folder_stats
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (40 * i, 90, 200 - 30 * i)).save(ref / f"{i}.png")
+    cache = str(tmp_path / "cache")
+
+    def status(**kw):
+        args = dict(resolution=8, n=None, prompt_set="toy:3", weights_id="w")
+        args.update(kw)
+        return folder_stats(str(ref), _Pixels(), args["resolution"], args["n"], cache, args["prompt_set"], args["weights_id"])[2]["cache"].split(":")[0]
+
+    assert status() == "written" and status() == "hit"
+    assert status(weights_id="other-inception") == "written"  # an input: the network's weights
+    assert status(n=2) == "written"  # an option
+    edit_module("qbench.methods.naive")  # not the metric's code: reused
+    assert status() == "hit"
+    edit_module("qbench.metrics.fid")  # the metric's code
+    assert status() == "written"
+    identity._closure.cache_clear()
+    bump_library("pillow")  # decodes and resizes the images
+    assert status() == "written"
