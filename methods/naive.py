@@ -2,7 +2,7 @@
 
     qbench run --method naive --bits W4A8 --mode kernel --model flux-schnell
 
-Conventions (torchao's, DESIGN.md §2.1; see :mod:`qbench.quant.spec` for the full table):
+Conventions (torchao's, docs/conventions.md; see :mod:`qbench.quant.spec` for the full table):
 
 * ``W4A8``: int4 symmetric weights per group of 32; int8 asymmetric per-token dynamic activations.
 * ``W8A8``: int8 symmetric per-channel weights; int8 symmetric per-token dynamic activations.

@@ -125,7 +125,7 @@ def test_exact_packed_bytes_of_w4a8_linear():
     expected = n * k // 2 + n * g + 4 * n + 4 * n  # int4 codes, uint8 group scales, fp32 s1, fp32 bias
     assert module_nbytes(lin) == expected == rep.bytes_after
     weight_bytes = expected - 4 * n
-    assert weight_bytes / (2 * n * k) <= 0.27  # DESIGN.md §4 target vs the FP16 weight
+    assert weight_bytes / (2 * n * k) <= 0.27  # the 0.27x target vs the FP16 weight (docs/conventions.md)
     names = {name for name, _ in lin[0].named_buffers()}
     assert names == {"qweight", "s1", "sg"}
     assert lin[0].qweight.dtype == torch.uint8 and lin[0].qweight.shape == (320, 320)

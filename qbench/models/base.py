@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Defaults of one model (DESIGN.md §2.1), shared by the real model and its tiny twin."""
+    """Defaults of one model (docs/conventions.md: the public Q-Sched code and the model cards), shared by the real model and its tiny twin."""
 
     name: str
     description: str

@@ -1,7 +1,7 @@
 """Load a registered model as a diffusers pipeline: hub id, local folder, tiny twin or shipped toy weights.
 
 All four kinds go through ``<PipelineClass>.from_pretrained(dir_or_id, ...)``; the scheduler is
-then rebuilt from the loaded config with the model's overrides (DESIGN.md §2.1) and, for PCM,
+then rebuilt from the loaded config with the model's overrides (docs/conventions.md) and, for PCM,
 the LoRA is loaded, fused and unloaded so the denoiser holds plain Linear/Conv layers.
 """
 from __future__ import annotations

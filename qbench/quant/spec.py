@@ -1,6 +1,6 @@
 """Bit specs (``W4A8``), the validating :class:`QuantConfig`, and per-layer resolution.
 
-Defaults per bit spec (torchao conventions, DESIGN.md §2.1), each overridable in the config:
+Defaults per bit spec (torchao conventions, docs/conventions.md), each overridable in the config:
 
 =========  ==========================================  ============================================
 spec       weights                                     activations

@@ -2,7 +2,7 @@
 
 ``sweep(model)`` generates the held-out ``toy:N`` prompts (seed = prompt index) with the full-
 precision denoiser and with naive round-to-nearest copies of it at each bit spec (simulate mode,
-the denoiser's Linear layers, DESIGN.md §2.1 conventions), then scores every image:
+the denoiser's Linear layers, torchao conventions, docs/conventions.md), then scores every image:
 
 * fidelity to the FP image of the same prompt and seed: PSNR (dB) and SSIM;
 * JAQ (``log(CLIP/100) + 2 * CLIP-IQA`` with the toy CLIP) and toy-acc all-correct (0/1);
