@@ -64,7 +64,8 @@ def _options() -> tuple:
     q = {o.name: o for o in QUANT_OPTIONS}
     return (
         Opt("rule", "str", "mixdq", "group widths: mixdq (quality layers 4 or 8 bits, splits with quality mean >= 4; content 2/4/8) "
-            "or loose (every layer any of w_candidates, both group means down to the narrowest)", choices=("mixdq", "loose")),
+            "and the 16-bit activation layers outside the A budget, as MixDQ's code; or loose (every layer any of w_candidates, "
+            "both group means down to the narrowest, the 16-bit layers counted in the A mean)", choices=("mixdq", "loose")),
         Opt("conv", "bool", True, "allocate the denoiser's Conv2d layers too (MixDQ quantizes them); false: Linear only"),
         Opt("w_candidates", "any", None, "candidate weight widths (default 2,4,8; with rule=mixdq the quality layers take those >= 4)"),
         Opt("a_candidates", "any", None, "candidate activation widths (default 4,8)"),
@@ -353,7 +354,7 @@ class MixDQ(Method):
         # MixDQ weights the activation budget by input activation size (known from the calibration)
         asz = {n: v for n, v in (self.calib_info.get("act_sizes") or {}).items() if n in params}
         a_weights = asz if len(asz) == len(params) and sum(asz.values()) else params
-        mean_a = al.mean_bits({n: 16 if self.alloc[n]["a"] is None else self.alloc[n]["a"] for n in params}, a_weights)
+        mean_a, mean_a_all = al.act_means({n: self.alloc[n]["a"] for n in params}, a_weights)
         text = {k: v for k, v in (self.text or {}).items() if k != "bos_input"}
         text["wrapped"] = [n for n, _ in self._swapped]
         text["bos_hits"] = sum(m.bos_hits for _, m in self._swapped if m.rule == "bos")
@@ -361,7 +362,7 @@ class MixDQ(Method):
         out = {
             "allocation_origin": self.origin,
             "budget": {"w": self.bits.w, "a": self.bits.a or 16},
-            "mean_w": round(mean_w, 3), "mean_a": round(mean_a, 3),
+            "mean_w": round(mean_w, 3), "mean_a": round(mean_a, 3), "mean_a_with_16bit": round(mean_a_all, 3),
             "mean_a_weighted_by": "input activation size" if a_weights is asz else "weight parameters (activation sizes unknown for a given allocation)",
             "layers_quantized": r.n_quantized, "bits_by_layer_count": r.to_dict()["bits_by_layer_count"],
             "kernel_path": r.kernel_path, "bytes_before": r.bytes_before, "bytes_after": r.bytes_after, "bytes_packed": r.bytes_packed,

@@ -276,7 +276,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             if method.opts["act_alloc"] == "uniform":
                 a_alloc = {n: (None if n in protected else A) for n in layers}
                 break
-            target = al.rest_budget(A, asz, protected) if rest else A
+            # rule=mixdq: the 16-bit layers are outside the A budget (MixDQ's code); loose: inside it
+            target = al.act_target(A, asz, protected, method.opts["rule"]) if rest else A
             pr = {n: asz[n] for n in rest}
             # protected layers with large activations can leave the rest no positive budget: fewer then
             pts = al.split_points([target], method.a_k_sweep, pr, content & set(rest), (method.a_cands[0], method.a_cands[-1])) if target > 0 else []
@@ -293,9 +294,9 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     alloc = {n: {"w": w_alloc[n], "a": a_alloc[n]} for n in sorted(layers)}
     t_alloc, c_alloc = time.perf_counter() - t1, time.process_time() - c1
     mean_w = al.mean_bits(w_alloc, params)
-    mean_a = al.mean_bits({n: 16 if a is None else a for n, a in a_alloc.items()}, asz)
+    mean_a, mean_a_all = al.act_means(a_alloc, asz)
     chosen = dict(w_rows[wi])
-    ctx.say(f"mixdq: allocation mean W{mean_w:.3f} A{mean_a:.3f} (budget W{W} A{A or 16}; B={chosen['B']:.3f}, k={chosen['k']:.2f}, "
+    ctx.say(f"mixdq: allocation mean W{mean_w:.3f} A{mean_a:.3f} ({mean_a_all:.3f} with the 16-bit layers) (budget W{W} A{A or 16}; B={chosen['B']:.3f}, k={chosen['k']:.2f}, "
             f"{len({r['sha'] for r in w_rows})} distinct weight allocations of {len(points)} sweep points); "
             f"sensitivity {t_sens:.1f} s, allocation {t_alloc:.1f} s")
 
@@ -312,13 +313,14 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     stem = os.path.basename(path)[: -len(".json")]
     n_conv = sum(not isinstance(m, torch.nn.Linear) for m in layers.values())
     header = (f"MixDQ allocation (qbench mixdq) for {method.cfg.model} --bits {method.bits}: mean W{mean_w:.3f} A{mean_a:.3f} over {len(layers)} layers "
+              f"(A over the quantized activations, {mean_a_all:.3f} with the {len(protected)} 16-bit ones) "
               f"({len(layers) - n_conv} Linear, {n_conv} Conv2d; rule={method.opts['rule']}; W weighted by parameters, A by input activation size)\n"
               f"chosen split: B={chosen['B']:.3f} k={chosen['k']:.3f} (b_quality={chosen['b_q']:.3f}, b_content={chosen['b_c']:.3f})\n"
               f"use: qbench run --method naive --bits {method.bits} -O layers=THIS_FILE  (or --method mixdq -O allocation=THIS_FILE, with the BOS path)")
     yaml_path = store.save_text(stem + ".yaml", allocation_yaml(alloc, method.bits, header))
     sens = {n: {"group": "content" if n in content else "quality", "params": params[n], "act_size": asz[n], "w": scores["w"][n], "a": scores["a"][n]} for n in sorted(layers)}
     result = {
-        "allocation": alloc, "params": params, "act_sizes": asz, "rule": method.opts["rule"], "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "chosen": chosen,
+        "allocation": alloc, "params": params, "act_sizes": asz, "rule": method.opts["rule"], "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "mean_a_all": round(mean_a_all, 4), "chosen": chosen,
         "a_fp16_layers": protected, "sweep": {"weights": w_rows, "activations": a_rows}, "sensitivity": sens,
         "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "sensitivity_cpu_s": round(c_sens, 2), "allocation_cpu_s": round(c_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
         "counts": {"layers": len(layers), "conv2d": n_conv, "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,

@@ -94,15 +94,26 @@ def test_one_percent_of_activations_at_16_bits_and_the_budget_weighted_by_activa
     assert n_fp == 3  # MixDQ: 9 of SDXL-Turbo's ~900 layers, ~1 %
     # the lowest scores, alternately from the quality and the content group (quality first)
     assert al.most_sensitive(at_a, content, n_fp) == ["l000", "l001", "l002"]
-    # the activation budget: weighted by input activation size, not by parameters
+    # the activation budget: weighted by input activation size, not by parameters; under MixDQ's rule
+    # the 16-bit layers are outside it (integer_programming.py: the ILP's layers and `intensity`
+    # exclude act_sensitivity_1), so at A8 with candidates {4, 8} every other layer stays at 8
     act = {n: (4096 if i < 10 else 64) for i, n in enumerate(names)}
     protected = ["l000", "l001", "l002"]
+    assert al.act_target(8.0, act, protected, "mixdq") == 8.0
+    alloc = {n: None for n in protected}
+    alloc.update({n: 8 for n in names if n not in protected})
+    assert al.act_means(alloc, act) == (pytest.approx(8.0), pytest.approx(al.mean_bits({n: 16 if b is None else b for n, b in alloc.items()}, act)))
+    assert al.act_means(alloc, act)[1] > 8.5  # the 16-bit layers raise what the denoiser moves, not the budget
+    # rule=loose: the 16-bit layers pay from the budget, the rest get less than 8 (what broke toy-lcm W8A8)
     rest = al.rest_budget(8.0, act, protected)
-    alloc = {n: 16 for n in protected}
-    alloc.update({n: rest for n in names if n not in protected})
-    assert al.mean_bits(alloc, act) == pytest.approx(8.0)
+    assert al.act_target(8.0, act, protected, "loose") == pytest.approx(rest) and rest < 7.0
+    loose = {n: 16 for n in protected}
+    loose.update({n: rest for n in names if n not in protected})
+    assert al.mean_bits(loose, act) == pytest.approx(8.0)
     params = {n: 100 for n in names}
-    assert al.mean_bits(alloc, params) != pytest.approx(8.0)  # another weighting gives another mean
+    assert al.mean_bits(loose, params) != pytest.approx(8.0)  # another weighting gives another mean
+    with pytest.raises(ValueError):
+        al.act_target(8.0, act, protected, "other")
 
 
 def test_sqnr_over_the_whole_batch_not_the_mean_of_per_prompt_db():

@@ -131,6 +131,16 @@ def mean_bits(bits: Mapping[str, int], params: Mapping[str, int]) -> float:
     return sum(bits[n] * params[n] for n in bits) / total
 
 
+def act_means(a_bits: Mapping[str, int | None], sizes: Mapping[str, int]) -> tuple[float, float]:
+    """Activation-size-weighted mean activation bits ``(over the quantized layers, over every layer)``;
+    ``None`` = kept at 16 bits. The first is MixDQ's budget (its ILP's layer set excludes the
+    16-bit layers: thu-nics/MixDQ ``integer_programming.py``, ``get_mixed_precision_config_act``),
+    the second what the whole denoiser moves. Every layer at 16 -> ``(16.0, 16.0)``."""
+    quantized = {n: b for n, b in a_bits.items() if b is not None}
+    every = {n: (16 if b is None else b) for n, b in a_bits.items()}
+    return (mean_bits(quantized, sizes) if quantized else 16.0), mean_bits(every, sizes)
+
+
 @contextmanager
 def _c_stdout_to_stderr() -> Iterator[None]:
     """Send what C code writes to file descriptor 1 to descriptor 2 meanwhile, so that a
@@ -281,3 +291,20 @@ def rest_budget(budget: float, params: Mapping[str, int], protected: Sequence[st
     if p_fp >= total:
         raise ValueError("every layer is protected")
     return (budget * total - protected_bits * p_fp) / (total - p_fp)
+
+
+def act_target(budget: float, sizes: Mapping[str, int], protected: Sequence[str], rule: str) -> float:
+    """Mean activation bits the unprotected layers are allocated to. ``rule="mixdq"``: ``budget``
+    itself, the 16-bit (protected) layers lie outside the budget, as in MixDQ's public code
+    (``integer_programming.py``: ``get_mixed_precision_config_act`` drops ``act_sensitivity_1``
+    from the ILP's layers and from its ``intensity``); ``rule="loose"``: the protected layers count
+    in the mean at 16 bits, so the rest get :func:`rest_budget` (below ``budget``).
+
+    Raises ValueError for another rule or when every layer is protected."""
+    if rule == "mixdq":
+        if protected and len(set(protected)) >= len(sizes):
+            raise ValueError("every layer is protected")
+        return float(budget)
+    if rule == "loose":
+        return rest_budget(budget, sizes, protected)
+    raise ValueError(f"unknown allocation rule {rule!r}")
