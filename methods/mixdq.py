@@ -39,7 +39,6 @@ from qbench.api import Capabilities, Method
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
-from qbench.quant.bos import probe_text_stream
 from qbench.quant.spec import QUANT_OPTIONS, BitSpec, QuantConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -289,6 +288,8 @@ class MixDQ(Method):
 
             ctx = CalibrationContext.standalone(model, self.cfg, prompts, self.name)
         if self.text is None:
+            from qbench.quant.bos import probe_text_stream  # torch: not at import (qbench list)
+
             self.text = probe_text_stream(model, self.opts["bos"], self.opts["text_token_rule"])
         result = calibrate_allocation(self, model, list(prompts), ctx)
         self.alloc, self.origin, self.calib_info = result["allocation"], "calibrated", result
@@ -306,6 +307,8 @@ class MixDQ(Method):
                 raise QBenchError(f"mixdq: no allocation for {self.cfg.model} {self.bits}; run `qbench calibrate --method mixdq` first")
             self.alloc, self.origin = alloc, "option" if self.given is not None else "stored"
         if self.text is None:
+            from qbench.quant.bos import probe_text_stream  # torch: not at import (qbench list)
+
             self.text = probe_text_stream(model, self.opts["bos"], self.opts["text_token_rule"])
         den = model.denoiser
         qc = self.qconfig.replace(overrides=overrides_of(self.alloc))

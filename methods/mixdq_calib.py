@@ -16,7 +16,6 @@ from qbench.methods.mixdq_cost import act_widths, candidate_layers, check_feasib
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
 from qbench.quant import allocate as al
-from qbench.quant.bos import PROBE_TEXTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from qbench.methods.mixdq import MixDQ
@@ -76,7 +75,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     import torch
     from qbench.methods.mixdq_alloc import allocation_yaml, overrides_of
 
-    from qbench.quant.bos import BOSAwareLinear, token_keep_mask
+    from qbench.quant.bos import PROBE_TEXTS, BOSAwareLinear, token_keep_mask
     from qbench.quant.linear import QuantConv2d, QuantLinear
     from qbench.quant.primitives import fake_quantize_act
     from qbench.quant.sensitivity import (

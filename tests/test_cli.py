@@ -214,7 +214,7 @@ def test_calibrate_dry_run_loads_and_writes_nothing(capsys, tmp_path):
     """``qbench calibrate --dry-run`` prints the calibration's plan and cost and stops there (it
     once ignored the flag and ran a 4-minute MixDQ calibration)."""
     out = tmp_path / "o"
-    code = main(["calibrate", "--model", "toy-flux", "--method", "mixdq", "--bits", "W3A8", "--out-dir", str(out), "--dry-run", "--json"])
+    code = main(["calibrate", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(out), "--dry-run", "--json"])
     assert code == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["method"].startswith("mixdq") and "calibrat" in json.dumps(plan)
