@@ -33,7 +33,7 @@ _TOP = {"name": str, "title": str, "source": dict, "protocol": dict, "rows": lis
 _SOURCE = ("paper", "table", "where", "note")
 _PROTOCOL = {"model": str, "steps": int, "guidance": (int, float), "resolution": int, "prompts": str, "n": int, "seed": int,
              "seed_rule": str, "metrics": list, "deviations": list}
-_METRIC = ("metric", "column", "protocol", "reference")
+_METRIC = ("metric", "column", "protocol", "reference", "decimals")
 _ROW = ("label", "method", "bits", "mode", "options", "published", "why", "deviations")
 
 
@@ -137,6 +137,8 @@ def parse_spec(data: Any, path: str = "<spec>") -> TableSpec:
         for k in ("metric", "column", "protocol"):
             if m and not isinstance(m.get(k), str):
                 bad(f"{path}: protocol.metrics[{i}].{k} must be a string, got {show_value(m.get(k))}")
+        if "decimals" in m and (isinstance(m["decimals"], bool) or not isinstance(m["decimals"], int) or not 0 <= m["decimals"] <= 6):
+            bad(f"{path}: protocol.metrics[{i}].decimals (as the table prints them) must be an integer 0..6, got {show_value(m['decimals'])}")
         if isinstance(m.get("metric"), str):
             from qbench.catalog import METRICS
 

@@ -138,11 +138,11 @@ def _run(spec: TableSpec, sweep, args: argparse.Namespace) -> int:
         runs.append(Store(cfg.db_path, create=False).get(rid) if rid else None)
     rows = compare_rows(spec, runs)
     out_dir = sweep.cells[0].out_dir if sweep.cells else (args.out_dir or ".")
-    paths = write_report(spec, rows, out_dir, twins=args.twins)
+    paths = write_report(spec, rows, out_dir, twins=args.twins, cells=sweep.cells)
     if args.json:
         print(json.dumps({"table": spec.name, "rows": rows, "report": paths, "failed": out["failed"]}, indent=1, default=str))
     else:
-        print(to_markdown(spec, rows, args.twins))
+        print(to_markdown(spec, rows, args.twins, sweep.cells))
         say(f"report: {paths['md']} and {paths['html']}")
     return 1 if out["failed"] else 0
 
@@ -179,6 +179,7 @@ def compare_rows(spec: TableSpec, runs: list[dict[str, Any] | None]) -> list[dic
             if name not in row.published:
                 continue
             rec: dict[str, Any] = {"row": row.label, "metric": name, "column": m["column"], "published": row.published[name],
+                                   "decimals": m.get("decimals"),
                                    "qbench": None, "stderr": None, "made": None, "difference": None, "relative": None, "dagger": False}
             if not row.method:
                 rec["made"] = f"not run: {row.why}"
@@ -213,7 +214,9 @@ def _cells(r: dict[str, Any]) -> list[str]:
         diff = f"{r['difference']:+.4g}{rel}" + (" †" if r["dagger"] else "")
     else:
         diff = f"n/a ({r['why_no_difference']})" if r.get("why_no_difference") else "n/a"
-    return [r["row"], r["column"], f"{r['published']:g}", q, diff, r["made"] or ""]
+    dec = r.get("decimals")
+    pub = f"{r['published']:.{dec}f}" if dec is not None else f"{r['published']:g}"
+    return [r["row"], r["column"], pub, q, diff, r["made"] or ""]
 
 
 HEAD = ["row", "metric", "published", "qbench", "difference", "how the qbench number was made"]
@@ -226,7 +229,7 @@ def _banner(spec: TableSpec, twins: bool) -> str:
     return "qbench column: the real models under the table's protocol; each number says how it was made."
 
 
-def _notes(spec: TableSpec) -> list[str]:
+def _notes(spec: TableSpec, cells=()) -> list[str]:
     p = spec.protocol
     notes = [f"source: {spec.source['paper']}; {spec.source['table']}; numbers typed in from {spec.source['where']}"]
     if spec.source.get("note"):
@@ -239,34 +242,36 @@ def _notes(spec: TableSpec) -> list[str]:
     notes += [f"† deviation ({r.label}): {d}" for r in spec.rows for d in r.deviations]
     notes.append("difference = qbench - published (relative to published), shown only where comparable: real model, real metric "
                  "weights, the table's prompts and n.")
+    labels = [r.label for r in spec.runnable]
+    notes += [f"qbench cell {label!r}: `{cfg.to_cli()}`" for label, cfg in zip(labels, cells)]
     return notes
 
 
-def to_markdown(spec: TableSpec, rows: list[dict[str, Any]], twins: bool) -> str:
+def to_markdown(spec: TableSpec, rows: list[dict[str, Any]], twins: bool, cells=()) -> str:
     lines = [f"# Reproduce: {spec.title}", "", f"**{_banner(spec, twins)}**", "",
              "| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |" for r in rows]
-    lines += [""] + [f"- {n}" for n in _notes(spec)]
+    lines += [""] + [f"- {n}" for n in _notes(spec, cells)]
     return "\n".join(lines) + "\n"
 
 
-def to_html(spec: TableSpec, rows: list[dict[str, Any]], twins: bool) -> str:
+def to_html(spec: TableSpec, rows: list[dict[str, Any]], twins: bool, cells=()) -> str:
     from qbench.report import Cell, Table
     from qbench.report_html import CSS, table_html
 
     t = Table(spec.title, HEAD, [[Cell(c) for c in _cells(r)] for r in rows])
-    notes = "".join(f"<li>{escape(n)}</li>" for n in _notes(spec))
+    notes = "".join(f"<li>{escape(n)}</li>" for n in _notes(spec, cells))
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>qbench reproduce — {escape(spec.name)}</title>'
             f"<style>{CSS}</style></head><body><h1>Reproduce: {escape(spec.title)}</h1>"
             f'<p class="note"><b>{escape(_banner(spec, twins))}</b></p>{table_html(t)}<h2>Source and protocol</h2><ul>{notes}</ul></body></html>\n')
 
 
-def write_report(spec: TableSpec, rows: list[dict[str, Any]], out_dir: str, twins: bool) -> dict[str, str]:
+def write_report(spec: TableSpec, rows: list[dict[str, Any]], out_dir: str, twins: bool, cells=()) -> dict[str, str]:
     """Write ``reproduce-<table>[-twins].md`` and ``.html`` under ``out_dir``; their paths."""
     from qbench.results_export import write_text
 
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"reproduce-{spec.name}" + ("-twins" if twins else ""))
-    write_text(base + ".md", to_markdown(spec, rows, twins))
-    write_text(base + ".html", to_html(spec, rows, twins))
+    write_text(base + ".md", to_markdown(spec, rows, twins, cells))
+    write_text(base + ".html", to_html(spec, rows, twins, cells))
     return {"md": base + ".md", "html": base + ".html"}

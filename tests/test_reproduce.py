@@ -27,7 +27,7 @@ protocol:
   seed: 42
   seed_rule: "seed + index"
   metrics:
-    - {metric: psnr, column: PSNR, protocol: "vs FP"}
+    - {metric: psnr, column: PSNR, protocol: "vs FP", decimals: 1}
     - {metric: imagereward, column: IR, protocol: "ImageReward v1.0"}
 rows:
   - {label: "FP16", method: fp, published: {imagereward: 0.5}}
@@ -42,7 +42,13 @@ def _write(tmp_path, text, name="t.yaml"):
     return str(p)
 
 
-def test_shipped_tables_load_and_cite_their_source():
+def test_shipped_tables_load_and_cite_their_source(capsys):
+    import json
+
+    assert main(["reproduce", "--list", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [t["name"] for t in listed] == list_specs() and all(t["source"] and t["where"] for t in listed)
+    assert main(["reproduce", "--list"]) == 0 and "svdquant-flux-schnell: SVDQuant" in capsys.readouterr().out
     names = list_specs()
     assert "svdquant-flux-schnell" in names
     for n in names:
@@ -58,12 +64,12 @@ def test_bad_specs_one_line_per_problem(tmp_path):
     with pytest.raises(ConfigError, match="no published table 'nope'"):
         load_spec("nope")
     bad = MINI.replace("model: lcm", "model: no-such-model").replace("published: {psnr: 20.0}", "published: {psnr: high, fid: 1}")
-    bad = bad.replace("why: \"no such method here\"", "colour: red").replace("method: naive", "method: nonesuch")
+    bad = bad.replace("why: \"no such method here\"", "colour: red").replace("method: naive", "method: nonesuch").replace("decimals: 1", "decimals: x")
     with pytest.raises(ManyErrors) as e:
         load_spec(_write(tmp_path, bad))
     text = str(e.value)
     for needle in ("protocol.model", "psnr must be a number", "'fid' is not one of the table's metrics", "unknown key 'colour'",
-                   "must say why", "rows[1].method"):
+                   "must say why", "rows[1].method", "decimals (as the table prints them)"):
         assert needle in text, needle
     with pytest.raises(ConfigError, match="source.where must cite"):
         load_spec(_write(tmp_path, MINI.replace('where: "test file"', 'where: ""')))
@@ -110,7 +116,7 @@ def test_difference_only_where_comparable(tmp_path):
     rows = compare_rows(spec, [_run("lcm", 40.0, n=5), None])
     assert "other prompts or n" in rows[0]["why_no_difference"] and "cell failed" in rows[1]["made"]
     md = to_markdown(spec, rows, twins=False)
-    assert "| W8A8 | PSNR | 30 | - | n/a |" in md
+    assert "| W8A8 | PSNR | 30.0 | - | n/a |" in md and "| FP16 | IR | 0.5 |" in md
 
 
 @pytest.mark.slow
@@ -130,7 +136,7 @@ def test_svdquant_table_end_to_end_on_the_tiny_twins(tmp_path, capsys):
     assert "TINY TWINS and STAND-IN METRICS" in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| INT W4A4, no method |")]
     assert len(lines) == 4 and all("n/a (tiny twin)" in ln and "tiny-flux" in ln for ln in lines)
-    assert "| INT W4A4, no method | FID | 18.1 |" in md and "| BF16 | IR | 0.938 |" in md
+    assert "| INT W4A4, no method | FID | 18.1 |" in md and "| BF16 | IR | 0.938 |" in md and "| INT W8A8, SVDQ | LPIPS | 0.120 |" in md
     assert "not run: no SVDQuant method in qbench" in md
     html = (out / "reproduce-svdquant-flux-schnell-twins.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "INT W4A4, no method" in html and "<script" not in html
