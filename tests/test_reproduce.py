@@ -60,7 +60,7 @@ def test_shipped_tables_load_and_cite_their_source(capsys):
     assert "arXiv 2411.05007" in s.source["paper"] and "69f3473f" in s.source["where"]
 
 
-def test_bad_specs_one_line_per_problem(tmp_path):
+def test_bad_specs_one_line_per_problem(tmp_path, capsys):
     with pytest.raises(ConfigError, match="no published table 'nope'"):
         load_spec("nope")
     bad = MINI.replace("model: lcm", "model: no-such-model").replace("published: {psnr: 20.0}", "published: {psnr: high, fid: 1}")
@@ -73,8 +73,11 @@ def test_bad_specs_one_line_per_problem(tmp_path):
         assert needle in text, needle
     with pytest.raises(ConfigError, match="source.where must cite"):
         load_spec(_write(tmp_path, MINI.replace('where: "test file"', 'where: ""')))
-    # the CLI: one line, exit 2 (bad input), nothing else
+    # the CLI: one line and a non-zero exit, no traceback
     assert main(["reproduce", _write(tmp_path, bad)]) != 0
+    assert main(["reproduce"]) != 0 and main(["reproduce", "svdquant-flux-schnell", "--plan", "--twins"]) != 0
+    err = capsys.readouterr().err
+    assert "needs a table" in err and "--plan costs the real models" in err and "Traceback" not in err
 
 
 def test_cells_plan_and_dry_run_without_resolving_the_prompt_set(tmp_path, capsys):
