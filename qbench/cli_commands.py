@@ -168,6 +168,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from qbench.reproduce_report import main as reproduce_main
+
+    return reproduce_main(args)
+
+
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from qbench.catalog import METHODS
 

@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tflops", type=positive_float, help="effective TFLOP/s per GPU (overrides --gpu and --mfu)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func="cmd_plan")
+    p = sub.add_parser("reproduce", help="a published table (Q-Sched, MixDQ, SVDQuant...) beside qbench's numbers: --list, --dry-run, "
+                       "--plan, the run (--twins: offline on the tiny twins with stand-in metrics); report: published | qbench | difference")
+    from qbench.reproduce_report import add_arguments as reproduce_arguments
+
+    reproduce_arguments(p)
+    p.set_defaults(func="cmd_reproduce")
     p = sub.add_parser("compare", help="stored runs of a model side by side: a table per set of comparable settings, paired differences to the baseline")
     p.add_argument("--model", help="only this model (default: every model with runs)")
     p.add_argument("--baseline", metavar="RUN|METHOD", help="the baseline: a run id (or unique prefix/suffix), or a method or label (default fp) whose run with the same settings is each table's baseline")

@@ -112,9 +112,12 @@ def image_flops(spec, steps: int | None = None, guidance: float | None = None, r
             "denoiser_params": f["params"], "resolution": res, "steps": steps}
 
 
-def plan_sweep(sweep, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU, tflops: float | None = None) -> dict[str, Any]:
+def plan_sweep(sweep, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU, tflops: float | None = None,
+               prompt_counts: dict[str, int] | None = None) -> dict[str, Any]:
     """Per cell and total: images (new and shared), calibration images, forward passes, PFLOPs,
-    GPU-hours and wall time on ``gpus`` GPUs (perfect sharding of images across GPUs)."""
+    GPU-hours and wall time on ``gpus`` GPUs (perfect sharding of images across GPUs).
+    ``prompt_counts``: ``{prompt spec: n}`` taken as given instead of loading those prompt sets
+    (``qbench reproduce --plan``: a published table states its n; its set may be a hub download)."""
     from qbench.errors import ConfigError
     from qbench.generation import fp_method
 
@@ -130,7 +133,7 @@ def plan_sweep(sweep, gpus: int = 1, gpu: str = "h100", mfu: float = DEFAULT_MFU
         spec = _spec(cfg.model)
         cost = image_flops(spec, cfg.steps, cfg.guidance, cfg.resolution)
         method = _method(cfg)
-        n = _n_prompts(cfg, spec)
+        n = (prompt_counts or {}).get(cfg.prompts) or _n_prompts(cfg, spec)
         new = 0
         for desc in [method.describe()] + ([fp_method(cfg).describe()] if _needs_fp(cfg, spec) else []):
             key = repr((cfg.model, cfg.prompts or spec.default_prompts, cfg.seed, cfg.steps, cfg.guidance, cfg.resolution, cfg.batch_size, desc))

@@ -209,7 +209,8 @@ def finished(key: str, done_runs: list[dict[str, Any]]) -> dict[str, Any] | None
 
 
 def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: bool = False) -> dict[str, Any]:
-    """Run every unfinished cell; returns {"ran": [...], "skipped": [...], "failed": [...]}.
+    """Run every unfinished cell; returns {"ran": [...], "skipped": [...], "failed": [...], "cells":
+    [the run id of each cell, in order; None where it failed or is not run (dry run)]}.
 
     A cell is finished when the store holds a ``done`` run under the key its inputs give now
     (:func:`finished`). With several ranks, the main rank decides which cells run (from its store)
@@ -242,17 +243,20 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
             prev = finished(key, done)
             decisions.append(prev["id"] if prev is not None else None)
     decisions = dist.broadcast(decisions)
-    out: dict[str, list[str]] = {"ran": [], "skipped": [], "failed": []}
+    out: dict[str, list] = {"ran": [], "skipped": [], "failed": [], "cells": [None] * len(plans)}
     done_here: dict[str, str] = {}
+    id_of: dict[str, str] = {}
     for i, (plan, key, prev) in enumerate(zip(plans, keys, decisions)):
         cfg = plan.cfg
         label = f"[{i + 1}/{len(plans)}] {cfg.model} / {plan.method.label}" + (f" seed {cfg.seed}" if cfg.seed != 42 else "")
         if prev is not None:
             say(f"{label}: finished (run {prev[-6:]}), skipped")
             out["skipped"].append(prev)
+            out["cells"][i] = prev
             continue
         if key in done_here:  # a repeated cell (e.g. seeds: [42, 42]) is the same run
             say(f"{label}: same cell as an earlier one ({done_here[key]}), skipped")
+            out["cells"][i] = id_of.get(key)
             continue
         if dry_run:
             say(f"{label}: to run ({len(plan.prompts)} prompts)")
@@ -269,5 +273,6 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
             continue
         if res is not None:  # None on the non-main ranks of a sharded run
             out["ran"].append(res.run_id)
+            out["cells"][i] = id_of[key] = res.run_id
         done_here[key] = f"run {res.run_id[-6:]}" if res is not None else "run on the main rank"
     return out
