@@ -155,8 +155,12 @@ def test_resolved_commit_enters_the_run_identity(hub, tmp_path):
     assert "prompt_sources" not in plain.inputs  # other sets keep their keys
 
 
-def test_catalog_entries_name_the_pinned_revisions():
+def test_catalog_entries_name_the_pinned_revisions(capsys):
     from qbench.catalog import PROMPTS
+    from qbench.cli import main
+
+    assert main(["list", "prompts", "--json"]) == 0
+    assert set(HUB_SETS) <= {e["name"] for e in json.loads(capsys.readouterr().out)["prompts"]}
 
     for name, s in HUB_SETS.items():
         e = PROMPTS.entry(name)
