@@ -4,6 +4,7 @@ Q-Sched's MJHQ sampling, the one-line offline refusal and the resolved commit in
 Nothing here reaches the network."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -31,10 +32,16 @@ def hub(tmp_path, monkeypatch):
 
     def put(repo: str, files: dict[str, bytes | str], sha: str = SHA_A, ref: str | None = "main"):
         root = cache / ("datasets--" + repo.replace("/", "--"))
-        for rel, data in files.items():
+        for rel, data in files.items():  # blobs/<hash> and a relative symlink in snapshots/, as the real cache
+            data = data if isinstance(data, bytes) else data.encode()
+            blob = root / "blobs" / hashlib.sha256(data).hexdigest()
+            blob.parent.mkdir(parents=True, exist_ok=True)
+            blob.write_bytes(data)
             f = root / "snapshots" / sha / rel
             f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_bytes(data if isinstance(data, bytes) else data.encode())
+            if f.is_symlink():
+                f.unlink()
+            f.symlink_to(os.path.relpath(blob, f.parent))
         if ref:
             (root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
             (root / "refs" / ref).write_text(sha)
@@ -89,6 +96,17 @@ def test_named_table_set_from_the_hub_cache(hub):
     assert [x.id for x in p] == ["hf:nateraw/parti-prompts@944b156abfda/train/0", "hf:nateraw/parti-prompts@944b156abfda/train/1"]
     assert p[1].text == "A red apple." and p[1].meta["Category"] == "Food" and p[1].meta["Challenge"] == "Colors"
     assert p[0].meta["source"]["commit"] == s.revision and p[0].meta["source"]["split"] == "train"
+
+
+def test_drawbench_parquet_conversion_layout(hub, tmp_path):
+    """DrawBench is read from the Hub's parquet conversion: ``default/test/0000.parquet``."""
+    d = _parquet_folder(tmp_path / "db", {"test": {"prompts": ["A red colored car.", "A black colored banana."], "category": ["Colors", "Colors"]}})
+    hub("shunk031/DrawBench", {"default/test/0000.parquet": (d / "data" / "test-00000-of-00001.parquet").read_bytes()}, sha=SHA_B,
+        ref="refs/convert/parquet")
+    p = load_prompts("drawbench:2")
+    assert [(x.id, x.text) for x in p] == [(f"hf:shunk031/DrawBench@{SHA_B[:12]}/test/0", "A red colored car."),
+                                           (f"hf:shunk031/DrawBench@{SHA_B[:12]}/test/1", "A black colored banana.")]
+    assert p[0].meta["source"]["revision"] == "refs/convert/parquet" and p[0].meta["source"]["commit"] == SHA_B
 
 
 def _mjhq(n: int) -> dict:
