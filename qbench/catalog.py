@@ -72,3 +72,9 @@ PROMPTS.register("toy-train", "qbench.toyworld.prompts:toy_train", "toy world TR
 PROMPTS.register("toy-pair", "qbench.toyworld.prompts:toy_pair_test", "toy world two-object TEST split: held-out pairs (left and right object) x 6 wordings, scene in Prompt.meta")
 PROMPTS.register("toy-pair-calib", "qbench.toyworld.prompts:toy_pair_calib", "toy world two-object CALIB split (disjoint from toy-pair and toy-pair-train)")
 PROMPTS.register("toy-pair-train", "qbench.toyworld.prompts:toy_pair_train", "toy world two-object TRAIN split")
+# Hub prompt sets (qbench/hubprompts.py HUB_SETS: repo, pinned revision, sampling): fetched once into the Hugging Face cache
+PROMPTS.register("mjhq-30k", "qbench.hubprompts:mjhq_30k", "MJHQ-30K: 30,000 prompts, 10 categories, meta_data.json order; Hub playgroundai/MJHQ-30K@main (commit recorded)")
+PROMPTS.register("mjhq-5k", "qbench.hubprompts:mjhq_5k", "MJHQ-30K as Q-Sched/nunchaku sample it: random.Random(0) shuffle, first 5,000, sorted; Hub playgroundai/MJHQ-30K@main")
+PROMPTS.register("sdci", "qbench.hubprompts:sdci", "sDCI (SVDQuant) prompts in file order, first N = Q-Sched calibration; Hub mit-han-lab/svdquant-datasets@35636da44cdc")
+PROMPTS.register("parti-prompts", "qbench.hubprompts:parti_prompts", "PartiPrompts (P2): 1,632 prompts, Category/Challenge in meta, file order; Hub nateraw/parti-prompts@944b156abfda")
+PROMPTS.register("drawbench", "qbench.hubprompts:drawbench", "DrawBench (Imagen): 200 prompts, row order; Hub shunk031/DrawBench@refs/convert/parquet (commit recorded)")

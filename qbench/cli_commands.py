@@ -121,14 +121,24 @@ def _quantizes(method: str) -> bool:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from qbench.sweep import load_sweep
+    from qbench.sweep import cell_lines, load_sweep, select_cell
 
     overrides = {k: getattr(args, k) for k in ("out_dir", "db") if getattr(args, k, None)}
-    return _sweep(load_sweep(args.file, overrides), args)
+    sweep = load_sweep(args.file, overrides)
+    if getattr(args, "list_cells", False):
+        for line in cell_lines(sweep):
+            print(line)
+        return 0
+    if getattr(args, "cell", None) is not None:
+        return _sweep(select_cell(sweep, args.cell), args, report=bool(getattr(args, "report", False)))
+    if getattr(args, "report", False):
+        raise ConfigError("--report goes with --cell (a whole sweep always ends with its comparison and report)")
+    return _sweep(sweep, args)
 
 
-def _sweep(sweep, args: argparse.Namespace) -> int:
-    """Run a sweep's unfinished cells, then compare every model's cells (and write the report)."""
+def _sweep(sweep, args: argparse.Namespace, report: bool = True) -> int:
+    """Run a sweep's unfinished cells, then compare every model's cells (and write the report);
+    a single ``--cell`` compares only with ``report`` (``--report``)."""
     from qbench.sweep import run_sweep
     from qbench.tables import console
 
@@ -139,7 +149,9 @@ def _sweep(sweep, args: argparse.Namespace) -> int:
     say = (lambda m: con.print(m, markup=False, highlight=False)) if main_rank else (lambda m: None)
     say(f"sweep {sweep.name}: {len(sweep.cells)} cells")
     out = run_sweep(sweep, show_progress=not args.no_progress, say=say, dry_run=args.dry_run)
-    if args.dry_run or not main_rank or not (out["ran"] or out["skipped"]):
+    if args.dry_run or not main_rank or not (out["ran"] or out["skipped"]) or not report:
+        if main_rank and not args.dry_run and sweep.cell is not None:
+            say(f"sweep {sweep.name}: cell {sweep.cell}: {'failed' if out['failed'] else 'run' if out['ran'] else 'already finished'}")
         return 1 if out["failed"] else 0
     ids = out["ran"] + out["skipped"]
     cfg0 = sweep.cells[0]

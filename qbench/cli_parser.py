@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", help="results folder (overrides the file's run.out_dir)")
     p.add_argument("--db")
     p.add_argument("--dry-run", action="store_true", help="check every cell and list what would run")
+    p.add_argument("--cell", type=nonneg_int, metavar="I", help="run only cell I (0-based, as --list-cells numbers them; skipped if finished); "
+                   "one SLURM array task each (tools/slurm/); no compare/report unless --report")
+    p.add_argument("--list-cells", action="store_true", help="print every cell with its index (and the --array range for sbatch), run nothing")
+    p.add_argument("--report", action="store_true", help="with --cell: compare and report the sweep's finished cells afterwards")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func="cmd_sweep")
     p = sub.add_parser("plan", help="images, forward passes, FLOPs and estimated GPU time of every cell of a sweep (real models), before running it")

@@ -350,12 +350,17 @@ def run_identity(plan):
         cls = METRICS.get(name)
         metric_modules.append(cls.__module__)
         declared += list(cls.OPTIONS)
+    from qbench.hubprompts import prompt_sources
     from qbench.metrics.common import GLOBAL_OPTIONS
 
+    # Hub prompt sets: repository, requested revision and resolved commit (absent for other sets,
+    # so their keys stay as they were)
+    sources = prompt_sources(plan.prompts) + [s for s in prompt_sources(plan.calib_prompts) if s not in prompt_sources(plan.prompts)]
     return make("run", {
         "config": config,
         "prompts": [[p.id, p.index, p.text] for p in plan.prompts],
         "calibration_prompts": [[p.id, p.index, p.text] for p in plan.calib_prompts],
+        **({"prompt_sources": sources} if sources else {}),
         **model_inputs(plan.ref),
         "sampling": sampling_settings(plan.ref, cfg),
         "method": method.identity_describe(),

@@ -7,6 +7,9 @@ Spec grammar (``--prompts``):
 * ``PATH`` or ``PATH:N`` — a ``.txt`` file (one prompt per line, blank lines skipped) or a
   ``.jsonl``/``.json``/``.csv`` file with a caption column (``caption``, ``text`` or ``prompt``;
   an ``id`` column, if present, gives the stable ids), loaded with Hugging Face ``datasets``.
+* ``hf:<dataset>[:<split>][@<revision>]`` or with ``:N`` — a Hugging Face Hub dataset (or a local
+  dataset folder), and the named Hub sets ``mjhq-30k``, ``mjhq-5k``, ``sdci``, ``parti-prompts``,
+  ``drawbench``: :mod:`qbench.hubprompts` (pinned revisions, resolved commit recorded).
 
 Every prompt keeps a stable id and its index in the full set; generation seeds are
 ``run seed + index``.
@@ -198,7 +201,11 @@ def load_prompts(spec: str) -> list[Prompt]:
     if len(spec) > 4096 or "\0" in spec:
         raise ConfigError(f"prompt spec {spec[:40]!r}...: too long or holds a NUL byte")
     name, n = _split_limit(spec.strip())
-    if _looks_like_path(name):
+    if name.startswith("hf:"):
+        from qbench.hubprompts import load_hf
+
+        prompts = load_hf(name[3:])
+    elif _looks_like_path(name):
         prompts = load_prompt_file(name)
     else:
         source: Callable[[], "tuple[Prompt, ...] | list[Prompt]"] = PROMPTS.get(name)

@@ -41,6 +41,26 @@ class Sweep:
     name: str
     cells: list[RunConfig]
     source: str | None = None
+    #: set by :func:`select_cell`: the index of the one cell kept, and how many the sweep has
+    cell: int | None = None
+    total: int | None = None
+
+
+def select_cell(sweep: Sweep, i: int) -> Sweep:
+    """The sweep reduced to its cell ``i`` (0-based, in :func:`expand` order: the index a SLURM
+    array task passes as ``qbench sweep FILE --cell $SLURM_ARRAY_TASK_ID``). Raises
+    :class:`ConfigError` when ``i`` is out of range."""
+    n = len(sweep.cells)
+    if not 0 <= i < n:
+        raise ConfigError(f"sweep {sweep.source or sweep.name}: --cell {i} is out of range: it has {n} cell{'s' if n != 1 else ''} (0..{n - 1})")
+    return Sweep(sweep.name, [sweep.cells[i]], sweep.source, cell=i, total=n)
+
+
+def cell_lines(sweep: Sweep) -> list[str]:
+    """One line per cell, ``<index>\t<model>\t<method> <bits>\t<seed>``, then the sbatch array range."""
+    out = [f"{i}\t{c.model}\t{c.method}{' ' + c.bits if c.bits else ''}{' [' + c.tag + ']' if c.tag else ''}\tseed {c.seed}"
+           for i, c in enumerate(sweep.cells)]
+    return out + [f"# {len(sweep.cells)} cells: sbatch --array=0-{len(sweep.cells) - 1} tools/slurm/sweep_array.sbatch {sweep.source or ''}".rstrip()]
 
 
 #: most YAML nodes a sweep file may expand to, aliases counted as often as they are used (a
@@ -248,7 +268,8 @@ def run_sweep(sweep: Sweep, *, show_progress: bool = True, say=print, dry_run: b
     id_of: dict[str, str] = {}
     for i, (plan, key, prev) in enumerate(zip(plans, keys, decisions)):
         cfg = plan.cfg
-        label = f"[{i + 1}/{len(plans)}] {cfg.model} / {plan.method.label}" + (f" seed {cfg.seed}" if cfg.seed != 42 else "")
+        where = f"cell {sweep.cell} of {sweep.total}" if sweep.cell is not None else f"{i + 1}/{len(plans)}"
+        label = f"[{where}] {cfg.model} / {plan.method.label}" + (f" seed {cfg.seed}" if cfg.seed != 42 else "")
         if prev is not None:
             say(f"{label}: finished (run {prev[-6:]}), skipped")
             out["skipped"].append(prev)
