@@ -5,7 +5,7 @@ scored with the model's metrics and stored as a labelled run (the ``score`` sequ
 from __future__ import annotations
 
 import json
-from typing import Callable
+from collections.abc import Callable
 
 from qbench.config import RunConfig
 

@@ -51,7 +51,12 @@ def plan_images(s) -> None:
     from qbench.catalog import METHODS, METRICS
     from qbench.dist import current
     from qbench.models.loader import ModelRef, get_spec, resolve_device
-    from qbench.preflight import RunPlan, _Problems, check_metric_options, resolve_metrics
+    from qbench.preflight import (
+        RunPlan,
+        _Problems,
+        check_metric_options,
+        resolve_metrics,
+    )
     from qbench.prompts import load_prompts
     from qbench.score_read import read_images
 
