@@ -103,6 +103,8 @@ def _locate_reference(sc: ScoreInputs, plan) -> None:
     given = sc.reference
     if given is not None and os.path.exists(split_source(given)[0]):
         sc.reference_set = read_images(given, prompts, seed=cfg.seed, layout=sc.reference_layout, what="reference")
+    elif given is not None and (os.sep in given or given.lower().endswith((".json", ".jsonl"))):
+        raise ConfigError(f"--reference {given!r}: no such folder or file")
     else:
         sc.reference_run = find_fp_run(cfg, prompts, given)
         if sc.reference_run is not None:

@@ -146,6 +146,9 @@ def test_bad_inputs_one_line_each(world, capsys, tmp_path):
 
     good = _copy_as(world, str(tmp_path / "good"))
     assert "no such folder or file" in _bad(world, capsys, str(tmp_path / "nope"))
+    assert "--reference '/nope/fp': no such folder or file" in _bad(world, capsys, good, "--reference", "/nope/fp")
+    naive_id = world["naive"].run_id
+    assert f"--reference run {naive_id} cannot be the reference: it is a naive W4A8" in _bad(world, capsys, good, "--reference", naive_id[-6:])
     missing = shutil.copytree(good, tmp_path / "missing")
     os.unlink(missing / "3.png")
     assert "1 of 6 prompts have no image (e.g. 'toy-test/3')" in _bad(world, capsys, str(missing))
