@@ -127,9 +127,7 @@ def check_files(source: str, layout: str, entry: str | None, found: dict[str, st
     if missing:
         problems.append(f"{len(missing)} of {len(prompts)} prompts have no image ({_examples(missing)}); every prompt needs one "
                         "(scores are paired by prompt id): add them, or score fewer prompts with --prompts SPEC:N")
-    if problems:
-        _raise(what, path, layout, problems)
-    files = {p.id: found[p.id] for p in prompts}
+    files = {p.id: found[p.id] for p in prompts if p.id in found}  # decoded even when some are missing: every problem at once
     sizes, digests, bad = {}, {}, []
     for pid, f in files.items():
         try:
@@ -154,7 +152,7 @@ def check_files(source: str, layout: str, entry: str | None, found: dict[str, st
 def _raise(what: str, path: str, layout: str, problems: list[str]) -> None:
     if len(problems) == 1:
         raise QBenchError(f"{what} {path} ({layout} layout): {problems[0]}")
-    raise QBenchError(f"{what} {path} ({layout} layout): {len(problems)} problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    raise QBenchError(f"{what} {path} ({layout} layout): {len(problems)} problems:\n" + "\n".join(f"      - {p}" for p in problems))
 
 
 def _examples(items: list[str]) -> str:

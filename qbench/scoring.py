@@ -58,7 +58,7 @@ def plan_images(s) -> None:
         resolve_metrics,
     )
     from qbench.prompts import load_prompts
-    from qbench.score_read import read_images
+    from qbench.score_read import read_images, split_source
 
     sc: ScoreInputs = s.scored
     cfg = s.cfg
@@ -71,7 +71,10 @@ def plan_images(s) -> None:
     device = p.check("", resolve_device, cfg.device)
     p.raise_if_any()
     s.dist = current(cfg.device)
-    sc.images = read_images(sc.source, prompts, seed=cfg.seed, layout=sc.layout)
+    sc.images = p.check("", read_images, sc.source, prompts, seed=cfg.seed, layout=sc.layout)
+    if sc.reference is not None and os.path.exists(split_source(sc.reference)[0]):  # a folder or file: its problems too, together
+        sc.reference_set = p.check("", lambda: read_images(sc.reference, prompts, seed=cfg.seed, layout=sc.reference_layout, what="reference"))
+    p.raise_if_any()
     opts = {"label": sc.label or _default_label(sc.images), "source": sc.images.source, "layout": sc.images.layout,
             "entry": sc.images.entry, "digest": sc.images.digest}
     cfg = cfg.replace(method="images", bits=None, mode=None, method_options=opts)
@@ -97,12 +100,10 @@ def _default_label(images) -> str:
 
 def _locate_reference(sc: ScoreInputs, plan) -> None:
     """The reference images and the settings of the scored run (see the module docstring)."""
-    from qbench.score_read import read_images, split_source
-
     cfg, prompts = plan.cfg, plan.prompts
     given = sc.reference
-    if given is not None and os.path.exists(split_source(given)[0]):
-        sc.reference_set = read_images(given, prompts, seed=cfg.seed, layout=sc.reference_layout, what="reference")
+    if sc.reference_set is not None:  # a folder or file, read by plan_images
+        pass
     elif given is not None and (os.sep in given or given.lower().endswith((".json", ".jsonl"))):
         raise ConfigError(f"--reference {given!r}: no such folder or file")
     else:

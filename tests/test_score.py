@@ -169,6 +169,8 @@ def test_bad_inputs_one_line_each(world, capsys, tmp_path):
     assert "are 16x16 but the reference images" in err and len(err.strip().splitlines()) == 1
     qbench_folder = os.path.dirname(world["records"][0]["image_path"])
     assert "not made with qbench's seed rule (--seed 7 + prompt index)" in _bad(world, capsys, qbench_folder, "--seed", "7")
+    several = _bad(world, capsys, str(missing), "--reference", str(broken))  # both reported, one line each
+    assert "2 problems" in several and "no image" in several and "unreadable" in several
     # extra images are reported and not scored
     extra = shutil.copytree(good, tmp_path / "extra")
     shutil.copy(extra / "0.png", extra / "not-a-prompt.png")
