@@ -194,3 +194,24 @@ def test_without_a_reference_fidelity_metrics_are_refused_and_images_never_runs(
     code = main(["run", "--method", "images", "--out-dir", out, "--metrics", ""])
     err = capsys.readouterr().err
     assert code == 2 and "qbench score" in err and len(err.strip().splitlines()) == 1
+
+
+def test_two_stored_fp_runs_with_other_settings_must_be_named(world, capsys, tmp_path):
+    from qbench import harness
+    from qbench.config import RunConfig
+
+    out = str(tmp_path / "reports")
+    os.makedirs(out)
+    shutil.copy(os.path.join(world["out"], "qbench.sqlite"), out)
+    other = harness.run(RunConfig(model="toy-flux", prompts=PROMPTS, batch_size=2, out_dir=out, latency_warmup=0, latency_repeats=1,
+                                  metrics=["toy-acc"]), show_progress=False)
+    folder = os.path.dirname(world["records"][0]["image_path"])
+    args = ["score", folder, "--model", "toy-flux", "--prompts", PROMPTS, "--out-dir", out, "--metrics", "psnr", "--no-progress", "--json"]
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "2 stored fp runs of toy-flux on toy:6 differ in their settings (batch size" in err and "--reference RUN" in err
+    assert main(args + ["--reference", world["fp"].run_id]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["method_report"]["reference"]["run_id"] == world["fp"].run_id != other.run_id
+    assert res["metrics"]["psnr"]["value"] == pytest.approx(world["naive"].metrics["psnr"]["value"], rel=1e-9)
