@@ -385,6 +385,12 @@ def cmd_export_results(args: argparse.Namespace) -> int:
     return export_main(args, _db_path(args), _finished)
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from qbench.score_cli import main as score_main
+
+    return score_main(args)
+
+
 def cmd_regress(args: argparse.Namespace) -> int:
     from qbench.regress import main as regress_main
 

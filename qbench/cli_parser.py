@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default="reports")
     p.add_argument("--db")
     p.set_defaults(func="cmd_export_results")
+    p = sub.add_parser("score", help="score images made elsewhere (a folder or eval JSON, one image per prompt id) with the model's metrics, "
+                       "paired with a stored fp run or a reference folder; stored as a labelled run that compare and report show")
+    from qbench.score_cli import add_arguments as score_arguments
+
+    score_arguments(p)
+    p.add_argument("--metric-option", "-M", action="append", type=_kv, default=[], metavar="KEY=VALUE", help="metric option (repeatable)")
+    p.set_defaults(func="cmd_score")
     p = sub.add_parser("regress", help="regression check: the toy models' quality cells through `qbench run` against reports/baselines/toy.json, "
                        "and (--speed) the pytest-benchmark suite against its committed baseline; prints what moved")
     from qbench.regress import add_arguments

@@ -9,7 +9,8 @@ something no earlier phase made. The sequences (:data:`SEQUENCES`):
 * ``run`` (``qbench run``, :func:`qbench.harness.run`, every cell of ``qbench sweep``): all eight;
 * ``export`` (``qbench export``): plan -> load -> apply, then :mod:`qbench.export` writes the folder;
 * ``calibrate`` (``qbench calibrate``): plan -> load -> apply with ``convert=False`` (the method's
-  calibration writes its artefact; nothing is converted, generated or stored as a run).
+  calibration writes its artefact; nothing is converted, generated or stored as a run);
+* ``score`` (``qbench score``, :mod:`qbench.scoring`): plan-images -> reference-images -> read -> score -> store.
 
 What each phase's artefacts are keyed by is :mod:`qbench.identity`'s business: ``plan`` computes
 the run's identity (:func:`run_identity`: the key under which ``qbench sweep`` finds a finished
@@ -38,6 +39,7 @@ class RunState:
     plan: Any = None  # qbench.preflight.RunPlan, or one given by the caller
     convert: bool = True  # apply: False stops after the method's calibration (``qbench calibrate``)
     record: bool = True  # plan opens a row in the results store (the run is "running" from then)
+    scored: Any = None  # ``qbench score``: what it was given and read (qbench.scoring.ScoreInputs)
     # made by the phases
     dist: Any = None
     identity: Any = None  # the run's qbench.identity.Identity
@@ -87,6 +89,10 @@ def _plan(s: RunState) -> None:
         s.plan = plan_run(s.cfg)
     s.cfg = s.plan.cfg
     s.identity = run_identity(s.plan)
+    _open_row(s)
+
+
+def _open_row(s: RunState) -> None:  # the run is "running" from here
     if not s.record:
         return
     from qbench.runparts import _check_writable
@@ -99,6 +105,17 @@ def _plan(s: RunState) -> None:
         method = s.plan.method
         run_id = s.store.start_run(s.cfg.to_dict(), method.label, method.describe().get("bits"), method.mode)
     s.run_id = s.dist.broadcast(run_id)
+
+
+def _scoring(name: str) -> Callable[[RunState], None]:
+    """``qbench score``'s phase ``name`` of :mod:`qbench.scoring`; its plan also opens the run's row."""
+    def phase(s: RunState) -> None:
+        from qbench import scoring
+
+        getattr(scoring, name)(s)
+        if name == "plan_images":
+            _open_row(s)
+    return phase
 
 
 def _load(s: RunState) -> None:
@@ -215,16 +232,18 @@ class _one_process_threads:
 def _score(s: RunState) -> None:
     from qbench.runparts import _compute_metrics
 
-    s.metrics = _compute_metrics(s.plan, s.model.device, s.plan.prompts, s.images, s.references or None, s.progress, s.dist)
+    device = s.model.device if s.model is not None else s.plan.ref.device  # score: no model, the plan's device
+    s.metrics = _compute_metrics(s.plan, device, s.plan.prompts, s.images, s.references or None, s.progress, s.dist)
 
 
 def _store(s: RunState) -> None:
     """The main rank builds the :class:`~qbench.harness.RunResult` and stores it (one transaction)."""
     from qbench.runparts import build_result
+    from qbench.scoring import build_scored_result
 
     if not s.dist.is_main:
         return
-    s.result = build_result(s)
+    s.result = build_scored_result(s) if s.scored is not None else build_result(s)
     s.store.finish_run(s.run_id, s.result.to_dict(), s.result.metrics,
                        per_image={k: v.per_image for k, v in s.metrics.items() if v.per_image})
 
@@ -238,11 +257,15 @@ PHASES: dict[str, Phase] = {p.name: p for p in (
     Phase("measure", _measure, ("applied",), ()),
     Phase("score", _score, ("images", "references"), ("metrics",)),
     Phase("store", _store, ("metrics",), ()),
+    Phase("plan-images", _scoring("plan_images"), (), ("plan", "identity", "dist")),
+    Phase("reference-images", _scoring("reference_images"), ("plan",), ("references",)),
+    Phase("read", _scoring("read"), ("plan",), ("images",)),
 )}
 SEQUENCES: dict[str, tuple[str, ...]] = {
     "run": ("plan", "load", "references", "apply", "generate", "measure", "score", "store"),
     "export": ("plan", "load", "apply"),
     "calibrate": ("plan", "load", "apply"),
+    "score": ("plan-images", "reference-images", "read", "score", "store"),
 }
 #: phases that run inside the progress display (the ones that generate or score)
 _WITH_PROGRESS = ("references", "apply", "generate", "score")
@@ -282,7 +305,7 @@ def run_phases(state: RunState, sequence: str, *, after_plan: Callable[[RunState
             t = time.perf_counter()
             PHASES[name].fn(state)
             state.timings[f"{name}_s"] = time.perf_counter() - t
-            if name == "plan":
+            if name in ("plan", "plan-images"):
                 if after_plan is not None:
                     after_plan(state)
                 if state.record:

@@ -205,7 +205,7 @@ def provenance(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], gen
         ("git", _join(p.get("git") for p in prov.values())),
         ("run dates", f"{min(r['date'] or '' for r in rows)} .. {max(r['date'] or '' for r in rows)} (report generated {generated})"),
         ("modes", "; ".join(f"{short_label(r)}: {r.get('mode')}" for r in rows)),
-        ("latency", _join(f"batch 1, {x.get('warmup')} warm-up + {x.get('repeats')} timed runs, median" for x in lat if x)),
+        ("latency", _join(f"batch 1, {x.get('warmup')} warm-up + {x.get('repeats')} timed runs, median" for x in lat if x.get("end_to_end_s"))),
         ("memory", _join(r.get("memory_kind") for r in rows)),
         ("size", "deployable bytes of the denoiser (* computed for the packed format: simulate mode keeps float weights); "
                  "× 16-bit: ratio to the same model at 16 bits"),

@@ -65,10 +65,12 @@ def run_prompts(run: dict[str, Any]) -> list:
 def image_paths(run: dict[str, Any], prompts: list | None = None) -> dict[str, str]:
     """Prompt id -> the PNG file of that prompt in the run's image folder (the file may be missing
     if the cache was cleaned; callers check). Empty when the run kept no image folder."""
-    from qbench.harness import batches, seed_for
+    from qbench.generation import batches, seed_for
     from qbench.imagecache import ImageCache
 
     res = run.get("result") or {}
+    if res.get("image_files"):  # a run scored from images made elsewhere (qbench score) names its files
+        return dict(res["image_files"])
     d = res.get("images_dir")
     if not d:
         return {}
@@ -185,7 +187,7 @@ def per_image_records(run: dict[str, Any], scores: dict[str, dict[str, float]]) 
     """One record per prompt of a finished ``run`` (``scores``: ``Store.per_image(run_id)``), in
     prompt order; metrics the run did not score for a prompt are left out of that record."""
     from qbench.compare import make_row, short_label
-    from qbench.harness import seed_for
+    from qbench.generation import seed_for
 
     row = make_row(run)
     cfg = run_config(run)

@@ -50,6 +50,8 @@ class RunResult:
     identity: dict[str, Any] = field(default_factory=dict)
     #: the artefacts the run used, by kind, with their identity keys (image folders, ...)
     reused: dict[str, Any] = field(default_factory=dict)
+    #: prompt id -> image file, for a run scored from images made elsewhere (``qbench score``)
+    image_files: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -78,7 +78,7 @@ def test_every_plugin_loads_declares_its_options_and_describes_itself(tmp_path):
         cls = e.load()
         assert issubclass(cls, Method) and cls.name == e.name
         assert all(isinstance(o, Opt) for o in cls.OPTIONS)
-        opts = {"fingerprint": "0" * 16} if e.name == "external" else {}  # set by harness.run(cfg, pipe=...)
+        opts = {"external": {"fingerprint": "0" * 16}, "images": {"digest": "0" * 16}}.get(e.name, {})  # set by harness.run(pipe=...) / qbench score
         cfg = RunConfig(model="toy-flux", method=e.name, bits="W4A8" if cls.uses_bits else None, out_dir=str(tmp_path), method_options=opts)
         m = cls(cfg)
         d = m.describe()
