@@ -9,7 +9,7 @@ options that make the same configuration, or ``why`` qbench has none). The rows 
 the cells of a :class:`~qbench.sweep.Sweep` (one :class:`~qbench.config.RunConfig` each).
 
 Specs are validated when loaded: every problem is one line (:class:`~qbench.errors.ManyErrors`
-when there are several). The prompt set is a spec string (``mjhq30k:5000``) resolved only when a
+when there are several). The prompt set is a spec string (``mjhq-5k:5000``) resolved only when a
 cell runs or is costed, so a spec may name a prompt set registered on another branch.
 
 ``twins=True`` maps the table onto the offline tiny twins: the real model becomes the registered
