@@ -197,7 +197,7 @@ def git_hash() -> str | None:
     if repo is None:
         return None
     try:
-        top = subprocess.run(["git", "-C", repo, "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5)
+        top = subprocess.run(["git", "-C", repo, "rev-parse", "--show-toplevel"], check=False, capture_output=True, text=True, timeout=5)
         if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(repo):
             return None
         h = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5)

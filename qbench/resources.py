@@ -19,7 +19,7 @@ import atexit
 import contextlib
 import os
 import re
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 #: shipped data kind -> its folder in the repo (relative to the checkout root)
@@ -29,7 +29,7 @@ _files = contextlib.ExitStack()  # keeps files extracted by importlib.resources.
 atexit.register(_files.close)
 
 
-@lru_cache(maxsize=None)
+@cache
 def checkout_root() -> str | None:
     """The root of the qbench source checkout this ``qbench/`` package is in — the folder above it
     holds a ``pyproject.toml`` naming the project ``qbench`` and the ``methods/`` folder — or None
@@ -43,7 +43,7 @@ def checkout_root() -> str | None:
             text = f.read(1 << 20)
     except OSError:
         return None
-    return root if re.search(r'^name\s*=\s*"qbench"\s*$', text, re.M) else None
+    return root if re.search(r'^name\s*=\s*"qbench"\s*$', text, re.MULTILINE) else None
 
 
 def data_path(kind: str, *parts: str) -> str:

@@ -47,7 +47,7 @@ class Failed(Exception):
 
 
 def sh(cmd: list[str], **kw) -> subprocess.CompletedProcess:
-    p = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    p = subprocess.run(cmd, check=False, capture_output=True, text=True, **kw)
     if p.returncode != 0:
         raise Failed(f"{' '.join(cmd)} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
@@ -107,8 +107,9 @@ def check_runs(tmp: str, venv: str, site: str, whl: str) -> list[str]:
     env.update(HOME=home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
                PATH=os.path.join(venv, "bin") + os.pathsep + env.get("PATH", ""))
     py, qbench = os.path.join(venv, "bin", "python"), os.path.join(venv, "bin", "qbench")
-    where = json.loads(sh([py, "-c", "import json, qbench, qbench.methods, qbench.regress as r, qbench.prompts as p; "
-                           "print(json.dumps([qbench.__file__, qbench.methods.__file__, r.BASELINE, p.data_dir()]))"], cwd=work, env=env).stdout)
+    probe = ("import json, qbench, qbench.methods, qbench.regress as r, qbench.prompts as p; "
+             "print(json.dumps([qbench.__file__, qbench.methods.__file__, r.BASELINE, p.data_dir()]))")
+    where = json.loads(sh([py, "-c", probe], cwd=work, env=env).stdout)
     outside = [w for w in where if not w.startswith(site + os.sep)]
     if outside:
         raise Failed(f"not the wheel's files: {outside}")
