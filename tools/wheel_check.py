@@ -14,7 +14,8 @@ Python (``.ci/run``: ``.venv/bin/python tools/wheel_check.py``); exits non-zero 
    wheel's ``qbench`` is importable);
 4. from another folder, offline, with HOME an empty folder and no cache variables, runs
    ``qbench run --model toy-flux --prompts toy:4`` and ``--model tiny-sdxl-turbo --prompts
-   coco2017:2`` and ``qbench sweep toy --dry-run``, and checks each stored result: made by the
+   coco2017:2`` (``--full``: also ``qbench sweep toy --dry-run``) and ``qbench.compare()``, and
+   checks that the shipped data loads from the wheel and each stored result: made by the
    wheel's qbench, provenance with no git commit and the wheel as ``direct_url``; nothing written
    into HOME but ``~/.cache/qbench`` (the tiny twins' random weights, made once per machine).
 """
@@ -99,7 +100,7 @@ def make_venv(tmp: str, whl: str) -> tuple[str, str]:
     return venv, site
 
 
-def check_runs(tmp: str, venv: str, site: str, whl: str) -> list[str]:
+def check_runs(tmp: str, venv: str, site: str, whl: str, full: bool = False) -> list[str]:
     work, home = os.path.join(tmp, "unrelated-project", "elsewhere"), os.path.join(tmp, "home")
     os.makedirs(work)
     os.makedirs(home)
@@ -107,13 +108,16 @@ def check_runs(tmp: str, venv: str, site: str, whl: str) -> list[str]:
     env.update(HOME=home, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_WAIT_POLICY="PASSIVE",
                PATH=os.path.join(venv, "bin") + os.pathsep + env.get("PATH", ""))
     py, qbench = os.path.join(venv, "bin", "python"), os.path.join(venv, "bin", "qbench")
-    probe = ("import json, qbench, qbench.methods, qbench.regress as r, qbench.prompts as p; "
-             "print(json.dumps([qbench.__file__, qbench.methods.__file__, r.BASELINE, p.data_dir()]))")
+    probe = ("import json, qbench, qbench.methods, qbench.regress as r, qbench.prompts as p, qbench.sweep as s; "
+             "print(json.dumps([qbench.__file__, qbench.methods.__file__, r.BASELINE, p.data_dir(), s.resolve_sweep('toy'), "
+             "s.resolve_sweep('paper')]))")
     where = json.loads(sh([py, "-c", probe], cwd=work, env=env).stdout)
     outside = [w for w in where if not w.startswith(site + os.sep)]
     if outside:
         raise Failed(f"not the wheel's files: {outside}")
-    lines = []
+    sweep = sh([qbench, "sweep", "toy", "--dry-run", "--out-dir", "sweep"], cwd=work, env=env).stdout if full else ""
+    lines = [f"wheel-check: the wheel's code, methods, baselines, COCO captions and sweeps (toy, paper) load from {site}"
+             + (f"; qbench sweep toy --dry-run: {len(sweep.splitlines())} lines" if full else "")]
     for model, prompts in RUNS:
         t = time.perf_counter()
         res = json.loads(sh([qbench, "run", "--model", model, "--prompts", prompts, "--json", "--no-progress", "--out-dir", "out"], cwd=work, env=env).stdout)
@@ -126,8 +130,13 @@ def check_runs(tmp: str, venv: str, site: str, whl: str) -> list[str]:
             raise Failed(f"{model}: {res['n_images']} images for {prompts}")
         scores = ", ".join(f"{k} {v['value']:.4g}" for k, v in res["metrics"].items() if isinstance(v.get("value"), (int, float)))
         lines.append(f"wheel-check: qbench run --model {model} --prompts {prompts}: {res['n_images']} images, {scores} ({time.perf_counter() - t:.0f} s)")
-    sh([qbench, "sweep", "toy", "--dry-run", "--out-dir", "sweep"], cwd=work, env=env)
-    lines.append("wheel-check: qbench sweep toy --dry-run (the shipped sweeps/toy.yaml): ok")
+    t = time.perf_counter()
+    api = ("import json, qbench; df = qbench.compare(out_dir='out'); "
+           "print(json.dumps(sorted(df['model'].unique().tolist())))")
+    models = json.loads(sh([py, "-c", api], cwd=work, env=env).stdout.strip().splitlines()[-1])
+    if models != sorted(m for m, _ in RUNS):
+        raise Failed(f"qbench.compare(out_dir='out') gave the models {models}")
+    lines.append(f"wheel-check: qbench.compare(out_dir='out') (the Python API): a DataFrame of {', '.join(models)} ({time.perf_counter() - t:.0f} s)")
     left = sorted(os.path.relpath(os.path.join(d, n), home) for d, dirs, files in os.walk(home) for n in dirs + files)
     stray = [p for p in left if not (p == ".cache" or p == os.path.join(".cache", "qbench") or p.startswith(os.path.join(".cache", "qbench", "")))]
     if stray:  # ~/.cache/qbench: the tiny twins' random weights, made once per machine (README)
@@ -138,6 +147,7 @@ def check_runs(tmp: str, venv: str, site: str, whl: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (printed)")
+    ap.add_argument("--full", action="store_true", help="also `qbench sweep toy --dry-run` (about a minute more)")
     a = ap.parse_args(argv)
     tmp = tempfile.mkdtemp(prefix="qbench-wheel-")
     t0 = time.perf_counter()
@@ -146,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         check_contents(whl)
         print(f"wheel-check: built {os.path.basename(whl)} ({os.path.getsize(whl) / 1e6:.1f} MB), holds the shipped data ({time.perf_counter() - t0:.0f} s)", flush=True)
         venv, site = make_venv(tmp, whl)
-        for line in check_runs(tmp, venv, site, whl):
+        for line in check_runs(tmp, venv, site, whl, full=a.full):
             print(line, flush=True)
     except Failed as e:
         print(f"wheel-check: FAILED: {e}", file=sys.stderr)
