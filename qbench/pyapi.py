@@ -38,9 +38,10 @@ def evaluate(config: RunConfig | None = None, *, pipe: Any = None, show_progress
     ``method_options={"label": ...}`` names it; ``model`` says which registered model it was made
     from: sampling defaults, metrics, full-precision references).
 
-    Raises :class:`~qbench.errors.ConfigError` for an unknown field or a configuration the
-    preflight refuses, :class:`~qbench.errors.QBenchError` subclasses for every other failure
-    (missing weights offline, a failed run: stored as failed)."""
+    Raises :class:`~qbench.errors.ConfigError` for an unknown field or a ``config`` that is not a
+    RunConfig; :class:`~qbench.errors.QBenchError` (or a subclass) for what the preflight refuses
+    (unknown model, method, metric or prompt set: every problem in one message), missing weights
+    offline, and a run that fails (stored as failed)."""
     from qbench.harness import run
 
     if config is not None and not isinstance(config, RunConfig):
