@@ -1,10 +1,16 @@
 """qbench: evaluation and benchmarking of post-training quantization of few-step text-to-image
-diffusion models. ``import qbench`` is cheap; :func:`load_quantized` (a pipeline written by
-``qbench export``, :mod:`qbench.export`) is imported on first use."""
+diffusion models.
+
+The Python API (docs/api.md), each imported on first use so that ``import qbench`` stays cheap
+(no torch): :func:`evaluate` (``qbench run``), :func:`compare` (``qbench compare`` as a pandas
+DataFrame), :func:`quantize` (a registered method applied to a loaded pipeline),
+:func:`load_pipeline` (a registered model's pipeline) and :func:`load_quantized` (a pipeline
+written by ``qbench export``, :mod:`qbench.export`)."""
 from __future__ import annotations
 
 import os
 import sys
+import types
 from typing import Any
 
 # GNU OpenMP (torch's CPU thread pool) reads OMP_WAIT_POLICY once, when torch loads it. Its default
@@ -48,9 +54,35 @@ def _load_methods_of_this_checkout() -> None:
 _load_methods_of_this_checkout()
 
 
-def __getattr__(name: str) -> Any:
-    if name == "load_quantized":
-        from qbench.export import load_quantized
+#: the public API: name -> the module that defines it (imported on first use)
+_API = {"evaluate": "qbench.pyapi", "compare": "qbench.pyapi", "quantize": "qbench.pyapi", "load_pipeline": "qbench.pyapi",
+        "load_quantized": "qbench.export"}
+__all__ = list(_API)
 
-        return load_quantized
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        import importlib
+
+        return getattr(importlib.import_module(_API[name]), name)
     raise AttributeError(f"module 'qbench' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))
+
+
+class _Package(types.ModuleType):
+    """``qbench`` itself. After importing a submodule the import system sets it as an attribute of
+    its package; the submodule ``qbench.compare`` (the comparison rows, imported with ``from
+    qbench.compare import ...``) would then hide the API function ``qbench.compare()`` for the
+    rest of the process. An API name is never bound to a module here, so it always resolves
+    through :func:`__getattr__` (``sys.modules`` still holds the submodule)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _API and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

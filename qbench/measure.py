@@ -162,14 +162,44 @@ def _version(pkg: str) -> str | None:
 
 
 def qbench_version() -> dict[str, Any]:
-    """qbench's version and, for a checkout, its git commit (what a stored artefact's provenance
-    records beside its identity)."""
-    return {"version": _version("qbench"), "git": git_hash()}
+    """qbench's version and where it came from (what a stored artefact's provenance records beside
+    its identity): for a checkout of qbench, its git commit (:func:`git_hash`); for an installed
+    qbench, the installer's ``direct_url.json`` (PEP 610: the wheel file or URL it came from),
+    where there is one."""
+    out: dict[str, Any] = {"version": _version("qbench"), "git": git_hash()}
+    if out["git"] is None:
+        url = _direct_url()
+        if url is not None:
+            out["direct_url"] = url
+    return out
+
+
+def _direct_url() -> dict[str, Any] | None:
+    """The ``direct_url.json`` of the installed qbench distribution (PEP 610), or None."""
+    import json
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution("qbench").read_text("direct_url.json")
+        return json.loads(text) if text else None
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
 
 
 def git_hash() -> str | None:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    """The git commit (``+dirty`` with uncommitted changes to tracked files) of the qbench checkout
+    this code runs from, or None: for an installed qbench (whose folder may sit inside some other
+    repository: a project's virtual environment) and for a checkout that is not its own git
+    repository's root, so no other repository's commit is ever recorded as qbench's."""
+    from qbench.resources import checkout_root
+
+    repo = checkout_root()
+    if repo is None:
+        return None
     try:
+        top = subprocess.run(["git", "-C", repo, "rev-parse", "--show-toplevel"], check=False, capture_output=True, text=True, timeout=5)
+        if top.returncode != 0 or os.path.realpath(top.stdout.strip()) != os.path.realpath(repo):
+            return None
         h = subprocess.run(["git", "-C", repo, "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5)
         if h.returncode != 0:
             return None

@@ -30,16 +30,27 @@ FILE_SUFFIXES = (".txt", ".jsonl", ".json", ".csv")
 
 
 def data_dir() -> str:
-    """The repo's ``datasets/`` folder (data only; ``QBENCH_DATA`` overrides)."""
+    """The shipped ``datasets/`` folder (the repo's, or the wheel's ``qbench/data/datasets``:
+    :func:`qbench.resources.data_path`); ``QBENCH_DATA`` overrides."""
     if os.environ.get("QBENCH_DATA"):
         return os.environ["QBENCH_DATA"]
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "datasets")
+    from qbench.resources import data_path
+
+    return data_path("datasets")
 
 
 def _data_file(*parts: str) -> str:
-    path = os.path.join(data_dir(), *parts)
+    if os.environ.get("QBENCH_DATA"):
+        path = os.path.join(os.environ["QBENCH_DATA"], *parts)
+    else:
+        from qbench.resources import data_path
+
+        path = data_path("datasets", *parts)
     if not os.path.isfile(path):
-        raise QBenchError(f"prompt data file {path} is missing (is qbench installed from its repo with `pip install -e .`?)")
+        from qbench.resources import where
+
+        raise QBenchError(f"prompt data file {path} is missing (the COCO caption sets ship with qbench: looked in {where()}"
+                          f"{'; QBENCH_DATA is set' if os.environ.get('QBENCH_DATA') else ''})")
     return path
 
 

@@ -27,9 +27,12 @@ import tempfile
 from typing import Any
 
 from qbench.errors import QBenchError
+from qbench.resources import data_path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BASELINE = os.path.join(REPO, "reports", "baselines", "toy.json")
+#: ``reports/baselines`` of the checkout, or the wheel's ``qbench/data/baselines`` (:mod:`qbench.resources`)
+BASELINES_DIR = data_path("baselines")
+BASELINE = os.path.join(BASELINES_DIR, "toy.json")
 BENCH_DIR = os.path.join(REPO, "tests", "bench")
 BENCH_BASELINE = os.path.join(BENCH_DIR, "baseline.json")
 BENCH_NOISE = os.path.join(BENCH_DIR, "noise.json")
@@ -38,14 +41,14 @@ PROMPTS = "toy:32"
 BATCH = 16
 METRICS = ("toy-acc", "jaq", "fd-toyclip", "psnr", "ssim")
 HIGHER_IS_BETTER = {"toy-acc": True, "jaq": True, "fd-toyclip": False, "psnr": True, "ssim": True}
-#: the quality cells, per model: (method, bits, method options; ``{model}`` and ``{repo}`` in an
-#: option value are filled in). One line per method configuration.
+#: the quality cells, per model: (method, bits, method options; ``{model}`` and ``{baselines}``
+#: (:data:`BASELINES_DIR`) in an option value are filled in). One line per method configuration.
 CELLS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("fp", None, {}),
     ("naive", "W8A8", {}),
     ("naive", "W4A8", {}),
-    ("qsched", "W4A8", {"qsched_ckpt": "{repo}/reports/baselines/qsched/{model}_W4A8.json"}),
-    ("mixdq", "W4A8", {"allocation": "{repo}/reports/baselines/mixdq/{model}_W4A8.yaml"}),
+    ("qsched", "W4A8", {"qsched_ckpt": "{baselines}/qsched/{model}_W4A8.json"}),
+    ("mixdq", "W4A8", {"allocation": "{baselines}/mixdq/{model}_W4A8.yaml"}),
     ("torchao", "W8A8", {"config": "int8dq"}),
 )
 #: metrics measured against the full-precision images: not checked on the fp cell (itself)
@@ -61,7 +64,7 @@ def cells(models=MODELS) -> list[dict[str, Any]]:
     out = []
     for m in models:
         for method, bits, opts in CELLS:
-            o = {k: v.format(model=m, repo=REPO) if isinstance(v, str) else v for k, v in opts.items()}
+            o = {k: v.format(model=m, baselines=BASELINES_DIR) if isinstance(v, str) else v for k, v in opts.items()}
             out.append({"id": cell_id(m, method, bits), "model": m, "method": method, "bits": bits, "options": o})
     return out
 

@@ -45,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mfu", type=fraction, default=0.40, help="--plan: assumed model-FLOPs utilisation")
     p.add_argument("--tflops", type=positive_float, help="--plan: effective TFLOP/s per GPU")
     p.add_argument("--json", action="store_true", help="--list / --plan / the run: JSON on stdout")
+    p.add_argument("--cell", type=int, metavar="I", help="run only cell I (0-based; a SLURM array task), no report: "
+                   "`qbench reproduce TABLE` afterwards skips the finished cells and writes it")
+    p.add_argument("--list-cells", action="store_true", help="the table's cells with their index and the sbatch --array line")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -61,6 +64,20 @@ def main(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(dry_run_text(spec, sweep.cells, args.twins))
         return 0
+    if args.list_cells or args.cell is not None:
+        from qbench.sweep import cell_lines, run_sweep, select_cell
+
+        if args.list_cells:
+            lines = cell_lines(sweep)
+            extra = " --twins" if args.twins else ""
+            print("\n".join(lines[:-1] + [f"# {len(sweep.cells)} cells: sbatch --array=0-{len(sweep.cells) - 1} "
+                                          f"tools/slurm/sweep_array.sbatch --reproduce {args.table}{extra}"]))
+            return 0
+        one = select_cell(sweep, args.cell)
+        out = run_sweep(one, show_progress=not args.no_progress, say=print if not args.json else (lambda m: None))
+        state = "failed" if out["failed"] else "run" if out["ran"] else "already finished"
+        print(json.dumps({"table": spec.name, "cell": args.cell, "state": state}) if args.json else f"{spec.name}: cell {args.cell}: {state}")
+        return 1 if out["failed"] else 0
     if args.plan:
         from qbench.costs import plan_sweep
         from qbench.tables import console, print_plan_table

@@ -174,9 +174,23 @@ def _read_yaml(path: str) -> Any:
         loader.dispose()
 
 
+def resolve_sweep(path: str) -> str:
+    """``path`` itself, or for a bare name with no such file (``toy``, ``paper``) the sweep file
+    qbench ships under that name (the repo's ``sweeps/NAME.yaml``; an installed wheel's
+    ``qbench/data/sweeps``: :func:`qbench.resources.data_path`)."""
+    if os.path.exists(path) or os.sep in path or "/" in path or path.endswith((".yaml", ".yml")):
+        return path
+    from qbench.resources import data_path
+
+    shipped = data_path("sweeps", f"{path}.yaml")
+    return shipped if os.path.isfile(shipped) else path
+
+
 def load_sweep(path: str, overrides: dict[str, Any] | None = None) -> Sweep:
     """Parse and validate a sweep file (one :class:`ConfigError` line on any problem: a missing or
-    non-regular file, bad YAML, a wrong type at any level, too many cells)."""
+    non-regular file, bad YAML, a wrong type at any level, too many cells); a bare name is a
+    shipped sweep (:func:`resolve_sweep`)."""
+    path = resolve_sweep(path)
     data = _read_yaml(path)
     if not isinstance(data, dict):
         raise ConfigError(f"sweep file {path} must hold a mapping with {', '.join(_TOP)}")

@@ -133,8 +133,16 @@ def test_svdquant_table_end_to_end_on_the_tiny_twins(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(ref / f"{i}.png")
     out = tmp_path / "out"
     argv = ["reproduce", "svdquant-flux-schnell", "--twins", "--fid-reference", str(ref), "--out-dir", str(out), "--no-progress"]
+    assert main(argv + ["--list-cells"]) == 0
+    listed = capsys.readouterr().out
+    assert listed.splitlines()[0].startswith("0\ttiny-flux\tfp") and "sbatch --array=0-1 tools/slurm/sweep_array.sbatch --reproduce svdquant-flux-schnell --twins" in listed
+    assert main(argv + ["--cell", "2"]) == 2 and "out of range" in capsys.readouterr().err
+    # a SLURM array task per cell (the same entry point), then the table: both cells skipped, the report written
+    assert main(argv + ["--cell", "1"]) == 0 and "cell 1: run" in capsys.readouterr().out
+    assert not (out / "reproduce-svdquant-flux-schnell-twins.md").exists()
     assert main(argv) == 0
     first = capsys.readouterr().out
+    assert first.count("finished (run") == 1
     md = (out / "reproduce-svdquant-flux-schnell-twins.md").read_text()
     assert "TINY TWINS and STAND-IN METRICS" in md
     lines = [ln for ln in md.splitlines() if ln.startswith("| INT W4A4, no method |")]

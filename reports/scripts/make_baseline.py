@@ -116,7 +116,7 @@ def main() -> None:
     cur = regress.measure(todo)
     cells = {k: v for k, v in old["cells"].items() if a.add}
     for c in todo:
-        cells[c["id"]] = {"model": c["model"], "method": c["method"], "bits": c["bits"], "options": {k: str(v).replace(regress.REPO + "/", "")
+        cells[c["id"]] = {"model": c["model"], "method": c["method"], "bits": c["bits"], "options": {k: str(v).replace(regress.BASELINES_DIR + "/", "reports/baselines/")
                           for k, v in c["options"].items()}, "metrics": {k: round(v, 6) for k, v in cur[c["id"]].items()}}
     data = {
         "about": "fp / naive / qsched cells of both toy models through qbench.harness.run; written by reports/scripts/make_baseline.py",
