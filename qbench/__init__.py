@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 from typing import Any
 
 # GNU OpenMP (torch's CPU thread pool) reads OMP_WAIT_POLICY once, when torch loads it. Its default
@@ -70,19 +69,3 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_API))
-
-
-class _Package(types.ModuleType):
-    """``qbench`` itself. After importing a submodule the import system sets it as an attribute of
-    its package; the submodule ``qbench.compare`` (the comparison rows, imported with ``from
-    qbench.compare import ...``) would then hide the API function ``qbench.compare()`` for the
-    rest of the process. An API name is never bound to a module here, so it always resolves
-    through :func:`__getattr__` (``sys.modules`` still holds the submodule)."""
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in _API and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -252,7 +252,7 @@ def _finished(run: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from qbench.results_export import dumps
-    from qbench.compare import compare, make_row, matches, status_counts
+    from qbench.comparison import compare, make_row, matches, status_counts
     from qbench.compare_table import print_compare
     from qbench.store import Store
     from qbench.tables import console

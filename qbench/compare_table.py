@@ -1,4 +1,4 @@
-"""``qbench compare`` in the terminal: one table per group of comparable runs (:mod:`qbench.compare`).
+"""``qbench compare`` in the terminal: one table per group of comparable runs (:mod:`qbench.comparison`).
 
 * Default (compact): measures down, configurations across, each paired difference under its
   metric; configurations that do not fit the console width go to a further table that repeats the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from qbench.compare import short_label
+from qbench.comparison import short_label
 from qbench.tables import MIB, fmt_paired, fmt_value, meaningless
 
 SIM = "*"  # marks a size computed for the packed format (simulate mode does not store it that way)
@@ -214,7 +214,7 @@ def settings_line(r: dict[str, Any]) -> str:
 
 def print_compare(model: str, rows: list[dict[str, Any]], con, *, wide: bool = False, metrics: list[str] | None = None,
                   hidden: int = 0, unfinished: dict[str, int] | None = None) -> None:
-    """Print the rows of :func:`qbench.compare.compare` for one model: a table per group, each
+    """Print the rows of :func:`qbench.comparison.compare` for one model: a table per group, each
     with its settings and, when it has no baseline or other settings than the first, why."""
     from rich.text import Text
 

@@ -39,7 +39,7 @@ KEY_VERSION = 2
 #: qbench modules whose code cannot change a generated pixel, a score or a statistic
 NOT_NUMERIC = (
     "qbench", "qbench.catalog", "qbench.registry", "qbench.errors", "qbench.progress", "qbench.cli", "qbench.__main__",
-    "qbench.store", "qbench.report", "qbench.report_figures", "qbench.report_html", "qbench.compare", "qbench.compare_table",
+    "qbench.store", "qbench.report", "qbench.report_figures", "qbench.report_html", "qbench.comparison", "qbench.compare_table",
     "qbench.tables", "qbench.plots", "qbench.grids", "qbench.liveness", "qbench.results_export", "qbench.regress",
     "qbench.identity", "qbench.fsutil", "qbench.sweep", "qbench.costs", "qbench.preflight", "qbench.export",
     "qbench.harness", "qbench.phases", "qbench.dist", "qbench.options",

@@ -1,6 +1,6 @@
 """The report's figures (matplotlib, object API with the Agg canvas: no pyplot, no global state).
 
-Every function takes plain data (rows of :func:`qbench.compare.compare`, or a method's calibration
+Every function takes plain data (rows of :func:`qbench.comparison.compare`, or a method's calibration
 artefact) and returns PNG bytes, or None when there is nothing to draw:
 
 * :func:`quality_vs` — one panel per metric: the metric (mean ± standard error) against the

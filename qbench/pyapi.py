@@ -71,7 +71,7 @@ def compare(model: str | None = None, *, out_dir: str = "reports", db: str | Non
 
     import pandas as pd
 
-    from qbench.compare import compare as compare_rows
+    from qbench.comparison import compare as compare_rows
     from qbench.results_export import compare_records
     from qbench.store import Store
 

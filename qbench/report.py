@@ -2,13 +2,13 @@
 
 For each model with finished runs, :func:`build` gathers (from the store only; nothing is run):
 
-* the comparison tables of :mod:`qbench.compare` (the same rows, groups of comparable settings,
+* the comparison tables of :mod:`qbench.comparison` (the same rows, groups of comparable settings,
   baselines and paired differences as ``qbench compare``), the best value of each column marked
   (reference metrics such as PSNR to FP leave the full-precision row out; latency only among
   deployment latencies), paired differences as ``mean ± se`` with ``~`` where
   ``|mean| < 2 se`` (unresolved);
 * optional extra pairings (``--vs METHOD``): every configuration against METHOD's configuration
-  with the same bits and mode, prompt by prompt (:func:`qbench.compare.pair`);
+  with the same bits and mode, prompt by prompt (:func:`qbench.comparison.pair`);
 * provenance: prompt set, n, seeds, steps, guidance, resolution, dtype, batch, device, threads,
   package versions, git, run dates, modes, calibration prompts, latency and memory protocol;
 * figures (:mod:`qbench.plots`) and an image grid with difference maps (:mod:`qbench.grids`).
@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from qbench.compare import compare, matches, pair, short_label
+from qbench.comparison import compare, matches, pair, short_label
 from qbench.compare_table import DETAIL_KEYS, fmt_se, settings_line
 from qbench.errors import QBenchError
 from qbench.report_figures import (

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from qbench.compare import short_label
+from qbench.comparison import short_label
 from qbench.errors import QBenchError
 
 #: axis names of 2-d coefficient vectors, by the artefact's ``parameterisation`` (used when the

@@ -6,7 +6,7 @@ comparison as flat records (``qbench compare --csv/--json FILE``) and per-image 
   prompt spec and checked against the hash of ids and texts the run recorded) and, per prompt id,
   the PNG file the run's image cache holds (:meth:`qbench.imagecache.ImageCache.path` with the
   run's own batches, never by parsing file names).
-* :func:`compare_records`: one flat dict per row of :func:`qbench.compare.compare` (settings,
+* :func:`compare_records`: one flat dict per row of :func:`qbench.comparison.compare` (settings,
   every metric's value / standard error / n, the paired difference to the baseline with its
   standard error and whether it is resolved at two standard errors, latency, memory, size).
 * :func:`per_image_records`: one dict per (run, prompt): run id, model, configuration, prompt id,
@@ -106,11 +106,11 @@ def _resolved(d: dict[str, Any] | None) -> bool | None:
 
 
 def compare_records(payload: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """Flatten ``{model: rows of qbench.compare.compare}`` into one dict per row (CSV-ready).
+    """Flatten ``{model: rows of qbench.comparison.compare}`` into one dict per row (CSV-ready).
 
     Per metric ``M``: ``M``, ``M_se``, ``M_n``, and where the row is paired with its baseline
     ``M_delta``, ``M_delta_se``, ``M_delta_n``, ``M_resolved`` (``|delta| >= 2 se``)."""
-    from qbench.compare import short_label
+    from qbench.comparison import short_label
 
     names: list[str] = []
     for rows in payload.values():
@@ -186,7 +186,7 @@ def write_text(path: str, text: str) -> str:
 def per_image_records(run: dict[str, Any], scores: dict[str, dict[str, float]]) -> Iterator[dict[str, Any]]:
     """One record per prompt of a finished ``run`` (``scores``: ``Store.per_image(run_id)``), in
     prompt order; metrics the run did not score for a prompt are left out of that record."""
-    from qbench.compare import make_row, short_label
+    from qbench.comparison import make_row, short_label
     from qbench.generation import seed_for
 
     row = make_row(run)

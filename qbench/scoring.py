@@ -144,7 +144,7 @@ def find_fp_run(cfg, prompts, run: str | None = None) -> dict[str, Any] | None:
     ``run`` (an id, prefix or suffix) checked to be one, else the latest such run (an untagged one
     first); None when the store or such a run does not exist. QBenchError when ``run`` is not such
     a run, or when several such runs differ in their settings (name one)."""
-    from qbench.compare import SETTINGS, settings_diff
+    from qbench.comparison import SETTINGS, settings_diff
     from qbench.config import stable_hash
     from qbench.imagecache import sha
     from qbench.store import Store

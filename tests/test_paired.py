@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from qbench.metrics.stats import paired_difference
-from qbench.compare import pair
+from qbench.comparison import pair
 
 
 def test_paired_difference_cancels_prompt_spread():

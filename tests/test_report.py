@@ -110,7 +110,7 @@ def test_report_markdown_tables_and_images(capsys, out_dir):
 
 
 def test_grid_rows_follow_the_prompt_order(out_dir):
-    from qbench.compare import compare
+    from qbench.comparison import compare
     from qbench.report_figures import grid_prompts
     from qbench.store import Store
 
@@ -126,7 +126,7 @@ def test_grid_rows_follow_the_prompt_order(out_dir):
 def test_vs_method_pairs_each_configuration_with_the_same_bits(capsys, tmp_path):
     from test_compare import add_run  # synthesised runs: the pairing, not the numbers, is under test
 
-    from qbench.compare import compare
+    from qbench.comparison import compare
     from qbench.report import vs_method
     from qbench.store import Store
 
@@ -219,7 +219,7 @@ def test_method_artefacts_give_trajectory_and_sensitivity_figures(tmp_path):
     from PIL import Image
     from test_compare import add_run
 
-    from qbench.compare import compare
+    from qbench.comparison import compare
     from qbench.report_figures import figures
     from qbench.store import Store
 

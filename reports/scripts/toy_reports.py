@@ -81,7 +81,7 @@ QSCHED_CLAIMS += [("toy-flux", ("qsched", b), ("fp", None), "jaq", old) for b, o
 
 
 def claims_table(store, claims) -> tuple[list[str], dict]:
-    from qbench.compare import compare
+    from qbench.comparison import compare
     from qbench.compare_table import fmt_se
     from qbench.metrics.stats import paired_difference
 
