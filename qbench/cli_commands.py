@@ -234,6 +234,7 @@ def _finished(run: dict[str, Any]) -> dict[str, Any]:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from qbench.results_export import dumps
+    from qbench.arena import with_ratings
     from qbench.compare import compare, make_row, matches, status_counts
     from qbench.compare_table import print_compare
     from qbench.store import Store
@@ -271,6 +272,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if base_name and not any(matches(make_row(r), base_name) for r in runs):
             methods = sorted({r["label"] + (f" tag {r['config'].get('tag')}" if (r.get("config") or {}).get("tag") else "") for r in runs})
             raise QBenchError(f"--baseline {base_name!r} is neither a run id nor a method, label or tag of the {m} runs ({', '.join(methods)})")
+        with_ratings(store, runs)  # arena and judge ratings as metrics (qbench.arena)
         rows, hidden = compare(runs, store.per_image, baseline=base_name, baseline_run=base_run["id"] if base_run and base_run["model"] == m else None,
                                keep_all=bool(selected), selected=bool(selected))
         payload[m] = rows
@@ -359,6 +361,18 @@ def cmd_report(args: argparse.Namespace) -> int:
     from qbench.report import main as report_main
 
     return report_main(args, _db_path(args))
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    from qbench.judge import main as judge_main
+
+    return judge_main(args, _db_path(args))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from qbench.serve_app import main as serve_main
+
+    return serve_main(args, _db_path(args))
 
 
 def cmd_export_results(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ something no earlier phase made. The sequences (:data:`SEQUENCES`):
 * ``run`` (``qbench run``, :func:`qbench.harness.run`, every cell of ``qbench sweep``): all eight;
 * ``export`` (``qbench export``): plan -> load -> apply, then :mod:`qbench.export` writes the folder;
 * ``calibrate`` (``qbench calibrate``): plan -> load -> apply with ``convert=False`` (the method's
-  calibration writes its artefact; nothing is converted, generated or stored as a run).
+  calibration writes its artefact; nothing is converted, generated or stored as a run);
+* ``try`` (``qbench serve``'s try-it page): plan -> load -> apply -> generate, nothing recorded.
 
 What each phase's artefacts are keyed by is :mod:`qbench.identity`'s business: ``plan`` computes
 the run's identity (:func:`run_identity`: the key under which ``qbench sweep`` finds a finished
@@ -243,6 +244,7 @@ SEQUENCES: dict[str, tuple[str, ...]] = {
     "run": ("plan", "load", "references", "apply", "generate", "measure", "score", "store"),
     "export": ("plan", "load", "apply"),
     "calibrate": ("plan", "load", "apply"),
+    "try": ("plan", "load", "apply", "generate"),  # `qbench serve`'s try-it page (qbench.serve_try): nothing recorded
 }
 #: phases that run inside the progress display (the ones that generate or score)
 _WITH_PROGRESS = ("references", "apply", "generate", "score")
