@@ -64,18 +64,26 @@ def bradley_terry(w: np.ndarray, prior: float = 0.5, tol: float = 1e-10, max_ite
     n = w.shape[0]
     if n == 0:
         return np.zeros(0)
-    compared = (w + w.T) > 0
+    if prior <= 0 and n > 1:
+        played = (w + w.T).sum(axis=1) > 0
+        if np.any(w.sum(axis=1)[played] <= 0) or np.any(w.sum(axis=0)[played] <= 0):
+            raise ValueError("an item without a win or without a loss: the Bradley-Terry MLE is infinite (use prior > 0)")
+    return _mm(w[None], prior, tol, max_iter)[0]
+
+
+def _mm(w: np.ndarray, prior: float, tol: float, max_iter: int) -> np.ndarray:
+    """Hunter's MM iteration on a batch of win matrices ``(B, n, n)`` at once -> ``(B, n)``."""
+    compared = (w + np.swapaxes(w, 1, 2)) > 0
     w = w + (prior / 2.0) * compared  # prior virtual ties = prior/2 wins each way
-    games = w + w.T
-    wins = w.sum(axis=1)
-    played = games.sum(axis=1) > 0  # an item in no comparison gets NaN (a bootstrap sample that left it out)
-    if n > 1 and (np.any(wins[played] <= 0) or np.any(w.sum(axis=0)[played] <= 0)):
-        raise ValueError("an item without a win or without a loss: the Bradley-Terry MLE is infinite (use prior > 0)")
-    p = np.ones(n)
+    games = w + np.swapaxes(w, 1, 2)
+    wins = w.sum(axis=2)
+    played = games.sum(axis=2) > 0  # an item in no comparison gets NaN (a bootstrap sample that left it out)
+    p = np.ones(wins.shape)
     for _ in range(max_iter):
-        denom = (games / (p[:, None] + p[None, :])).sum(axis=1)
-        new = np.where(played, wins / np.where(played, denom, 1.0), 1.0)
-        new = new / np.exp(np.mean(np.log(new[played]))) if played.any() else new
+        denom = (games / (p[:, :, None] + p[:, None, :])).sum(axis=2)
+        new = np.where(played, np.maximum(wins, 1e-300) / np.where(played, denom, 1.0), 1.0)
+        logs = np.where(played, np.log(new), 0.0)
+        new = new / np.exp(logs.sum(axis=1, keepdims=True) / np.maximum(played.sum(axis=1, keepdims=True), 1))
         done = np.max(np.abs(np.log(new) - np.log(p))) < tol
         p = new
         if done:
@@ -115,23 +123,29 @@ def ratings(votes: Sequence[Vote], items: Sequence[str] | None = None, *, prior:
 
 def bootstrap(votes: Sequence[Vote], items: Sequence[str], *, prior: float = 0.5, n_boot: int = 1000, seed: int = 0) -> np.ndarray:
     """``(n_boot, len(items))`` Elo-scale ratings, each refitted on the votes resampled with
-    replacement (numpy ``default_rng(seed)``); empty when ``n_boot`` is 0 or there are no votes."""
+    replacement (numpy ``default_rng(seed)``; all resamples fitted at once as a batch); NaN where a
+    resample left an item out; empty when ``n_boot`` is 0 or there are no votes."""
     if not n_boot or not votes:
         return np.zeros((0, len(items)))
     rng = np.random.default_rng(seed)
     index = {k: i for i, k in enumerate(items)}
-    a = np.array([index[v[0]] for v in votes])
-    b = np.array([index[v[1]] for v in votes])
-    score = np.array([{"a": 1.0, "b": 0.0, "tie": 0.5}[v[2]] for v in votes])
+    # resampling N votes with replacement = multinomial counts over the distinct (a, b, outcome)
+    # votes, weighted by how often each was cast: the same distribution, without touching every vote
+    kinds: dict[tuple[int, int, float], int] = {}
+    for a, b, winner in votes:
+        key = (index[a], index[b], {"a": 1.0, "b": 0.0, "tie": 0.5}[winner])
+        kinds[key] = kinds.get(key, 0) + 1
+    ia = np.array([k[0] for k in kinds])
+    ib = np.array([k[1] for k in kinds])
+    score = np.array([k[2] for k in kinds])
+    counts = np.array(list(kinds.values()), dtype=float)
     n = len(items)
-    out = np.empty((n_boot, n))
-    for t in range(n_boot):
-        pick = rng.integers(0, len(votes), len(votes))
-        w = np.zeros((n, n))
-        np.add.at(w, (a[pick], b[pick]), score[pick])
-        np.add.at(w, (b[pick], a[pick]), 1.0 - score[pick])
-        out[t] = elo_scale(bradley_terry(w, prior))
-    return out
+    k = rng.multinomial(len(votes), counts / counts.sum(), size=n_boot)  # (n_boot, kinds)
+    w = np.zeros((n_boot, n, n))
+    for j in range(len(counts)):
+        w[:, ia[j], ib[j]] += k[:, j] * score[j]
+        w[:, ib[j], ia[j]] += k[:, j] * (1.0 - score[j])
+    return elo_scale(_mm(w, prior, 1e-10, 10000))
 
 
 def win_probability(r_a: float, r_b: float) -> float:

@@ -220,3 +220,17 @@ def test_browser_clicks_through_gallery_arena_and_try(db, tmp_path):
     assert [v["voter"] for v in votes(Store(db, create=False))] == ["playwright"]
     for name in ("serve-gallery.png", "serve-arena.png", "serve-try.png"):
         assert (tmp_path / "shots" / name).stat().st_size > 5000
+
+
+def test_serve_command_defaults_and_refusals(tmp_path, capsys):
+    from qbench.cli import build_parser
+
+    args = build_parser().parse_args(["serve"])
+    assert args.host == "127.0.0.1"  # this machine only unless --host says otherwise
+    assert main(["serve", "--db", str(tmp_path / "none.sqlite")]) == 2
+    assert "no results database" in capsys.readouterr().err
+    (tmp_path / "text.sqlite").write_text("not a database")
+    assert main(["serve", "--db", str(tmp_path / "text.sqlite")]) == 2
+    assert "not an SQLite file" in capsys.readouterr().err
+    assert main(["serve", "--db", str(tmp_path / "text.sqlite"), "--port", "70000"]) == 2
+    assert main(["judge", "--db", str(tmp_path / "none.sqlite"), "--judge", "toy-checker"]) == 2
