@@ -234,3 +234,34 @@ def test_serve_command_defaults_and_refusals(tmp_path, capsys):
     assert "not an SQLite file" in capsys.readouterr().err
     assert main(["serve", "--db", str(tmp_path / "text.sqlite"), "--port", "70000"]) == 2
     assert main(["judge", "--db", str(tmp_path / "none.sqlite"), "--judge", "toy-checker"]) == 2
+
+
+def test_votes_survive_a_killed_voter_and_wait_for_a_busy_writer(db):
+    """A process killed (SIGKILL) right after its vote keeps the vote; a vote cast while another
+    connection holds the write lock waits for it (SQLite busy timeout) and is stored."""
+    import subprocess
+    import sys
+    import time
+
+    from qbench.arena import groups
+    from qbench.store import Store
+    from qbench.store_votes import issue_pair, record_vote, votes
+
+    store = Store(db)
+    g = groups(store, "toy-flux")[0]
+    t1, t2 = (issue_pair(store, g[0], g[1], "toy-test/0", 42, "kim") for _ in range(2))
+    code = ("import os, signal, sys; from qbench.store import Store; from qbench.store_votes import record_vote; "
+            "record_vote(Store(sys.argv[1]), sys.argv[2], 'tie', 'kim'); os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", code, db, t1], cwd=os.path.dirname(os.path.dirname(__file__)), check=False)
+    assert r.returncode == -9
+    assert [v["token"] for v in votes(Store(db, create=False))] == [t1]
+    lock = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    lock.execute("BEGIN IMMEDIATE")
+    releaser = threading.Timer(1.5, lambda: lock.execute("COMMIT"))
+    releaser.start()
+    t = time.perf_counter()
+    record_vote(Store(db), t2, "b", "kim")
+    assert time.perf_counter() - t >= 1.0  # it waited for the other writer
+    releaser.join()
+    lock.close()
+    assert [v["winner"] for v in votes(Store(db, create=False))] == ["tie", "b"]
