@@ -102,7 +102,7 @@ def configuration_ratings(store, model: str, name: str = PEOPLE, voter: str | No
 
 def as_metric(r: dict[str, Any], name: str) -> dict[str, Any]:
     """A rating as a stored-metric dict (value, stderr None, n = votes, details with the interval)."""
-    who = "people's blind votes in `qbench serve`'s arena" if name == PEOPLE else f"automatic judge {name[len('judge-'):]}"
+    who = "blind votes cast in `qbench serve`'s arena (voters by name in the store)" if name == PEOPLE else f"automatic judge {name[len('judge-'):]}"
     return {"value": r["rating"], "stderr": None, "n": r["votes"], "higher_is_better": True,
             "details": {"ci95": [r["lo"], r["hi"]], "votes": r["votes"], "wins": r["wins"], "losses": r["losses"], "ties": r["ties"],
                         "formula": "Bradley-Terry MLE (Hunter 2004 MM, tie = half a win, 0.5 virtual ties per pair), Elo scale 1000 + 400 log10 p; "

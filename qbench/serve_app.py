@@ -131,7 +131,7 @@ def create_app(db: str, allow_try: bool = True) -> Flask:
     @app.route("/arena")
     def arena():
         from qbench.arena import configuration_ratings, label, rating_names
-        from qbench.store_votes import check_voter
+        from qbench.store_votes import check_voter, voters
 
         model = view.model_or_default(request.args.get("model"))
         voter = request.args.get("voter") or ""
@@ -151,8 +151,9 @@ def create_app(db: str, allow_try: bool = True) -> Flask:
             return sorted(out, key=lambda r: -(r["rating"] or 0))
 
         names = rating_names(view.store(), model)
+        arena_voters = [v for v, _ in voters(view.store(), model) if not v.startswith("judge:")]
         return page("arena", "arena", model=model, voter=voter, pair=pair, why=why, stored=(request.args.get("stored") or "")[:200],
-                    people=rows("arena"), judges=[(n[len("judge-"):], rows(n)) for n in names if n != "arena"])
+                    people=rows("arena"), arena_voters=arena_voters, judges=[(n[len("judge-"):], rows(n)) for n in names if n != "arena"])
 
     @app.route("/pair/<token>/<side>.png")
     def pair_image(token: str, side: str):

@@ -66,7 +66,7 @@ ARENA = """{% extends "layout.html" %}{% block body %}
 <button name="winner" value="b" id="vote-b">right is better</button></form>
 <p class="small">the two configurations are shown in random order and named only after the vote</p>
 {% else %}<p class="err">{{ why }}</p>{% endif %}
-<h3>Ratings: people ({{ model }})</h3>{% with rows=people, tid='people' %}""" + RATINGS + """{% endwith %}
+<h3>Ratings: arena votes ({{ model }}; voters: {{ arena_voters|join(", ") or "none yet" }})</h3>{% with rows=people, tid='people' %}""" + RATINGS + """{% endwith %}
 {% for name, rows in judges %}<h3>Ratings: automatic judge {{ name }}</h3>{% with tid='judge-' ~ name %}""" + RATINGS + """{% endwith %}{% endfor %}
 <p class="small">Bradley-Terry maximum likelihood (Hunter's MM, a tie is half a win), Elo scale 1000 + 400 log10 p;
 95 % percentile bootstrap over votes (1000 resamples, seed 0).</p>

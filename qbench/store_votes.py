@@ -78,13 +78,16 @@ def run_keys(run: dict[str, Any]) -> tuple[str, str]:
     return ident, images
 
 
-def check_voter(voter: Any) -> str:
-    """A voter name: 1..64 printable characters, stripped; VoteError otherwise."""
+def check_voter(voter: Any, judge: bool = False) -> str:
+    """A voter name: 1..64 printable characters, stripped; ``judge:`` starts an automatic judge's
+    name only (``judge=True``). VoteError otherwise."""
     if not isinstance(voter, str) or not voter.strip():
         raise VoteError("a vote needs a voter name")
     v = voter.strip()
     if len(v) > MAX_VOTER or not v.isprintable():
         raise VoteError(f"a voter name is at most {MAX_VOTER} printable characters")
+    if v.startswith("judge:") != judge:
+        raise VoteError("voter names starting with 'judge:' are the automatic judges'" if not judge else f"judge name {v!r}")
     return v
 
 
@@ -149,7 +152,7 @@ def _insert(conn: sqlite3.Connection, v: dict[str, Any]) -> None:
 def replace_judge_votes(store, judge: str, votes: list[dict[str, Any]]) -> int:
     """Store an automatic judge's votes (voter ``judge:<name>``), replacing its earlier votes on the
     same (configuration pair, prompt, seed); one transaction. Returns the number stored."""
-    voter = check_voter(f"judge:{judge}")
+    voter = check_voter(f"judge:{judge}", judge=True)
     now = utcnow()
     with store._connect() as conn:
         conn.execute("BEGIN IMMEDIATE")

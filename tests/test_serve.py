@@ -104,6 +104,7 @@ def test_arena_blind_pair_vote_and_refusals(client, db):
     assert client.post("/vote", data={"token": t2, "winner": "left", "voter": "ann"}).status_code == 400
     assert client.post("/vote", data={"token": t2, "winner": "a", "voter": "bob"}).status_code == 400
     assert client.post("/vote", data={"token": t2, "winner": "a", "voter": ""}).status_code == 400
+    assert client.get("/arena?voter=judge:toy-checker").status_code == 400  # a judge's name is not a person's
     assert len(votes(store)) == 1  # nothing else was stored
     page = client.get("/arena?voter=%3Cscript%3Ex").get_data(as_text=True)
     assert "<script>x" not in page and "&lt;script&gt;x" in page
