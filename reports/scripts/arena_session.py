@@ -42,7 +42,7 @@ def main() -> None:
     store = Store(args.db, create=False)
     model = store.models()[0]
     fp = next(r for g in groups(store, model) for r in g if r["method"] == "fp")
-    fp_prompts, fp_paths = prompts_and_paths(fp)
+    _, fp_paths = prompts_and_paths(fp)
     counts = {"a": 0, "b": 0, "tie": 0}
     for _ in range(args.n):
         page = client.get("/arena", query_string={"voter": args.voter, "model": model}).get_data(as_text=True)
