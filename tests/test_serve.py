@@ -266,3 +266,16 @@ def test_votes_survive_a_killed_voter_and_wait_for_a_busy_writer(db):
     releaser.join()
     lock.close()
     assert [v["winner"] for v in votes(Store(db, create=False))] == ["tie", "b"]
+
+
+def test_ratings_do_not_change_a_configuration_key(db):
+    """A rating added as a metric must not make a voted run a configuration of its own in compare."""
+    from qbench.arena import as_metric
+    from qbench.compare import config_key
+    from qbench.store import Store
+
+    run = Store(db, create=False).runs()[0]
+    before = config_key(run)
+    r = {"rating": 1010.0, "lo": 1000.0, "hi": 1020.0, "votes": 3, "wins": 2, "losses": 1, "ties": 0}
+    run["metrics"]["arena"], run["metrics"]["judge-toy-checker"] = as_metric(r, "arena"), as_metric(r, "judge-toy-checker")
+    assert config_key(run) == before
