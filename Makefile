@@ -25,13 +25,13 @@ JOB_ARGS = $(if $(MODEL),--model $(MODEL)) --out-dir $(OUT_DIR)
 
 setup: $(STAMP)
 
-# one pip command: qbench, its tests' extra and the optional pyiqa extra (PIQE; the CLIP-IQA
+# one pip command: qbench, its tests' extra, the serve extra (the web app's tests) and the optional pyiqa extra (PIQE; the CLIP-IQA
 # cross-check against pyiqa). "setuptools<81" only for this development venv: pyiqa's `clip`
 # imports pkg_resources, which setuptools 81 dropped (torch asks for setuptools>=77, so a fresh
 # venv would otherwise get the newest); qbench itself pins no setuptools.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c constraints.txt -e ".[test,pyiqa]" "setuptools<81"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[test,pyiqa,serve]" "setuptools<81"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -162,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     report_arguments(p)
     p.set_defaults(func="cmd_report")
+    p = sub.add_parser("judge", help="an automatic judge (the toy world's checker, or a preference metric's per-image scores) votes on every "
+                       "pair of comparable configurations, prompt by prompt; stored and rated like the arena's votes")
+    p.add_argument("--model", help="the model (default: the first with runs)")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    from qbench.judge import add_arguments as judge_arguments
+
+    judge_arguments(p)
+    p.set_defaults(func="cmd_judge")
+    p = sub.add_parser("serve", help="a local web app over a results store: gallery, blind pairwise arena with ratings, try a prompt live "
+                       "(needs the serve extra: pip install 'qbench[serve]')")
+    p.add_argument("--out-dir", default="reports")
+    p.add_argument("--db")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--no-try", action="store_true", help="no live generation (the try-it page only shows cached images)")
+    p.set_defaults(func="cmd_serve")
     p = sub.add_parser("export-results", help="per-image scores of stored runs as JSON Lines (run, prompt id and text, seed, image path, every per-image metric)")
     from qbench.results_export import add_arguments as export_arguments
 

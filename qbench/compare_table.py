@@ -15,7 +15,7 @@ import math
 from typing import Any
 
 from qbench.comparison import short_label
-from qbench.tables import MIB, fmt_paired, fmt_value, meaningless
+from qbench.tables import MIB, fmt_paired, fmt_rating, fmt_value, meaningless
 
 SIM = "*"  # marks a size computed for the packed format (simulate mode does not store it that way)
 OLD_SIZE = "°"  # marks the resident size of a run stored before deployable sizes were kept
@@ -66,7 +66,7 @@ def _measures(rows: list[dict[str, Any]], names: list[str], marks: dict[str, str
         cells = {}
         for i, r in enumerate(rows):
             m = r["metrics"].get(n)
-            cells[i] = "-" if not m or m.get("value") is None else fmt_se(m["value"], m.get("stderr")) + (" †" if meaningless(m) else "")
+            cells[i] = "-" if not m or m.get("value") is None else (fmt_rating(m) or fmt_se(m["value"], m.get("stderr"))) + (" †" if meaningless(m) else "")
         lines.append((f"{n} {_arrow(rows, n)}", cells))
         if any(n in (r.get("paired") or {}) for r in rows):
             lines.append(("  Δ paired", {i: ("base" if r["is_baseline"] else _fmt_delta((r.get("paired") or {}).get(n))) for i, r in enumerate(rows)}))

@@ -45,7 +45,8 @@ def run_settings(run: dict[str, Any]) -> tuple[dict[str, Any], bool]:
 
 
 def _top_metrics(run: dict[str, Any]) -> list[str]:
-    return sorted(n for n in run.get("metrics", {}) if "/" not in n)
+    """The run's own measured metrics (not sub-values, not the vote ratings qbench.arena adds)."""
+    return sorted(n for n in run.get("metrics", {}) if "/" not in n and n != "arena" and not n.startswith("judge-"))
 
 
 def config_key(run: dict[str, Any]) -> str:

@@ -6,19 +6,18 @@ Each :class:`Phase` declares what it needs from the :class:`RunState` and what i
 :func:`run_phases` runs a sequence of them in order and refuses a sequence whose phase needs
 something no earlier phase made. The sequences (:data:`SEQUENCES`):
 
-* ``run`` (``qbench run``, :func:`qbench.harness.run`, every cell of ``qbench sweep``): all eight;
-* ``export`` (``qbench export``): plan -> load -> apply, then :mod:`qbench.export` writes the folder;
-* ``calibrate`` (``qbench calibrate``): plan -> load -> apply with ``convert=False`` (the method's
-  calibration writes its artefact; nothing is converted, generated or stored as a run);
-* ``score`` (``qbench score``, :mod:`qbench.scoring`): plan-images -> reference-images -> read -> score -> store.
+* ``run`` (``qbench run``, :func:`qbench.harness.run`, sweep cells): all eight; ``export``: plan ->
+  load -> apply; ``calibrate``: plan -> load -> apply without convert (the method writes its
+  artefact); ``score`` (:mod:`qbench.scoring`): plan-images -> reference-images -> read -> score ->
+  store; ``try`` (``qbench serve``'s try-it page): plan -> load -> apply -> generate, unrecorded.
 
-What each phase's artefacts are keyed by is :mod:`qbench.identity`'s business: ``plan`` computes
-the run's identity (:func:`run_identity`: the key under which ``qbench sweep`` finds a finished
-cell), ``references`` and ``generate`` the image folders' identities, and every identity used is
-recorded in ``state.reused`` and stored with the run.
+Artefact keys are :mod:`qbench.identity`'s: ``plan`` computes the run's identity
+(:func:`run_identity`, the key of a finished sweep cell), ``references`` and ``generate`` the image
+folders'; every identity used is recorded in ``state.reused`` and stored with the run.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 from dataclasses import dataclass, field
@@ -119,8 +118,6 @@ def _scoring(name: str) -> Callable[[RunState], None]:
 
 
 def _load(s: RunState) -> None:
-    import dataclasses
-
     from qbench.dist import rank_device
     from qbench.measure import flush, process_rss
     from qbench.models.loader import load_model
@@ -131,7 +128,6 @@ def _load(s: RunState) -> None:
     s.rss_before_load = process_rss()
     if s.pipe is not None:
         from qbench.methods.external import loaded_model
-
         s.model = loaded_model(plan, s.pipe)
     else:
         s.model = load_model(s.cfg.model, ref=ref)
@@ -266,6 +262,7 @@ SEQUENCES: dict[str, tuple[str, ...]] = {
     "export": ("plan", "load", "apply"),
     "calibrate": ("plan", "load", "apply"),
     "score": ("plan-images", "reference-images", "read", "score", "store"),
+    "try": ("plan", "load", "apply", "generate"),  # `qbench serve`'s try-it page (qbench.serve_try): nothing recorded
 }
 #: phases that run inside the progress display (the ones that generate or score)
 _WITH_PROGRESS = ("references", "apply", "generate", "score")
@@ -358,13 +355,14 @@ def _on_failure(s: RunState, e: BaseException) -> None:
 def run_identity(plan):
     """The :class:`~qbench.identity.Identity` of a run: its configuration (less where results are
     written), the prompts' and calibration prompts' ids and texts, the model (spec, weights
-    content), the method's :meth:`~qbench.api.Method.identity_describe` (options, the content of
-    files they name, what determines calibrated values), the metrics with their options and the
-    files those name, and the code and libraries of generation, method, metrics and measurement.
+    content), the method's :meth:`~qbench.api.Method.identity_describe`, the metrics with their
+    options and files, and the code and libraries of generation, method, metrics and measurement.
     A stored ``done`` run is the finished result of a configuration only under this key."""
     from qbench.catalog import METRICS
     from qbench.generation import model_code, model_inputs, sampling_settings
+    from qbench.hubprompts import prompt_sources
     from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make, option_files
+    from qbench.metrics.common import GLOBAL_OPTIONS
 
     cfg, method = plan.cfg, plan.method
     config = {k: v for k, v in cfg.to_dict().items() if k not in ("out_dir", "db")}
@@ -373,11 +371,7 @@ def run_identity(plan):
         cls = METRICS.get(name)
         metric_modules.append(cls.__module__)
         declared += list(cls.OPTIONS)
-    from qbench.hubprompts import prompt_sources
-    from qbench.metrics.common import GLOBAL_OPTIONS
-
-    # Hub prompt sets: repository, requested revision and resolved commit (absent for other sets,
-    # so their keys stay as they were)
+    # Hub prompt sets: repository, revision, resolved commit (absent for other sets: keys unchanged)
     sources = prompt_sources(plan.prompts) + [s for s in prompt_sources(plan.calib_prompts) if s not in prompt_sources(plan.prompts)]
     return make("run", {
         "config": config,

@@ -35,7 +35,7 @@ from qbench.report_figures import (
     top_metrics,
 )
 from qbench.store import Store, utcnow
-from qbench.tables import MIB, meaningless
+from qbench.tables import MIB, fmt_rating, meaningless
 
 GRID_PROMPTS = 6
 CELL = 128
@@ -126,7 +126,7 @@ def main_table(rows: list[dict[str, Any]], title: str) -> Table:
             if not m or m.get("value") is None:
                 cells.append(Cell("-"))
                 continue
-            c = Cell(fmt_se(m["value"], m.get("stderr")) + (" †" if meaningless(m) else ""), best=r["run_id"] in best[n])
+            c = Cell((fmt_rating(m) or fmt_se(m["value"], m.get("stderr"))) + (" †" if meaningless(m) else ""), best=r["run_id"] in best[n])
             if r.get("is_baseline"):
                 c.sub = "baseline"
             elif n in (r.get("paired") or {}):
@@ -230,7 +230,9 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
           diff: bool = True, plots: bool = True, runs: list[str] | None = None) -> Report:
     """The report of one model's finished runs (QBenchError when it has none); ``runs``: only these
     run ids (each shown, as ``qbench compare --runs``), else the latest run of every configuration."""
-    selected = [r for r in store.runs(model=model) if runs is None or r["id"] in runs]
+    from qbench.arena import with_ratings
+
+    selected = with_ratings(store, [r for r in store.runs(model=model) if runs is None or r["id"] in runs])
     if not selected:
         raise QBenchError(f"no finished runs for model {model!r}{' among the runs named' if runs else ''} in {store.path}")
     rows, hidden = compare(selected, store.per_image, baseline=baseline, keep_all=runs is not None)

@@ -49,6 +49,7 @@ from qbench.store_db import (
     tables as _tables,
     unlink_quiet,
 )
+from qbench.store_votes import VOTE_TABLES
 
 TABLES = [
     """CREATE TABLE IF NOT EXISTS runs (
@@ -84,11 +85,13 @@ TABLES = [
     value REAL,
     PRIMARY KEY (run_id, metric, prompt_id)
 )""",
+    *VOTE_TABLES,  # schema 2: the arena's shown pairs and votes (qbench.store_votes)
 ]
 #: columns a ``runs`` table must have to be ours (``owner`` is added to older databases on write)
 RUN_COLUMNS = {"id", "created", "finished", "status", "model", "method", "label", "bits", "mode", "config", "result", "error"}
-#: ``PRAGMA user_version`` of the schema above (0: a database from before the version was kept)
-SCHEMA_VERSION = 1
+#: ``PRAGMA user_version`` of the schema above (0: a database from before the version was kept;
+#: 1: no votes tables, added on the first write by this qbench)
+SCHEMA_VERSION = 2
 #: bytes set aside beside the database while a run runs, freed to mark it failed on a full disk
 RESERVE_BYTES = 1 << 20
 RESERVE_PREFIX = ".qbench-reserve-"

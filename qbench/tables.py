@@ -7,6 +7,18 @@ from typing import Any
 MIB = 1024 * 1024
 
 
+def fmt_rating(m: dict[str, Any] | None) -> str | None:
+    """``1034 [1012, 1058] n=120`` for a stored rating metric (its ``details`` hold ``ci95``: see
+    :func:`qbench.arena.as_metric`); None for any other metric."""
+    details = (m or {}).get("details")
+    ci = details.get("ci95") if isinstance(details, dict) else None
+    if not ci or m.get("value") is None:
+        return None
+    lo, hi = ci
+    span = f" [{lo:.0f}, {hi:.0f}]" if lo is not None and hi is not None else ""
+    return f"{m['value']:.0f}{span} n={m.get('n')}"
+
+
 def console(stderr: bool = False):
     """A rich console; when output is not a terminal (logs, pipes) tables get 250 columns instead
     of rich's 80, so that wide comparison tables stay readable."""
@@ -23,6 +35,8 @@ def console(stderr: bool = False):
 def fmt_value(m: dict[str, Any] | None) -> str:
     if not m or m.get("value") is None:
         return "-"
+    if fmt_rating(m):  # an arena or judge rating: value [95 % interval] n=votes
+        return fmt_rating(m)
     v = m["value"]
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)
