@@ -62,6 +62,13 @@ class LoadedModel:
     #: content fingerprint of local weight files (``qbench.imagecache.weights_fingerprint``); for
     #: hub snapshots the revision in ``source`` identifies the weights
     fingerprint: str | None = None
+    #: the folder (or hub id) the pipeline was loaded from; a method that quantizes at load time
+    #: re-loads components from it (``Capabilities.reloads_components``); None for a brought pipeline
+    where: str | None = None
+    #: generate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False: for a library
+    #: whose tensor subclasses cannot run under inference mode, e.g. optimum-quanto 0.2.7's packed
+    #: int4/int2 weights; the images are the same, only autograd bookkeeping differs)
+    inference_mode: bool = True
 
     @property
     def denoiser(self) -> "torch.nn.Module":
@@ -107,7 +114,7 @@ class LoadedModel:
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _cb
-        with torch.inference_mode():
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
             out = self.pipe(**kwargs)
         return to_pil(out.images, prompts)
 
@@ -145,6 +152,16 @@ def tensor_parts(t: "torch.Tensor") -> "list[torch.Tensor]":
         if inner is not None:
             out.extend(tensor_parts(inner))
     return out
+
+
+def logical_numel(t: "torch.Tensor") -> int:
+    """Elements of the weight ``t`` stands for: ``t.numel()``, except for bitsandbytes'
+    ``Params4bit``, which holds two 4-bit codes per uint8 and records the original shape in its
+    ``quant_state``."""
+    import math
+
+    shape = getattr(getattr(t, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else t.numel()
 
 
 def module_nbytes(module: "torch.nn.Module") -> int:
