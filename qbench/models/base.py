@@ -141,10 +141,16 @@ def tensor_parts(t: "torch.Tensor") -> "list[torch.Tensor]":
     subclass that wraps others (torchao's ``Int8Tensor``, ``IntxUnpackedToInt8Tensor``,
     ``AffineQuantizedTensor``: ``__tensor_flatten__``), its inner tensors, recursively. A
     subclass reports its logical dtype (e.g. float32) while storing int8 codes and scales:
-    these parts are what it stores."""
+    these parts are what it stores. bitsandbytes' parameters keep their statistics beside the
+    codes: ``Params4bit`` (packed 4-bit codes, uint8) its ``quant_state`` (absmax per block,
+    the code book, nested statistics with double quantization), ``Int8Params`` its per-row
+    scales ``SCB``: they are parts too."""
     flatten = getattr(type(t), "__tensor_flatten__", None)
     if flatten is None:
-        return [t]
+        state = getattr(t, "quant_state", None)
+        extra = [v for v in state.as_dict(packed=False).values() if hasattr(v, "untyped_storage")] if hasattr(state, "as_dict") else []
+        scb = getattr(t, "SCB", None)
+        return [t] + extra + ([scb] if scb is not None and hasattr(scb, "untyped_storage") else [])
     names, _ = t.__tensor_flatten__()
     out: list = []
     for n in names:
