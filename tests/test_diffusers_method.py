@@ -21,7 +21,7 @@ TINY = ["--model", "tiny-flux", "--prompts", "toy:2", "--metrics", "psnr", "--ba
 
 
 def _cfg(make_cfg, **kw):
-    base = dict(model="tiny-flux", method="diffusers", prompts="toy:2", metrics=["psnr"])
+    base = {"model": "tiny-flux", "method": "diffusers", "prompts": "toy:2", "metrics": ["psnr"]}
     base.update(kw)
     return make_cfg(**base)
 
@@ -29,9 +29,9 @@ def _cfg(make_cfg, **kw):
 @pytest.mark.parametrize("backend, config", sorted(RUNNABLE))
 def test_each_backend_end_to_end_on_a_tiny_twin(make_cfg, backend, config):
     import diffusers
+    from qbench.methods.diffusers_backends import version
 
     from qbench import harness
-    from qbench.methods.diffusers_backends import version
 
     bits, tensor = RUNNABLE[(backend, config)]
     res = harness.run(_cfg(make_cfg, method_options={"backend": backend, "config": config}), show_progress=False)
