@@ -15,8 +15,11 @@ from qbench.errors import ConfigError, QBenchError
 
 #: backend, config -> (bits, the tensor type its quantized Linear weights have)
 RUNNABLE = {("quanto", "int8"): ("W8A16", "WeightQBytesTensor"), ("quanto", "int4"): ("W4A16", "WeightQBitsTensor"),
+            ("quanto", "int2"): ("W2A16", "WeightQBitsTensor"),
             ("torchao", "int8wo"): ("W8A16", "Int8Tensor"), ("torchao", "int8dq"): ("W8A8", "Int8Tensor"),
             ("torchao", "intx4wo"): ("W4A16", "IntxUnpackedToInt8Tensor")}
+QUANTO = pytest.mark.skipif(importlib.util.find_spec("optimum") is None or importlib.util.find_spec("optimum.quanto") is None,
+                            reason="optimum-quanto is not installed (pip install qbench[diffusers-backends])")
 TINY = ["--model", "tiny-flux", "--prompts", "toy:2", "--metrics", "psnr", "--batch-size", "2", "--latency-warmup", "0", "--latency-repeats", "1"]
 
 
@@ -26,7 +29,7 @@ def _cfg(make_cfg, **kw):
     return make_cfg(**base)
 
 
-@pytest.mark.parametrize("backend, config", sorted(RUNNABLE))
+@pytest.mark.parametrize("backend, config", [pytest.param(*k, marks=QUANTO) if k[0] == "quanto" else k for k in sorted(RUNNABLE)])
 def test_each_backend_end_to_end_on_a_tiny_twin(make_cfg, backend, config):
     import diffusers
     from qbench.methods.diffusers_backends import version
@@ -52,9 +55,10 @@ def test_each_backend_end_to_end_on_a_tiny_twin(make_cfg, backend, config):
     assert bool(comp["skipped"]) == (config == "intx4wo")
     assert 10 < res.metrics["psnr"]["value"] < 100  # paired with the full-precision images: close, not identical
     assert rep["execution"] in res.latency["kind"]
-    assert rep["grad_mode"].startswith("no_grad") == (backend == "quanto" and config == "int4")
+    assert rep["grad_mode"].startswith("no_grad") == (backend == "quanto" and config in ("int4", "int2"))
 
 
+@QUANTO
 def test_cli_run_and_compare_show_the_backends_beside_naive(tmp_path, capsys):
     from qbench.cli import main
 
@@ -85,8 +89,8 @@ def test_cli_run_and_compare_show_the_backends_beside_naive(tmp_path, capsys):
     ({"backend": "quanto", "config": "int3"}, None, "cpu", "has no config 'int3' (configs: int8 = W8A16, int4 = W4A16, int2 = W2A16)"),
     ({"backend": "quanto"}, "W8A8", "cpu", "has no config for --bits W8A8"),
     ({"backend": "torchao", "config": "int8wo"}, "W4A16", "cpu", "--bits W4A16 and -O config=int8wo (W8A16) disagree"),
-    ({"backend": "quanto", "components": "text_encoder_2"}, None, "cpu", "'text_encoder_2' is a transformers model"),
-    ({"backend": "quanto", "components": "unet"}, None, "cpu", "'unet' is not a component of FluxPipeline (diffusers models: vae, transformer)"),
+    ({"backend": "torchao", "components": "text_encoder_2"}, None, "cpu", "'text_encoder_2' is a transformers model"),
+    ({"backend": "torchao", "components": "unet"}, None, "cpu", "'unet' is not a component of FluxPipeline (diffusers models: vae, transformer)"),
 ])
 def test_refusals_are_one_line(make_cfg, options, bits, device, expect):
     with pytest.raises(ConfigError) as e:
@@ -104,6 +108,7 @@ def test_mode_and_a_missing_package_are_refused(make_cfg, monkeypatch):
         Method(_cfg(make_cfg, method_options={"backend": "quanto"}))
 
 
+@QUANTO
 def test_configs_components_bits_and_identity(make_cfg):
     Method = METHODS.get("diffusers")
     sdxl = Method(_cfg(make_cfg, model="tiny-sdxl-turbo", method_options={"backend": "quanto", "components": "denoiser,vae"}, bits="W4A16"))
