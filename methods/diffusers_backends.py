@@ -27,8 +27,9 @@ bitsandbytes_4bit  nf4/fp4  W4A16  BitsAndBytesConfig(load_in_4bit, bnb_4bit_qua
                                    without one)
 bitsandbytes_8bit  int8     W8A8   BitsAndBytesConfig(load_in_8bit): LLM.int8(); needs CUDA/XPU
 quanto             int8     W8A16  QuantoConfig(weights_dtype): int8 per-channel weights,
-                   int4     W4A16  quanto::qbytes_mm; int4/int2 per group of 128, packed, quanto's
-                   int2     W2A16  kernel or dequantized per call (optimum-quanto)
+                   int4     W4A16  quanto::qbytes_mm; int4/int2 packed, per group of 128 inputs
+                   int2     W2A16  (96/64/32 where 128 does not divide, per row for rows <= 128),
+                                   quanto's kernel or dequantized per call (optimum-quanto)
 torchao            int8wo   W8A16  TorchAoConfig(Int8WeightOnlyConfig())
                    int8dq   W8A8   TorchAoConfig(Int8DynamicActivationInt8WeightConfig())
                    intx4wo  W4A16  TorchAoConfig(IntxWeightOnlyConfig(int4, PerGroup(32)))
@@ -64,8 +65,8 @@ BACKENDS: dict[str, tuple[str, str, dict[str, tuple[str, str]], bool]] = {
         "int8": ("W8A8", "bitsandbytes Linear8bitLt: LLM.int8() int8 x int8 GEMM, outlier features (> 6) in 16 bits")}, True),
     "quanto": ("optimum.quanto", "optimum-quanto", {
         "int8": ("W8A16", "optimum-quanto QLinear, WeightQBytesTensor: int8 per-channel weights, quanto::qbytes_mm (scaled weights, float matmul)"),
-        "int4": ("W4A16", "optimum-quanto QLinear, WeightQBitsTensor: packed int4 per group of 128, quanto's kernel or dequantized per call, float matmul"),
-        "int2": ("W2A16", "optimum-quanto QLinear, WeightQBitsTensor: packed int2 per group of 128, dequantized per call, float matmul")}, False),
+        "int4": ("W4A16", "optimum-quanto QLinear, WeightQBitsTensor: packed int4 per group of <= 128 inputs, quanto's kernel or dequantized per call, float matmul"),
+        "int2": ("W2A16", "optimum-quanto QLinear, WeightQBitsTensor: packed int2 per group of <= 128 inputs, dequantized per call, float matmul")}, False),
     "torchao": ("torchao", "torchao", {
         "int8wo": ("W8A16", "torchao Int8Tensor weight-only: int8 per-row weights, converted per call, float GEMM"),
         "int8dq": ("W8A8", "torchao Int8Tensor: int8 per-token dynamic activations x int8 per-row weights, torch._int_mm + rescale"),
