@@ -31,7 +31,7 @@ setup: $(STAMP)
 # venv would otherwise get the newest); qbench itself pins no setuptools.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c constraints.txt -e ".[test,pyiqa,serve]" "setuptools<81"
+	$(BIN)/python -m pip install -c constraints.txt -e ".[test,pyiqa,serve,diffusers-backends]" "setuptools<81"
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -81,6 +81,11 @@ class Capabilities:
       prompts before ``prepare`` (``ctx.fp_images()``), e.g. for fidelity-based sensitivity.
     * ``calibrate_command``: ``qbench calibrate`` runs its :meth:`Method.run_calibration` (a
       calibration on its own, writing a checkpoint or allocation) and prints the summary it returns.
+    * ``reloads_components``: its ``convert`` re-loads the components it quantizes from the
+      model's weights (:attr:`LoadedModel.where <qbench.models.base.LoadedModel.where>`) through
+      their library's loader, which quantizes at load time (diffusers' quantization backends), and
+      swaps them into the pipeline; the preflight refuses a model whose loaded denoiser is not
+      what its folder holds (a LoRA fused after loading).
 
     The per-layer bits of a run come from :meth:`Method.bit_map` (default: qbench's quantized
     layers); a method whose layers are not qbench's overrides it.
@@ -92,6 +97,7 @@ class Capabilities:
     latency_kind: str | None = None
     fp_calibration_images: bool = False
     calibrate_command: bool = False
+    reloads_components: bool = False
 
 
 class Method:

@@ -33,6 +33,7 @@ METHODS.register("fp", "qbench.methods.fp:FullPrecision", "full precision: the m
 METHODS.register("naive", "qbench.methods.naive:Naive", "round-to-nearest W/A quantization (torchao conventions; W4A8, W8A8, W4A16, ...), simulate or real int kernels")
 METHODS.register("mixdq", "qbench.methods.mixdq:MixDQ", "MixDQ-style mixed precision: BOS-aware text layers, metric-decoupled sensitivity (SSIM/SQNR), ILP bit allocation under the --bits budget")
 METHODS.register("torchao", "qbench.methods.torchao:TorchAO", "torchao's own configs as deployment baselines: -O config=int8dq (W8A8), int8dq_int4w (W4A8), int8wo, intx4wo, int4wo; labelled with torchao's version")
+METHODS.register("diffusers", "qbench.methods.diffusers_backends:DiffusersBackend", "diffusers' own quantization backends via PipelineQuantizationConfig: -O backend=quanto|torchao|bitsandbytes_4bit|bitsandbytes_8bit (-O config=, -O components=)")
 METHODS.register("external", "qbench.methods.external:External", "a pipeline you quantized with any tool, scored as given: qbench.harness.run(cfg, pipe=...) (Python API only)")
 METHODS.register("images", "qbench.methods.images:Images", "images made elsewhere, scored as they are: `qbench score DIR --model M --prompts SPEC` (not for qbench run)")
 METHODS.register("qsched", "qbench.methods.qsched:QSched", "Q-Sched: JAQ-calibrated scheduler coefficients over a base quantizer (default naive)",

@@ -217,6 +217,7 @@ def plan_run(cfg: RunConfig) -> RunPlan:
     if ref is not None and method is not None:
         p.check("", check_not_prequantized, ref, cfg)
         p.check("", check_layer_names, method, ref)
+        p.check("", check_reloadable, method, ref)
         if getattr(method, "mode", None) == "kernel":  # QBENCH_KERNEL_PATH and the device's integer GEMM
             from qbench.quant.backends import selection
 
@@ -299,6 +300,14 @@ def check_layer_names(method, ref) -> None:
     module = denoiser_on_meta(ref)
     if module is not None:
         method.check_layers(module)
+
+
+def check_reloadable(method, ref) -> None:
+    """A method that re-loads components from the weights folder (``reloads_components``) would
+    drop what the loader changes after loading: refuse a model whose LoRA is fused at load."""
+    if method.capabilities.reloads_components and ref.spec.lora:
+        raise ConfigError(f"method {method.name!r} re-loads the components it quantizes from the weights folder, but {ref.spec.name!r} fuses a LoRA "
+                          "into its denoiser after loading (the folder's weights are not the model's): pick a model without a LoRA")
 
 
 def denoiser_on_meta(ref):

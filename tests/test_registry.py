@@ -79,7 +79,10 @@ def test_every_plugin_loads_declares_its_options_and_describes_itself(tmp_path):
         assert issubclass(cls, Method) and cls.name == e.name
         assert all(isinstance(o, Opt) for o in cls.OPTIONS)
         opts = {"external": {"fingerprint": "0" * 16}, "images": {"digest": "0" * 16}}.get(e.name, {})  # set by harness.run(pipe=...) / qbench score
-        cfg = RunConfig(model="toy-flux", method=e.name, bits="W4A8" if cls.uses_bits else None, out_dir=str(tmp_path), method_options=opts)
+        bits = "W4A8" if cls.uses_bits else None
+        if e.name == "diffusers":  # a backend must be named; its configs are weight-only or W8A8
+            opts, bits = {"backend": "torchao"}, "W8A8"
+        cfg = RunConfig(model="toy-flux", method=e.name, bits=bits, out_dir=str(tmp_path), method_options=opts)
         m = cls(cfg)
         d = m.describe()
         assert d["method"] == e.name and isinstance(m.label, str) and m.mode in ("none", "simulate", "kernel", "external")

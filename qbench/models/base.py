@@ -62,6 +62,13 @@ class LoadedModel:
     #: content fingerprint of local weight files (``qbench.imagecache.weights_fingerprint``); for
     #: hub snapshots the revision in ``source`` identifies the weights
     fingerprint: str | None = None
+    #: the folder (or hub id) the pipeline was loaded from; a method that quantizes at load time
+    #: re-loads components from it (``Capabilities.reloads_components``); None for a brought pipeline
+    where: str | None = None
+    #: generate under ``torch.inference_mode`` (True) or ``torch.no_grad`` (False: for a library
+    #: whose tensor subclasses cannot run under inference mode, e.g. optimum-quanto 0.2.7's packed
+    #: int4/int2 weights; the images are the same, only autograd bookkeeping differs)
+    inference_mode: bool = True
 
     @property
     def denoiser(self) -> "torch.nn.Module":
@@ -107,7 +114,7 @@ class LoadedModel:
                 return callback_kwargs
 
             kwargs["callback_on_step_end"] = _cb
-        with torch.inference_mode():
+        with torch.inference_mode() if self.inference_mode else torch.no_grad():
             out = self.pipe(**kwargs)
         return to_pil(out.images, prompts)
 
@@ -134,10 +141,16 @@ def tensor_parts(t: "torch.Tensor") -> "list[torch.Tensor]":
     subclass that wraps others (torchao's ``Int8Tensor``, ``IntxUnpackedToInt8Tensor``,
     ``AffineQuantizedTensor``: ``__tensor_flatten__``), its inner tensors, recursively. A
     subclass reports its logical dtype (e.g. float32) while storing int8 codes and scales:
-    these parts are what it stores."""
+    these parts are what it stores. bitsandbytes' parameters keep their statistics beside the
+    codes: ``Params4bit`` (packed 4-bit codes, uint8) its ``quant_state`` (absmax per block,
+    the code book, nested statistics with double quantization), ``Int8Params`` its per-row
+    scales ``SCB``: they are parts too."""
     flatten = getattr(type(t), "__tensor_flatten__", None)
     if flatten is None:
-        return [t]
+        state = getattr(t, "quant_state", None)
+        extra = [v for v in state.as_dict(packed=False).values() if hasattr(v, "untyped_storage")] if hasattr(state, "as_dict") else []
+        scb = getattr(t, "SCB", None)
+        return [t] + extra + ([scb] if scb is not None and hasattr(scb, "untyped_storage") else [])
     names, _ = t.__tensor_flatten__()
     out: list = []
     for n in names:
@@ -145,6 +158,16 @@ def tensor_parts(t: "torch.Tensor") -> "list[torch.Tensor]":
         if inner is not None:
             out.extend(tensor_parts(inner))
     return out
+
+
+def logical_numel(t: "torch.Tensor") -> int:
+    """Elements of the weight ``t`` stands for: ``t.numel()``, except for bitsandbytes'
+    ``Params4bit``, which holds two 4-bit codes per uint8 and records the original shape in its
+    ``quant_state``."""
+    import math
+
+    shape = getattr(getattr(t, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else t.numel()
 
 
 def module_nbytes(module: "torch.nn.Module") -> int:

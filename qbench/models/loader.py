@@ -267,7 +267,8 @@ def load_model(name: str, *, model_path: str | None = None, device: str = "auto"
     from qbench.quant.api import guard_pipeline_save
 
     guard_pipeline_save(pipe)  # save_pretrained refuses up front once a method has quantized a component
-    return LoadedModel(spec=spec, pipe=pipe, source=ref.source, device=ref.device, dtype=ref.dtype, fingerprint=ref.fingerprint)
+    return LoadedModel(spec=spec, pipe=pipe, source=ref.source, device=ref.device, dtype=ref.dtype, fingerprint=ref.fingerprint,
+                       where=where)
 
 
 def _fuse_lora(pipe, spec: ModelSpec, where: str, local_only: bool) -> None:

@@ -25,7 +25,7 @@ from typing import Any
 from torch import nn
 
 from qbench.errors import ConfigError
-from qbench.models.base import module_nbytes, tensor_parts
+from qbench.models.base import logical_numel, module_nbytes, tensor_parts
 from qbench.quant import backends
 from qbench.quant.linear import QuantConv2d, QuantLinear, _QuantCore, conv2d_supported
 from qbench.quant.spec import QuantConfig, _is_pattern
@@ -268,14 +268,16 @@ def size_report(module: nn.Module) -> dict[str, Any]:
     inside = {id(t) for m in quant.values() for t in list(m.parameters()) + list(m.buffers())}
     b16 = deploy = 0
     seen: set[int] = set()
-    subclassed = 0  # tensors of another library's quantized tensor subclass (torchao)
+    subclassed = 0  # tensors of another library's quantized tensors (torchao, quanto, bitsandbytes)
     for t in list(module.parameters()) + list(module.buffers()):
         if id(t) in inside or id(t) in seen:
             continue
         seen.add(id(t))
-        nb = t.numel() * (2 if t.is_floating_point() else t.element_size())
-        b16 += nb
         parts = tensor_parts(t)
+        # a quantized tensor subclass (torchao, quanto) or a bitsandbytes parameter stands for a
+        # float weight: 2 bytes per element of that weight in the 16-bit model
+        nb = logical_numel(t) * 2 if t.is_floating_point() or parts != [t] else t.numel() * t.element_size()
+        b16 += nb
         if parts == [t]:
             deploy += nb
         else:  # stored as integer codes + scales: count what it stores, as stored
