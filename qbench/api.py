@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from qbench.config import RunConfig
     from qbench.models.base import LoadedModel
 
+#: imported for :meth:`Method.bit_map` only (counting a converted model's bits, never changing an
+#: image): not part of the code digest of what imports this module (:mod:`qbench.identity`)
+NOT_NUMERIC_IMPORTS = ("qbench.quant.api",)
+
 
 @dataclass(frozen=True)
 class Prompt:

@@ -50,7 +50,20 @@ CELLS: tuple[tuple[str, str | None, dict[str, Any]], ...] = (
     ("qsched", "W4A8", {"qsched_ckpt": "{baselines}/qsched/{model}_W4A8.json"}),
     ("mixdq", "W4A8", {"allocation": "{baselines}/mixdq/{model}_W4A8.yaml"}),
     ("torchao", "W8A8", {"config": "int8dq"}),
+    ("diffusers", "W8A16", {"backend": "quanto", "config": "int8"}),
 )
+#: methods whose numbers depend on whether ``torch._int_mm`` is exact on this CPU (torchao's int8dq
+#: runs it; without a VNNI/AMX int8 dot its int16 pair sums saturate): their cells are checked only
+#: where it is exact, else reported as ``n/a (CPU)`` (the baseline was recorded on an exact CPU)
+INT_MM_DEPENDENT = ("torchao",)
+
+
+def int_mm_exact() -> tuple[bool, str]:
+    """Whether ``torch._int_mm`` is exact on this CPU (:mod:`qbench.quant.backends`' probe): (ok, note)."""
+    from qbench.quant import backends
+
+    r = backends.selection("cpu").probe.get("int_mm")
+    return (bool(r and r.available and r.exact), r.note if r else "not probed")
 #: metrics measured against the full-precision images: not checked on the fp cell (itself)
 REFERENCE_METRICS = ("psnr", "ssim")
 
@@ -122,17 +135,23 @@ def limit(metric: str, base: float, tol: dict[str, Any]) -> float:
 def check_quality(baseline: dict[str, Any], current: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
     """One row per (cell, metric) of the baseline: baseline, current, change, the limit and a
     status: ``ok``, ``WORSE`` (beyond the tolerance: a regression), ``better`` (beyond the
-    tolerance the other way: the baseline is stale) or ``missing``."""
+    tolerance the other way: the baseline is stale), ``missing``, or ``n/a (CPU)`` for a cell of
+    :data:`INT_MM_DEPENDENT` on a CPU where ``torch._int_mm`` is inexact."""
     rows = []
+    exact = None
     for cid, cell in baseline["cells"].items():
         cur = current.get(cid)
+        if cell["method"] in INT_MM_DEPENDENT and exact is None:
+            exact = int_mm_exact()
         for metric, base in cell["metrics"].items():
             if cell["method"] == "fp" and metric in REFERENCE_METRICS:
                 continue
             tol = baseline["tolerance"][metric]
             lim = limit(metric, base, tol)
             v = None if cur is None else cur.get(metric)
-            if v is None or not math.isfinite(v):
+            if cell["method"] in INT_MM_DEPENDENT and exact is not None and not exact[0]:
+                status = "n/a (CPU)"  # torch._int_mm inexact here: the number depends on the CPU kind
+            elif v is None or not math.isfinite(v):
                 status = "missing"
             else:
                 hib = HIGHER_IS_BETTER[metric]
@@ -228,7 +247,7 @@ def print_table(title: str, against: str, rows: list[dict[str, Any]]) -> None:
 
     from rich import box
 
-    style = {"WORSE": "bold red", "missing": "bold red", "better": "yellow", "new": "yellow", "ok": "green"}
+    style = {"WORSE": "bold red", "missing": "bold red", "better": "yellow", "new": "yellow", "ok": "green", "n/a (CPU)": "dim"}
 
     def num(v):
         return "-" if v is None else f"{v:.5g}" if abs(v) < 1e4 else f"{v:.0f}"

@@ -88,8 +88,8 @@ def test_mixdq_calibration_shards_its_configs_and_allocates_the_same(tmp_path):
     (CalibrationContext.map_batches); every rank gets every score, so the allocation, the run's
     images and its numbers equal the one-process run's, and the main rank's score cache holds
     all of them."""
-    args = ["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W3A8", "--prompts", "toy:3", "--metrics", "psnr",
-            "--calib-prompts", "toy-calib:2", "-O", "k_sweep=0.8,1.2", "-O", "b_sweep=2.8,3", "-O", "a_candidates=8",
+    args = ["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:3", "--metrics", "psnr",
+            "--calib-prompts", "toy-calib:2", "-O", "k_sweep=0.8,0.96", "-O", "b_sweep=3.9,4", "-O", "a_candidates=8",
             "--latency-warmup", "0", "--latency-repeats", "1", "--no-progress"]
     (one, two), ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, args, 29519)
     rep1, rep2 = run1["result"]["method_report"], run2["result"]["method_report"]

@@ -75,3 +75,18 @@ def test_check_speed_uses_the_recorded_noise():
     rows = regress.check_speed(base, cur, {"latency_fail_pct": 20, "memory_fail_mib": 2, "stat": "min"})
     assert [(r["cell"], r["metric"], r["status"]) for r in rows if r["metric"].endswith("ms")] == [
         ("a", "min ms", "ok"), ("b", "min ms", "ok"), ("c", "min ms", "new")]
+
+
+def test_int_mm_dependent_cells_are_not_checked_where_int_mm_is_inexact(monkeypatch):
+    """torchao's int8dq runs torch._int_mm, whose int16 pair sums saturate on a CPU without a
+    VNNI/AMX int8 dot: its cells are ``n/a (CPU)`` there (the baseline was recorded on an exact CPU),
+    checked as usual where int_mm is exact; other cells are always checked."""
+    base = {"tolerance": {"jaq": {"kind": "abs", "value": 0.002}},
+            "cells": {"toy-flux/torchao W8A8": {"method": "torchao", "metrics": {"jaq": 1.83}},
+                      "toy-flux/naive W8A8": {"method": "naive", "metrics": {"jaq": 1.83}}}}
+    cur = {"toy-flux/torchao W8A8": {"jaq": 1.77}, "toy-flux/naive W8A8": {"jaq": 1.77}}
+    monkeypatch.setattr(regress, "int_mm_exact", lambda: (False, "inexact: int16 pair sums saturate"))
+    rows = {r["cell"]: r["status"] for r in regress.check_quality(base, cur)}
+    assert rows == {"toy-flux/torchao W8A8": "n/a (CPU)", "toy-flux/naive W8A8": "WORSE"}
+    monkeypatch.setattr(regress, "int_mm_exact", lambda: (True, "exact"))
+    assert {r["status"] for r in regress.check_quality(base, cur)} == {"WORSE"}
