@@ -83,14 +83,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_plan(plan, con)
         return 0
-    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
+    from qbench.compare import compare_hint
+    from qbench.progress import say
+
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: say(m, style="dim", fallback=con), plan=plan)
     if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
         return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         print_result(result.to_dict(), con)
-        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
+        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `{compare_hint(cfg)}` compares runs", style="dim", markup=False)
     return 0
 
 
@@ -326,8 +329,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(runs, indent=1))
         return 0
+    if not runs and args.status:  # a filter that matches nothing is an answer, not an error
+        console().print(f"no {args.status} runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}", markup=False, highlight=False)
+        return 0
     if not runs:
-        raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+        raise QBenchError(f"no runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
     print_runs(runs, console())
     return 0
 
