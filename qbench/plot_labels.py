@@ -51,7 +51,7 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsi
                 ha = "left" if dx > 0.5 else "right" if dx < -0.5 else "center"
                 va = "bottom" if dy > 0.5 else "top" if dy < -0.5 else "center"
                 cand = ax.annotate(text, p, xytext=(dx, dy), textcoords="offset points", fontsize=fontsize, ha=ha, va=va,
-                                   arrowprops=dict(arrowstyle="-", color="0.55", lw=0.5, shrinkA=0, shrinkB=3) if r > RINGS[0] else None)
+                                   arrowprops={"arrowstyle": "-", "color": "0.55", "lw": 0.5, "shrinkA": 0, "shrinkB": 3} if r > RINGS[0] else None)
                 box = _text_box(cand, renderer)
                 inside = axbox.x0 <= box.x0 and box.x1 <= axbox.x1 and axbox.y0 <= box.y0 and box.y1 <= axbox.y1
                 if inside and not any(_overlaps(box, t) for t in taken):

@@ -26,15 +26,8 @@ from typing import Any
 from qbench.compare import compare, matches, pair, short_label
 from qbench.compare_table import DETAIL_KEYS, fmt_se, settings_line
 from qbench.errors import QBenchError
-from qbench.report_figures import (
-    Figure,
-    _clip,
-    figures,
-    grid,
-    is_reference_metric,
-    top_metrics,
-)
 from qbench.report_best import LEGEND, best_exact, best_latency, best_rows, higher_is_better
+from qbench.report_figures import Figure, _clip, figures, grid, top_metrics
 from qbench.safetext import md
 from qbench.store import Store, utcnow
 from qbench.tables import MIB, meaningless

@@ -15,7 +15,8 @@ No mark means "no configuration is resolved as best", not "all equal".
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from qbench.report_figures import is_reference_metric
 

@@ -152,8 +152,10 @@ def print_runs(runs: list[dict[str, Any]], con) -> None:
     heads = ("run", "model", "configuration", "prompts", "settings")
     t.add_column("run", no_wrap=True)
     t.add_column("status", no_wrap=True)
+    fixed = max(len(x[0]) for x in rows) + max(len(r["status"]) for r in runs) + 6
+    mins = fit_widths([longest_word([col] + [x[i] for x in rows]) for i, col in enumerate(heads) if i], con.width, fixed)
     for i, col in enumerate(heads[1:], 1):
-        t.add_column(col, overflow="fold", min_width=longest_word([col] + [x[i] for x in rows]))
+        t.add_column(col, overflow="fold", min_width=mins[i - 1])
     for r, x in zip(runs, rows):
         t.add_row(Text(x[0]), status_text(r), *[Text(v) for v in x[1:]])
     con.print(t)
@@ -169,6 +171,16 @@ def longest_word(texts, cap: int = 28) -> int:
     """The longest space-free run of characters in ``texts`` (at most ``cap``): a table column's
     ``min_width``, so that rich wraps its text between words instead of cutting one."""
     return min(cap, max((len(w) for t in texts for w in str(t).split()), default=1))
+
+
+def fit_widths(mins: list[int], width: int, fixed: int = 0, gap: int = 3, floor: int = 8) -> list[int]:
+    """``mins`` (each column's longest word) lowered, the largest first and never below ``floor``,
+    until the columns fit ``width`` beside ``fixed`` characters of unwrappable columns and a
+    ``gap`` per column: a word longer than its column then folds instead of rich cropping the table."""
+    out = list(mins)
+    while sum(out) + fixed + gap * len(out) > width and max(out) > floor:
+        out[out.index(max(out))] -= 1
+    return out
 
 
 def _settings_text(config: dict[str, Any]) -> str:
@@ -200,8 +212,9 @@ def print_registry(kind: str, registry, con) -> None:
     with_options = kind in ("methods", "metrics")
     rows = [[e.name, e.description] + (["; ".join(_option_text(o) for o in plugin_options(e)) or "-"] if with_options else []) for e in registry]
     heads = ["name", "description"] + (["options (" + ("-O" if kind == "methods" else "-M") + " key=value)"] if with_options else [])
+    mins = fit_widths([longest_word([x[i] for x in rows]) for i in range(len(heads))], con.width, gap=3)
     for i, col in enumerate(heads):  # text wraps between words; a word longer than its column folds (never cut)
-        t.add_column(col, style="bold" if i == 0 else None, overflow="fold", min_width=longest_word([x[i] for x in rows]))
+        t.add_column(col, style="bold" if i == 0 else None, overflow="fold", min_width=mins[i])
     for cells in rows:
         t.add_row(*[Text(c) for c in cells])
     con.print(t)

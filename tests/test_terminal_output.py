@@ -126,7 +126,7 @@ def test_hints_paste_with_out_dir_and_metrics(tmp_path):
 
 def test_runs_status_filter_with_no_match_is_not_an_error(capsys, monkeypatch, evil_db):
     db, _ = evil_db
-    code, out, err = _cli(capsys, monkeypatch, 80, "runs", "--db", db, "--status", "failed")
+    code, out, _err = _cli(capsys, monkeypatch, 80, "runs", "--db", db, "--status", "failed")
     assert code == 0 and "no failed runs" in out
 
 

@@ -1,14 +1,18 @@
 """Open a `qbench report` HTML page in a real browser (headless Chromium) and check it: every image
-loads (complete, natural width > 0) and the comparison table is there; save a screenshot.
+loads (complete, natural width > 0) and the comparison table is there; then, at each window width
+(default 1280 and 800 px): the page never scrolls sideways, no table is wider than its box (no
+column behind a scroll), every expected figure is there, and what the plotting code measured on
+each figure holds (no two point labels overlap, no text cut by the figure's edge, the smallest
+plot text at least 8 px as shown); save a full-page screenshot per width (OUT-1280.png, ...).
 
-    python reports/scripts/browser_check.py REPORT.html [--screenshot OUT.png] [--width 1400 --height 2400]
+    python reports/scripts/browser_check.py REPORT.html [--screenshot OUT.png] [--widths 1280,800]
     python reports/scripts/browser_check.py --make-runs DIR [...]   # first: fp / naive W8A8 / W4A8 on toy-flux toy:8 and `qbench report`
 
 `make report-check` runs the second form. Chromium is the Debian package (`apt-get install -y
 chromium`, /usr/bin/chromium); without it this script fails (exit 2) and says so: it is never
-skipped silently. The page is loaded twice from copies in a temporary folder: once with a small
-script appended that writes what it found into the DOM (read back with --dump-dom), once as it
-is, for the screenshot (reduced to a 256-colour PNG to stay small).
+skipped silently. Per width the page is loaded twice from copies in a temporary folder: once with a
+small script appended that writes what it found into the DOM (read back with --dump-dom), once as
+it is, for the screenshot (reduced to a 256-colour PNG to stay small).
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ window.addEventListener('load', () => {
   document.body.setAttribute('data-check', JSON.stringify({images: imgs.length, broken: bad,
     tables: document.querySelectorAll('table').length, rows: document.querySelectorAll('table tbody tr').length,
     title: document.title, comparison: !!document.querySelector('table th') && document.querySelector('table th').textContent,
-    viewport: window.innerWidth, page_overflow: de.scrollWidth > de.clientWidth + 1 ? de.scrollWidth + '>' + de.clientWidth : '',
+    viewport: window.innerWidth, height: de.scrollHeight, page_overflow: de.scrollWidth > de.clientWidth + 1 ? de.scrollWidth + '>' + de.clientWidth : '',
     tables_cut: cut, figures: figs}));
 });
 </script>"""
@@ -117,7 +121,8 @@ def check(report: str, screenshot: str | None, width: int, height: int, widths: 
             found["screenshots"] = []
             for w in widths:
                 shot, dest = os.path.join(tmp, f"shot-{w}.png"), re.sub(r"(\.png)?$", f"-{w}.png", screenshot, count=1)
-                run_browser(exe, "file://" + os.path.abspath(report), [f"--screenshot={shot}", f"--window-size={w},{height}"], tmp)
+                full = min(max(height, int(at[w].get("height") or 0)), 16000)  # the whole page, top to bottom
+                run_browser(exe, "file://" + os.path.abspath(report), [f"--screenshot={shot}", f"--window-size={w},{full}"], tmp)
                 with Image.open(shot) as im:
                     im.convert("RGB").quantize(colors=256).save(dest, optimize=True)
                     found["screenshots"].append({"path": dest, "px": im.size, "bytes": os.path.getsize(dest)})
