@@ -6,8 +6,10 @@ time and an estimate of the time left, so a long run never goes silent.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -84,6 +86,24 @@ def say(msg: Any, style: str | None = None, fallback: Any = None) -> None:
 
     con = _LIVE[-1].console if _LIVE else (fallback or safe_console(stderr=True))
     con.print(msg, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def working(what: str | None) -> Iterator[None]:
+    """A spinner with ``what`` on stderr while the block runs, only where stderr is a terminal and
+    ``what`` is given (logs and pipes get nothing: the command's own output says what happened);
+    messages given to :func:`say` meanwhile print above it."""
+    if not (what and sys.stderr.isatty()):
+        yield
+        return
+    from qbench.safetext import console as safe_console
+
+    with safe_console(stderr=True).status(what, spinner="dots") as status:
+        _LIVE.append(status)
+        try:
+            yield
+        finally:
+            _LIVE.remove(status)
 
 
 def _rich_progress_class():

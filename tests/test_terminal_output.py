@@ -167,3 +167,49 @@ def test_list_prompts_counts_are_true():
     desc = next(e.description for e in PROMPTS if e.name == "coco2017-calib")
     n = int(re.match(r"(\d+) prompts", desc).group(1))
     assert len(coco2017_calib()) == n
+
+
+class _TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_quiet_commands_show_a_spinner_on_a_terminal_only(monkeypatch):
+    from qbench.cli import _quiet_work
+    from qbench.cli_parser import build_parser
+    from qbench.progress import _LIVE, say, working
+
+    parse = build_parser().parse_args
+    assert "report" in _quiet_work(parse(["report"])) and "plan" in _quiet_work(parse(["plan", "x.yaml"]))
+    assert "--dry-run" in _quiet_work(parse(["run", "--dry-run"]))
+    assert _quiet_work(parse(["run"])) is None and _quiet_work(parse(["list"])) is None  # runs show their own bars
+    tty = _TTY()
+    monkeypatch.setattr("sys.stderr", tty)
+    with working("qbench report: reading " + EVIL):
+        assert _LIVE
+        say("a message meanwhile")
+    assert not _LIVE
+    out = tty.getvalue()
+    assert "qbench report: reading" in out and "a message meanwhile" in out and "\x07" not in out
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    with working("qbench report: reading"):
+        pass
+    assert pipe.getvalue() == ""  # a log gets nothing
+
+
+def test_command_line_sweep_pairs_with_the_stored_fp_run_and_leaves_the_report_when_nothing_ran(tmp_path, capsys):
+    common = ["--model", "toy-flux", "--prompts", "toy:2", "--metrics", "toy-acc", "--latency-warmup", "0", "--latency-repeats", "1",
+              "--out-dir", str(tmp_path), "--no-progress"]
+    assert main(["run", *common, "--method", "fp"]) == 0
+    capsys.readouterr()
+    assert main(["run", *common, "--method", "naive", "--bits", "W8A8,W4A8"]) == 0
+    out = capsys.readouterr().out
+    assert "2 run, 0 already finished" in out and "no baseline" not in out  # the stored fp run is the baseline
+    report = tmp_path / "report-toy-flux.md"
+    assert "fp (baseline)" in report.read_text()
+    before = report.stat().st_mtime_ns
+    assert main(["run", *common, "--method", "naive", "--bits", "W8A8,W4A8"]) == 0
+    out = capsys.readouterr().out
+    assert "0 run, 2 already finished" in out and "no baseline" not in out and "report is left as it is" in out
+    assert report.stat().st_mtime_ns == before and "fp (baseline)" in report.read_text()
