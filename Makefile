@@ -4,7 +4,7 @@
 # and, outside CI:
 #   make bench          speed + memory regression: pytest-benchmark vs tests/bench/baseline.json
 #   make regress        `qbench regress`: quality cells and benchmarks, a table of what moved
-#   make report-check   a report opened in headless Chromium: every image loads, the table is there
+#   make report-check   a report opened in headless Chromium at 1280 and 800 px: images load, nothing overflows, labels apart
 #   make gpu-check      on a CUDA machine: gpu tests, every method on the tiny twins, GPU kernel benchmark
 PYTHON ?= python3
 VENV   ?= .venv
@@ -71,7 +71,7 @@ report-check: $(STAMP)
 	@command -v chromium >/dev/null || { echo "report-check: Chromium is not installed: installing the Debian package (apt-get install -y chromium)"; \
 	  apt-get install -y chromium >/dev/null; } || { echo "report-check: FAILED: no Chromium (apt-get install -y chromium)"; exit 2; }
 	d=$(or $(CHECK_DIR),$$(mktemp -d)); $(OFFLINE) $(BIN)/python reports/scripts/browser_check.py --make-runs "$$d" --screenshot "$$d/report-screenshot.png" \
-	  && echo "report-check: screenshot $$d/report-screenshot.png"
+	  && echo "report-check: screenshots $$d/report-screenshot-1280.png $$d/report-screenshot-800.png"
 
 clean:
 	rm -rf $(VENV) reports/images reports/cache reports/qbench.sqlite*

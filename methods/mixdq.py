@@ -376,9 +376,9 @@ class MixDQ(Method):
 
 
 def _say(msg: str) -> None:
-    from rich.console import Console
+    from qbench.progress import say
 
-    Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)
+    say(msg)
 
 
 __all__ = ["CONTENT", "MixDQ", "allocation_yaml", "check_made_for", "overrides_of", "parse_allocation"]

@@ -321,6 +321,9 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     result = {
         "allocation": alloc, "params": params, "act_sizes": asz, "rule": method.opts["rule"], "mean_w": round(mean_w, 4), "mean_a": round(mean_a, 4), "mean_a_all": round(mean_a_all, 4), "chosen": chosen,
         "a_fp16_layers": protected, "sweep": {"weights": w_rows, "activations": a_rows}, "sensitivity": sens,
+        # what each group's scores are (a report plots each on its own axis)
+        "sensitivity_scores": {"content": {"name": "SSIM vs full precision", "unit": "0-1, higher = less damage"},
+                               "quality": {"name": "output SQNR", "unit": "dB, higher = less damage"}},
         "timings": {"sensitivity_s": round(t_sens, 2), "allocation_s": round(t_alloc, 2), "sensitivity_cpu_s": round(c_sens, 2), "allocation_cpu_s": round(c_alloc, 2), "by_kind_s": {k: round(v, 2) for k, v in runner.seconds.items()}},
         "counts": {"layers": len(layers), "conv2d": n_conv, "content": len(content), "quality": len(layers) - len(content), "configs": len(configs), **sens_counts,
                    "sweep_points": len(points), "distinct_allocations": len({r["sha"] for r in w_rows}),

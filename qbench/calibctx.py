@@ -312,6 +312,6 @@ class CalibrationContext:
 
 def say_stderr(msg: str) -> None:
     """A message on stderr (the default ``say`` of a context: stdout stays clean for ``--json``)."""
-    from rich.console import Console
+    from qbench.progress import say
 
-    Console(stderr=True).print(msg, highlight=False, markup=False, soft_wrap=True)
+    say(msg)

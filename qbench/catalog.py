@@ -67,7 +67,7 @@ METRICS.register("piqe", "qbench.metrics.quality:PIQEMetric", "PIQE no-reference
 # -- prompt sets (qbench/prompts.py; data in datasets/) ---------------------------------------------
 PROMPTS.register("coco2014-30k", "qbench.prompts:coco2014_30k", "COCO-30k val2014 zero-shot FID prompt set (one caption per image, file order), CC BY 4.0")
 PROMPTS.register("coco2017", "qbench.prompts:coco2017", "COCO val2017 captions: first caption of each image, images in id order, CC BY 4.0")
-PROMPTS.register("coco2017-calib", "qbench.calibration:coco2017_calib", "the last 100 prompts of coco2017 (held out from coco2017:N, N <= 4900): Q-Sched calibration, CC BY 4.0")
+PROMPTS.register("coco2017-calib", "qbench.calibration:coco2017_calib", "98 prompts: the last 100 of coco2017 less the 2 whose caption also occurs among the first 4900 (held out from coco2017:N, N <= 4900 by position and text): Q-Sched calibration, CC BY 4.0")
 PROMPTS.register("toy", "qbench.toyworld.prompts:toy_test", "toy world TEST split: 74 held-out scenes (attribute combinations never trained on) x 18 wordings, scene in Prompt.meta")
 PROMPTS.register("toy-calib", "qbench.toyworld.prompts:toy_calib", "toy world CALIB split: 35 scenes x 18 wordings, for calibration (disjoint from toy and toy-train)")
 PROMPTS.register("toy-train", "qbench.toyworld.prompts:toy_train", "toy world TRAIN split: the 215 scenes the toy models were trained on x 18 wordings")

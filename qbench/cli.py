@@ -64,8 +64,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     restore = _stop_signals_interrupt()
     try:
         from qbench import cli_commands
+        from qbench.progress import working
 
-        return getattr(cli_commands, args.func)(args)  # the parser names its command (no import cycle)
+        with working(_quiet_work(args)):  # a spinner where a command would otherwise say nothing for a while
+            return getattr(cli_commands, args.func)(args)  # the parser names its command (no import cycle)
     except QBenchError as e:
         by = f"{signal.Signals(_SIGNALLED[0]).name}: " if _SIGNALLED and isinstance(e, RunInterrupted) else ""
         sys.stderr.write(f"qbench: error: {by}{one_line(str(e), keep_lines=True)}\n")
@@ -79,6 +81,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
+
+
+def _quiet_work(args) -> str | None:
+    """What a command that prints nothing until it is done is doing (None: it shows its own
+    progress, or is quick): ``report``, ``plan`` and every ``--dry-run`` load libraries, model
+    configurations and stored results for tens of seconds on a small machine."""
+    if args.func == "cmd_report":
+        return "qbench report: reading the stored runs, drawing the figures and the image grid"
+    if args.func == "cmd_plan":
+        return "qbench plan: reading the sweep and each model's configuration"
+    if getattr(args, "dry_run", False):
+        return f"qbench {args.command} --dry-run: loading libraries and planning"
+    return None
 
 
 #: longest error line printed (a message that serialised a huge value once took 5.5 GB)

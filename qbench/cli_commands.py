@@ -89,14 +89,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         else:
             print_plan(plan, con)
         return 0
-    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: con.print(m, style="dim", markup=False), plan=plan)
+    from qbench.comparison import compare_hint
+    from qbench.progress import say
+
+    result = harness.run(cfg, show_progress=not args.no_progress, log=lambda m: say(m, style="dim", fallback=con), plan=plan)
     if result is None:  # a non-main rank of a sharded run: the main rank prints and stores
         return 0
     if args.json:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         print_result(result.to_dict(), con)
-        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `qbench compare --model {cfg.model}` compares runs", style="dim", markup=False)
+        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `{compare_hint(cfg)}` compares runs", style="dim", markup=False)
     return 0
 
 
@@ -117,7 +120,7 @@ def _run_cli_sweep(args: argparse.Namespace, axes: dict[str, list[Any]]) -> int:
         cfg = config_from_args(args, **single)
         if all(c.to_dict() != cfg.to_dict() for c in cells):
             cells.append(cfg)
-    return _sweep(Sweep("command line", cells), args)
+    return _sweep(Sweep("command line", cells), args, own_runs_only=False)
 
 
 def _quantizes(method: str) -> bool:
@@ -142,9 +145,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return _sweep(sweep, args)
 
 
-def _sweep(sweep, args: argparse.Namespace, report: bool = True) -> int:
-    """Run a sweep's unfinished cells, then compare every model's cells (and write the report);
-    a single ``--cell`` compares only with ``report`` (``--report``)."""
+def _sweep(sweep, args: argparse.Namespace, report: bool = True, own_runs_only: bool = True) -> int:
+    """Run a sweep's unfinished cells, then compare every model's cells and write the report (only
+    when a cell ran: a sweep of finished cells leaves the report as it is); a single ``--cell``
+    compares only with ``report`` (``--report``). ``own_runs_only``: a sweep file's tables hold its
+    own cells; a command-line sweep's hold the latest run of every configuration of its models (so
+    the store's fp run is the baseline, as in `qbench compare`)."""
     from qbench.dist import current
     from qbench.sweep import run_sweep
     from qbench.tables import console
@@ -161,11 +167,16 @@ def _sweep(sweep, args: argparse.Namespace, report: bool = True) -> int:
     ids = out["ran"] + out["skipped"]
     cfg0 = sweep.cells[0]
     # the sweep's runs through the commands' own parsers (their defaults stay theirs)
-    where = ["--runs", ",".join(ids), "--out-dir", cfg0.out_dir] + (["--db", cfg0.db] if cfg0.db else [])
+    store = ["--out-dir", cfg0.out_dir] + (["--db", cfg0.db] if cfg0.db else [])
+    wheres = [["--runs", ",".join(ids)]] if own_runs_only else [["--model", m] for m in dict.fromkeys(c.model for c in sweep.cells)]
     from qbench.cli_parser import build_parser
 
-    cmd_compare(build_parser().parse_args(["compare", *where]))
-    cmd_report(build_parser().parse_args(["report", *where]))
+    for where in wheres:
+        cmd_compare(build_parser().parse_args(["compare", *where, *store]))
+        if out["ran"]:
+            cmd_report(build_parser().parse_args(["report", *where, *store]))
+    if not out["ran"]:
+        say(f"sweep {sweep.name}: every cell had finished already; the report is left as it is (`qbench report` rewrites it)")
     say(f"sweep {sweep.name}: {len(out['ran'])} run, {len(out['skipped'])} already finished, {len(out['failed'])} failed")
     for f in out["failed"]:
         say(f"  failed: {f}")

@@ -117,8 +117,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.json:
         print(dumps(runs, indent=1))
         return 0
+    if not runs and args.status:  # a filter that matches nothing is an answer, not an error
+        console().print(f"no {args.status} runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}", markup=False, highlight=False)
+        return 0
     if not runs:
-        raise QBenchError(f"no {args.status + ' ' if args.status else ''}runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
+        raise QBenchError(f"no runs{' for model ' + repr(args.model) if args.model else ''} in {store.path}")
     print_runs(runs, console())
     return 0
 

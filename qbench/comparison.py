@@ -136,21 +136,41 @@ def _v(x: Any) -> str:
 
 #: RunConfig fields that set what ``SETTINGS`` records, with their flags
 _SETTING_FLAGS = (("prompts", "--prompts"), ("seed", "--seed"), ("steps", "--steps"), ("guidance", "--guidance"), ("resolution", "--resolution"),
-                  ("batch_size", "--batch-size"), ("dtype", "--dtype"), ("device", "--device"), ("model_path", "--model-path"))
+                  ("batch_size", "--batch-size"), ("dtype", "--dtype"), ("device", "--device"), ("model_path", "--model-path"),
+                  # not settings, but a pasted hint needs them: the same store and the same metrics to pair on
+                  ("out_dir", "--out-dir"), ("db", "--db"), ("metrics", "--metrics"))
 
 
 def rerun_hint(row: dict[str, Any], method: str) -> str:
     """The ``qbench run`` command that makes a ``method`` run with the settings of ``row``: the
-    flags its own run was given (fields left at their RunConfig default are left out)."""
+    flags its own run was given, its --out-dir/--db and --metrics included (fields left at their
+    RunConfig default are left out); shell-quoted, so that it pastes."""
+    import shlex
+
     from qbench.config import RunConfig
 
     defaults = RunConfig.__dataclass_fields__
-    parts = [f"qbench run --model {row['sampling']['model']} --method {method}"]
+    parts = ["qbench", "run", "--model", str(row["sampling"]["model"]), "--method", method]
     for k, flag in _SETTING_FLAGS:
         v = row["run_settings"].get(k)
         if v is not None and v != defaults[k].default:
-            parts.append(f"{flag} {v}")
-    return " ".join(parts)
+            parts += [flag, ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def compare_hint(cfg) -> str:
+    """The ``qbench compare`` command for ``cfg``'s runs: its model, store (--out-dir, --db) and
+    metrics; shell-quoted, so that it pastes."""
+    import shlex
+
+    parts = ["qbench", "compare", "--model", cfg.model]
+    if cfg.out_dir != "reports":
+        parts += ["--out-dir", cfg.out_dir]
+    if cfg.db:
+        parts += ["--db", cfg.db]
+    if cfg.metrics:
+        parts += ["--metrics", ",".join(cfg.metrics)]
+    return " ".join(shlex.quote(str(p)) for p in parts)
 
 
 def _pick(cands: list[dict[str, Any]], per_image: PerImage) -> dict[str, Any] | None:
@@ -305,6 +325,12 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _short(v: Any, limit: int = 24) -> str:
+    """An option value for a label: a list of numbers (e.g. scheduler coefficients) as
+    ``(0.921, 0.803)``, 3 significant digits, at most 4 shown (``(1, 2, 3, … 9 values)``): never
+    cut inside a number; anything else cut at ``limit`` characters with an ellipsis."""
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v):
+        nums = [f"{x:.3g}" for x in v]
+        return "(" + ", ".join(nums if len(nums) <= 4 else nums[:3] + [f"… {len(nums)} values"]) + ")"
     s = "-" if v is None else str(v)
     return s if len(s) <= limit else s[: limit - 1] + "…"
 

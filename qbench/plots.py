@@ -23,6 +23,10 @@ from typing import Any
 
 DPI = 100
 MARKERS = "osD^v<>ph*"
+#: the smallest text on a figure, points; with figures at most MAX_W inches wide, a page of 800 px
+#: shows it at >= 9 pt x 100 dpi / 72 x (768 / 840) ~ 11 px (the report checks >= 8 px)
+FONT = 9
+MAX_W = 8.4
 
 
 def _figure(w: float, h: float):
@@ -34,17 +38,61 @@ def _figure(w: float, h: float):
     return fig
 
 
+class PlotPNG(bytes):
+    """PNG bytes with what the plotting code measured on the figure (``meta``): ``min_text_pt``
+    (the smallest font, points), ``width_px``, ``labels`` (point labels placed), ``label_overlaps``
+    (1 when two label boxes overlap), ``text_outside`` (texts cut by the figure's edge), and per
+    panel ``xticklabels`` and ``ylabels``."""
+
+    meta: dict[str, Any]
+
+
+def measure(fig) -> dict[str, Any]:
+    """What :class:`PlotPNG` records, measured on the drawn figure (renderer text extents)."""
+    from matplotlib.text import Text
+
+    from qbench.plot_labels import any_overlap, label_boxes
+
+    renderer = fig.canvas.get_renderer()
+    fb = fig.bbox
+    texts = list(fig.texts) + ([fig._suptitle] if fig._suptitle is not None else [])
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        texts += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        if ax.get_legend() is not None:
+            texts += list(ax.get_legend().get_texts())
+    for lg in fig.legends:
+        texts += list(lg.get_texts())
+    texts = [t for t in texts if isinstance(t, Text) and t.get_visible() and t.get_text().strip()]
+    outside = []
+    for t in texts:
+        b = t.get_window_extent(renderer)
+        if b.x0 < fb.x0 - 1 or b.x1 > fb.x1 + 1 or b.y0 < fb.y0 - 1 or b.y1 > fb.y1 + 1:
+            outside.append(t.get_text()[:40])
+    placed = getattr(fig, "placed_labels", [])
+    boxes = label_boxes(placed)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    return {"min_text_pt": min((t.get_fontsize() for t in texts), default=None), "width_px": round(fb.width),
+            "labels": len(placed), "label_overlaps": int(any_overlap(boxes)), "text_outside": outside,
+            "xticklabels": [[t.get_text() for t in ax.get_xticklabels()] for ax in shown], "ylabels": [ax.get_ylabel() for ax in shown]}
+
+
 def _png(fig) -> bytes:
-    """The figure as a 256-colour PNG (plots have few colours; a third of the RGB file's bytes)."""
+    """The figure as a 256-colour PNG (plots have few colours; a third of the RGB file's bytes),
+    a :class:`PlotPNG` carrying :func:`measure`'s numbers."""
     from PIL import Image
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=DPI)
+    meta = measure(fig)
     buf.seek(0)
     out = io.BytesIO()
     with Image.open(buf) as im:
         im.convert("RGB").quantize(colors=256).save(out, format="PNG", optimize=True)
-    return out.getvalue()
+    png = PlotPNG(out.getvalue())
+    png.meta = meta
+    return png
 
 
 def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -81,12 +129,16 @@ def quality_vs(rows: list[dict[str, Any]], metrics: list[str], x: str, label) ->
     metrics = [m for m in metrics if sum(1 for r in rows if r["metrics"].get(m, {}).get("value") is not None and r.get(key)) >= 2]
     if not metrics:
         return None
+    from qbench.plot_labels import label_points
+
     style = _style(rows)
-    cols = min(3, len(metrics))
+    cols = min(2, len(metrics))
     nrow = math.ceil(len(metrics) / cols)
-    fig = _figure(4.2 * cols, 3.3 * nrow)
+    fig = _figure(MAX_W / 2 * cols, 3.6 * nrow)
     axes = fig.subplots(nrow, cols, squeeze=False).ravel()
+    panels = []
     for ax, m in zip(axes, metrics):
+        lab_pts, lab_txt = [], []
         pts, idx = [], []
         hib = True
         for r in rows:
@@ -98,7 +150,8 @@ def quality_vs(rows: list[dict[str, Any]], metrics: list[str], x: str, label) ->
             hollow = x == "latency" and str(r.get("latency_kind") or "").startswith("simulate")
             c, mk = style[r["run_id"]]
             ax.errorbar(xv, yv, yerr=v.get("stderr") or None, fmt=mk, ms=7, color=c, mfc="none" if hollow else c, capsize=2, lw=0.8)
-            ax.annotate(label(r), (xv, yv), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            lab_pts.append((xv, yv))
+            lab_txt.append(label(r))
             if not hollow:
                 pts.append((xv, yv))
                 idx.append(r)
@@ -106,14 +159,17 @@ def quality_vs(rows: list[dict[str, Any]], metrics: list[str], x: str, label) ->
         if len(front) >= 2:
             fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
             ax.step(fx, fy, where="post", color="0.4", lw=1, ls="--", label="Pareto front")
-            ax.legend(fontsize=7, loc="best")
-        ax.set_title(f"{m} {'↑' if hib else '↓'}", fontsize=10)
-        ax.margins(x=0.12, y=0.08)
-        ax.set_xlabel("denoiser size, MiB (deployable)" if x == "size" else "latency, s (batch 1, end to end)", fontsize=8)
-        ax.tick_params(labelsize=7)
+            ax.legend(fontsize=FONT, loc="best")
+        ax.set_title(f"{m} {'↑' if hib else '↓'}", fontsize=FONT + 1)
+        ax.margins(x=0.25, y=0.25)  # room around the points for their labels
+        xlabel = "denoiser size, MiB (deployable)" if x == "size" else "latency, s (batch 1, end to end)"
+        ax.set_xlabel(xlabel, fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
         ax.grid(alpha=0.3)
+        panels.append((ax, lab_pts, lab_txt, xlabel))
     for ax in axes[len(metrics):]:
         ax.set_visible(False)
+    fig.placed_labels = label_points(fig, panels, FONT)  # kept on the figure for tests
     return _png(fig)
 
 
@@ -132,29 +188,51 @@ def fidelity_by_bits(rows: list[dict[str, Any]], metrics: list[str], series) -> 
     metrics = [m for m in metrics if sum(1 for r in qrows if r["metrics"].get(m, {}).get("value") is not None) >= 1]
     if not qrows or not metrics:
         return None
-    labels = sorted({r.get("effective_bits") or r["bits"] for r in qrows}, key=lambda b: tuple(-v for v in _wa(b)))
-    fig = _figure(4.2 * len(metrics), 3.3)
-    axes = fig.subplots(1, len(metrics), squeeze=False).ravel()
+    labels = sorted({r["bits"] for r in qrows}, key=lambda b: tuple(-v for v in _wa(b)))  # nominal specs: a mixed map sits at its budget
+    cols = min(2, len(metrics))
+    fig = _figure(MAX_W / 2 * cols, 3.6 * math.ceil(len(metrics) / cols))
+    axes = fig.subplots(math.ceil(len(metrics) / cols), cols, squeeze=False).ravel()
     groups: dict[str, list[dict[str, Any]]] = {}
-    for r in qrows:
-        groups.setdefault(series(r), []).append(r)
+    for r in qrows:  # a mixed map's mean effective bits (W4.01A8.01) go into its line's name, not onto the axis
+        eff = r.get("effective_bits")
+        groups.setdefault(series(r) + (f" (mean {eff})" if eff and eff != r["bits"] else ""), []).append(r)
     for ax, m in zip(axes, metrics):
         hib = True
         for gi, (name, members) in enumerate(groups.items()):
-            pts = sorted(((labels.index(r.get("effective_bits") or r["bits"]), r["metrics"][m]) for r in members if r["metrics"].get(m, {}).get("value") is not None),
+            pts = sorted(((labels.index(r["bits"]), r["metrics"][m]) for r in members if r["metrics"].get(m, {}).get("value") is not None),
                          key=lambda t: t[0])
             if not pts:
                 continue
             hib = pts[0][1].get("higher_is_better", True)
             ax.errorbar([p[0] for p in pts], [p[1]["value"] for p in pts], yerr=[p[1].get("stderr") or 0 for p in pts], marker=MARKERS[gi % len(MARKERS)],
                         capsize=2, lw=1, label=name)
-        ax.set_xticks(range(len(labels)), labels, fontsize=8)
-        ax.set_title(f"{m} {'↑' if hib else '↓'} (vs full precision)", fontsize=10)
-        ax.set_xlabel("bits (weights, activations)", fontsize=8)
-        ax.tick_params(labelsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=FONT)
+        ax.set_xlim(-0.5, len(labels) - 0.5)
+        ax.set_title(f"{m} {'↑' if hib else '↓'} (vs full precision)", fontsize=FONT + 1)
+        ax.set_xlabel("bit spec (weights, activations)", fontsize=FONT)
+        ax.set_ylabel(f"{m}{f', {unit}' if (unit := _unit(rows, m)) else ''}", fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    for ax in axes[len(metrics):]:
+        ax.set_visible(False)
+    # one legend for all panels, under them: inside a panel it hides points
+    handles, names = {}, {}
+    for ax in axes[: len(metrics)]:
+        for h, n in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(n, h)
+    names = list(handles)
+    fig.legend([handles[n] for n in names], names, loc="outside lower center", ncol=min(2, len(names)), fontsize=FONT)
     return _png(fig)
+
+
+#: units of reference metrics by name, where a metric's details do not give one
+UNITS = {"psnr": "dB", "sqnr": "dB", "ssim": "unitless, 0-1", "lpips": "distance, 0-1", "ms-ssim": "unitless, 0-1"}
+
+
+def _unit(rows: list[dict[str, Any]], name: str) -> str:
+    """A metric's unit: its details' ``unit``, else :data:`UNITS` by base name, else ''."""
+    d = next(((r["metrics"][name].get("details") or {}) for r in rows if name in r["metrics"]), {})
+    return str(d.get("unit") or UNITS.get(name.split("/")[0].split("-fp")[0].lower(), ""))
 
 
 def search_trajectory(trajectory: list[dict[str, Any]], names: tuple[str, str], box: tuple[float, float] | None = None,
@@ -190,34 +268,49 @@ def search_trajectory(trajectory: list[dict[str, Any]], names: tuple[str, str], 
     ax.plot(1.0, 1.0, marker="+", ms=12, color="k", ls="none", label="identity (1, 1)")
     ax.set_xlabel(names[0])
     ax.set_ylabel(names[1])
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, loc="best")
+    import textwrap
+
+    # each line of the title wrapped to the axes' width (a long file name no longer runs off both sides)
+    ax.set_title("\n".join(textwrap.fill(line, 62) for line in title.splitlines()), fontsize=FONT + 1)
+    ax.tick_params(labelsize=FONT)
+    ax.legend(fontsize=FONT, loc="best")
     ax.grid(alpha=0.3)
     return _png(fig)
 
 
-def layer_sensitivity(sens: dict[str, dict[str, Any]], title: str = "") -> bytes | None:
-    """``sens``: layer -> {"w": {bits: score}, "a": {bits: score}, "group": ...}; one panel per
-    kind (w, a), one line per bit width, layers on x in the given order."""
+def layer_sensitivity(sens: dict[str, dict[str, Any]], title: str = "", scores: dict[str, Any] | None = None) -> bytes | None:
+    """``sens``: layer -> {"w": {bits: score}, "a": {bits: score}, "group": ...}. One panel per
+    kind (w, a) and layer group: groups are scored by different measures (e.g. SSIM 0-1 on one,
+    SQNR in dB on another), so each gets its own y axis, named by ``scores[group]`` (``{"name",
+    "unit"}``, from the artefact) or by the group's name. One line per bit width, layers on x in
+    model order."""
+    import textwrap
+
     layers = list(sens)
     kinds = [k for k in ("w", "a") if any(isinstance(sens[n].get(k), dict) and sens[n][k] for n in layers)]
     if not layers or not kinds:
         return None
-    fig = _figure(max(6.0, 0.09 * len(layers) + 3), 2.8 * len(kinds))
-    axes = fig.subplots(len(kinds), 1, squeeze=False).ravel()
-    for ax, k in zip(axes, kinds):
-        widths = sorted({str(b) for n in layers for b in (sens[n].get(k) or {})}, key=lambda s: float(s))
+    groups = list(dict.fromkeys(str(sens[n].get("group") or "all") for n in layers))
+    panels = [(k, g) for k in kinds for g in groups if any(str(sens[n].get("group") or "all") == g and sens[n].get(k) for n in layers)]
+    cols = min(2, len(groups))
+    fig = _figure(MAX_W, 3.0 * math.ceil(len(panels) / cols))
+    axes = fig.subplots(math.ceil(len(panels) / cols), cols, squeeze=False).ravel()
+    for ax, (k, g) in zip(axes, panels):
+        members = [n for n in layers if str(sens[n].get("group") or "all") == g]
+        widths = sorted({str(b) for n in members for b in (sens[n].get(k) or {})}, key=lambda s: float(s))
         for b in widths:
-            ys = [float((sens[n].get(k) or {}).get(b, (sens[n].get(k) or {}).get(int(b) if b.isdigit() else b, math.nan))) for n in layers]
-            ax.plot(range(len(layers)), ys, marker=".", lw=0.8, label=f"{k.upper()}{b}")
-        groups = [sens[n].get("group") for n in layers]
-        for i, g in enumerate(groups):
-            if g == "content":
-                ax.axvspan(i - 0.5, i + 0.5, color="orange", alpha=0.12, lw=0)
-        ax.set_ylabel(f"{'weights' if k == 'w' else 'activations'}: score", fontsize=8)
-        ax.set_xlabel("layer (model order; shaded: content layers)", fontsize=8)
-        ax.tick_params(labelsize=7)
+            ys = [float((sens[n].get(k) or {}).get(b, (sens[n].get(k) or {}).get(int(b) if b.isdigit() else b, math.nan))) for n in members]
+            ax.plot(range(len(members)), ys, marker=".", lw=0.8, label=f"{k.upper()}{b}")
+        sc = (scores or {}).get(g) or {}
+        name = sc.get("name") or "score"
+        ax.set_ylabel(textwrap.fill(f"{name}{', ' + sc['unit'] if sc.get('unit') else ''}", 28), fontsize=FONT)
+        ax.set_title(f"{'weights' if k == 'w' else 'activations'}: {g} layers ({len(members)})", fontsize=FONT + 1)
+        ax.set_xlabel(f"{g} layer (model order)", fontsize=FONT)
+        ax.tick_params(labelsize=FONT)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=4)
-    axes[0].set_title(title, fontsize=10)
+        ax.legend(fontsize=FONT, ncol=min(4, len(widths)))
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    if title:
+        fig.suptitle(title, fontsize=FONT + 1)
     return _png(fig)

@@ -6,8 +6,10 @@ time and an estimate of the time left, so a long run never goes silent.
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -72,16 +74,78 @@ class NullProgress(LineProgress):
         pass
 
 
+_LIVE: list[Any] = []  # the rich progress displays now on screen, newest last
+
+
+def say(msg: Any, style: str | None = None, fallback: Any = None) -> None:
+    """Print one message line (control characters stripped: :mod:`qbench.safetext`) without
+    tearing a live progress display: through the console of the rich ``Progress`` now on screen
+    (rich then redraws the bars below the line), else through ``fallback`` (a console), else on
+    stderr."""
+    from qbench.safetext import console as safe_console
+
+    con = _LIVE[-1].console if _LIVE else (fallback or safe_console(stderr=True))
+    con.print(msg, style=style, markup=False, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def working(what: str | None) -> Iterator[None]:
+    """A spinner with ``what`` on stderr while the block runs, only where stderr is a terminal and
+    ``what`` is given (logs and pipes get nothing: the command's own output says what happened);
+    messages given to :func:`say` meanwhile print above it."""
+    if not (what and sys.stderr.isatty()):
+        yield
+        return
+    from qbench.safetext import console as safe_console
+
+    with safe_console(stderr=True).status(what, spinner="dots") as status:
+        _LIVE.append(status)
+        try:
+            yield
+        finally:
+            _LIVE.remove(status)
+
+
+def _rich_progress_class():
+    from rich.progress import Progress
+
+    class QProgress(Progress):
+        """rich's ``Progress``; a task added already complete (every image from the cache) is
+        finished at once, so its clock stops at ~0 s instead of running until the display ends;
+        while started, messages given to :func:`say` print above the bars."""
+
+        def add_task(self, description: str, *args: Any, **kwargs: Any):
+            tid = super().add_task(description, *args, **kwargs)
+            with self._lock:
+                t = self._tasks[tid]
+                if t.total is not None and t.completed >= t.total:
+                    t.finished_time = 0.0
+                    t.stop_time = t.start_time
+            return tid
+
+        def start(self) -> None:
+            super().start()
+            _LIVE.append(self)
+
+        def stop(self) -> None:
+            if self in _LIVE:
+                _LIVE.remove(self)
+            super().stop()
+
+    return QProgress
+
+
 def make_progress(enabled: bool = True, console: Any = None):
     """A rich ``Progress`` when the console is a terminal, a :class:`LineProgress` otherwise, a
     :class:`NullProgress` when disabled."""
     if not enabled:
         return NullProgress()
-    from rich.console import Console
+    from qbench.safetext import console as safe_console
 
-    con = console or Console(stderr=True)
+    con = console or safe_console(stderr=True)
     if not con.is_terminal:
         return LineProgress(con.file)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(), console=con, transient=False)
+    return _rich_progress_class()(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=con, transient=False)

@@ -26,14 +26,9 @@ from typing import Any
 from qbench.comparison import compare, matches, pair, short_label
 from qbench.compare_table import DETAIL_KEYS, fmt_se, settings_line
 from qbench.errors import QBenchError
-from qbench.report_figures import (
-    Figure,
-    _clip,
-    figures,
-    grid,
-    is_reference_metric,
-    top_metrics,
-)
+from qbench.report_best import LEGEND, best_exact, best_latency, best_rows, higher_is_better
+from qbench.report_figures import Figure, _clip, figures, grid, top_metrics
+from qbench.safetext import md
 from qbench.store import Store, utcnow
 from qbench.tables import MIB, fmt_rating, meaningless
 
@@ -72,27 +67,7 @@ class Report:
 
 # -- tables -------------------------------------------------------------------------------------------
 def _hib(rows, name) -> bool:
-    return next(r["metrics"][name] for r in rows if name in r["metrics"]).get("higher_is_better", True)
-
-
-def best_rows(rows: list[dict[str, Any]], name: str) -> set[str]:
-    """Run ids holding the best value of metric ``name`` (ties: all); reference metrics leave out
-    the full-precision rows (their value is the reference against itself)."""
-    ref = is_reference_metric(rows, name)
-    vals = {r["run_id"]: r["metrics"][name]["value"] for r in rows if r["metrics"].get(name, {}).get("value") is not None
-            and not (ref and r["method"] == "fp")}
-    if len(vals) < 2:
-        return set()
-    best = (max if _hib(rows, name) else min)(vals.values())
-    return {k for k, v in vals.items() if v == best}
-
-
-def _best_by(rows, key: str, keep=lambda r: True) -> set[str]:
-    vals = {r["run_id"]: r[key] for r in rows if r.get(key) is not None and keep(r)}
-    if len(vals) < 2:
-        return set()
-    lo = min(vals.values())
-    return {k for k, v in vals.items() if v == lo}
+    return higher_is_better(rows, name)
 
 
 def delta_cell(d: dict[str, Any] | None) -> Cell:
@@ -108,14 +83,18 @@ def _label(r: dict[str, Any]) -> str:
     return short_label(r) + (" (baseline)" if r.get("is_baseline") else "") + (f" [{'; '.join(extra)}]" if extra else "")
 
 
-def main_table(rows: list[dict[str, Any]], title: str) -> Table:
+def main_table(rows: list[dict[str, Any]], title: str, per_image=None, latency: dict[str, dict[str, Any]] | None = None) -> Table:
     """One table's configurations: every top-level metric (mean ± standard error, its paired
-    difference to the baseline as the cell's second line), latency, peak memory and size."""
+    difference to the baseline as the cell's second line), latency, peak memory and size; the
+    best of a column marked only where it is resolved (:mod:`qbench.report_best`). ``latency``:
+    run id -> the stored ``result["latency"]`` (timing ranges)."""
     names = top_metrics(rows)
-    best = {n: best_rows(rows, n) for n in names}
+    best = {n: best_rows(rows, n, per_image) for n in names}
     deploy = lambda r: not str(r.get("latency_kind") or "").startswith("simulate")
-    b_lat, b_step = _best_by(rows, "latency_s", deploy), _best_by(rows, "step_s", deploy)
-    b_peak, b_size = _best_by(rows, "peak_bytes"), _best_by(rows, "size_bytes")
+    lat = latency or {}
+    b_lat = best_latency(rows, {k: v.get("end_to_end_s") or {} for k, v in lat.items()}, "latency_s", deploy)
+    b_step = best_latency(rows, {k: v.get("per_step_s") or {} for k, v in lat.items()}, "step_s", deploy)
+    b_peak, b_size = best_exact(rows, "peak_bytes"), best_exact(rows, "size_bytes")
     head = ["configuration", "run"] + [f"{n} {'↑' if _hib(rows, n) else '↓'}" for n in names] + [
         "latency s ↓", "step s ↓", "peak MiB ↓", "size MiB ↓", "× 16-bit ↓"]
     body = []
@@ -243,7 +222,8 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
         grows = [r for r in rows if r["group"] == g]
         prefix = f"Table {g + 1}: " if n_groups > 1 else ""
         rep.groups.append({
-            "settings": prefix + settings_line(grows[0]), "note": grows[0].get("group_note") or "", "table": main_table(grows, "Comparison"),
+            "settings": prefix + settings_line(grows[0]), "note": grows[0].get("group_note") or "", "table": main_table(grows, "Comparison", store.per_image,
+                                                                                                   {r["run_id"]: by_id[r["run_id"]]["result"].get("latency") or {} for r in grows}),
             "paired": paired_table(grows, "Paired differences to the baseline",
                                    "this configuration − the baseline, prompt by prompt on the same prompts and seeds: mean ± standard error "
                                    "over prompts (n prompts); ~ = within two standard errors of zero (not resolved)"),
@@ -274,7 +254,7 @@ def build(store: Store, model: str, *, baseline: str | None = None, vs: str | No
 
 # -- Markdown -------------------------------------------------------------------------------------------
 def _md(x: Any) -> str:
-    return str(x).replace("|", "\\|").replace("*", "\\*").replace("\n", " ")
+    return md(x)  # control characters stripped, markup escaped (qbench.safetext)
 
 
 def markdown_table(t: Table) -> list[str]:
@@ -286,22 +266,21 @@ def markdown_table(t: Table) -> list[str]:
 
 def to_markdown(rep: Report, image_name) -> str:
     """``image_name(figure) -> str``: the file name the Markdown links to."""
-    out = [f"# qbench report — {rep.model}", ""]
+    out = [f"# qbench report — {_md(rep.model)}", ""]  # every string below through _md: no raw user text
     for g in rep.groups:
-        out += [f"## {g['settings']}", ""]
+        out += [f"## {_md(g['settings'])}", ""]
         if g["note"]:
             out += [f"*{_md(g['note'])}*", ""]
-        out += markdown_table(g["table"]) + ["", "**bold**: the best value of its column (reference metrics leave out the "
-                                                  "full-precision row; latency only among deployment latencies).", ""]
+        out += markdown_table(g["table"]) + ["", "**bold**: " + LEGEND[len("Green: "):], ""]
         if g["paired"]:
-            out += [g["paired"].note[:1].upper() + g["paired"].note[1:] + ":", ""] + markdown_table(g["paired"]) + [""]
+            out += [_md(g["paired"].note[:1].upper() + g["paired"].note[1:]) + ":", ""] + markdown_table(g["paired"]) + [""]
         out += [f"- {_md(n)}" for n in g["row_notes"]]
     for t in rep.extra:
-        out += ["", f"## {t.title}", "", t.note[:1].upper() + t.note[1:] + ":", ""] + markdown_table(t)
-    out += ["", "## Provenance", ""] + [f"- **{k}**: {_md(v)}" for k, v in rep.provenance]
+        out += ["", f"## {_md(t.title)}", "", _md(t.note[:1].upper() + t.note[1:]) + ":", ""] + markdown_table(t)
+    out += ["", "## Provenance", ""] + [f"- **{_md(k)}**: {_md(v)}" for k, v in rep.provenance]
     out += [f"- note: {_md(n)}" for n in rep.notes]
     for f in rep.figures + ([rep.grid] if rep.grid else []):
-        out += ["", f"## {f.title}", "", f.caption, "", f"![{f.title}]({image_name(f)})"]
+        out += ["", f"## {_md(f.title)}", "", _md(f.caption), "", f"![{_md(f.title)}]({image_name(f)})"]
     return "\n".join(out) + "\n"
 
 

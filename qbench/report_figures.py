@@ -15,11 +15,12 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from qbench.comparison import short_label
 from qbench.errors import QBenchError
+from qbench.safetext import clean
 
 #: axis names of 2-d coefficient vectors, by the artefact's ``parameterisation`` (used when the
 #: artefact has no ``param_names`` of its own)
@@ -32,6 +33,8 @@ class Figure:
     title: str
     caption: str
     png: bytes
+    #: what the plotting code measured (:class:`qbench.plots.PlotPNG`): smallest font, label overlaps, cut texts
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def top_metrics(rows: list[dict[str, Any]]) -> list[str]:
@@ -53,7 +56,7 @@ def _clip(text: str, limit: int = 72) -> str:
 
 
 def _fig(name: str, title: str, caption: str, png: bytes | None):
-    return None if png is None else Figure(name, title, caption, png)
+    return None if png is None else Figure(name, title, caption, png, dict(getattr(png, "meta", {})))
 
 
 def _json_paths(obj: Any) -> Iterator[str]:
@@ -97,13 +100,13 @@ def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: 
     quality = [n for n in names if not is_reference_metric(rows, n)]
     fidelity = [n for n in names if is_reference_metric(rows, n)]
 
-    def label(r):  # points: the tag, else the options that tell same-named rows apart (short)
-        extra = f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or "")
-        return short_label(r).replace(" sim", "") + (f" {extra[:24]}" if extra else "")
+    def label(r):  # points: the tag, else the options that tell same-named rows apart (short; control characters dropped)
+        extra = clean(f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or ""))
+        return clean(short_label(r).replace(" sim", "")) + (f" {extra[:24]}" if extra else "")
 
     def series(r):
-        extra = f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or "")
-        return f"{r['method']} {r.get('mode') or ''}".strip() + (f" {extra[:24]}" if extra else "")
+        extra = clean(f"tag {r['tag']}" if r.get("tag") else (r.get("options_diff") or ""))
+        return clean(f"{r['method']} {r.get('mode') or ''}".strip()) + (f" {extra[:24]}" if extra else "")
 
     out = [
         _fig("pareto-size", "Quality vs model size",
@@ -137,8 +140,9 @@ def figures(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: 
         sens = data.get("sensitivity")
         if isinstance(sens, dict) and sens and all(isinstance(v, dict) for v in sens.values()):
             out.append(_fig(f"sensitivity-{_stem(path)}", f"Per-layer sensitivity of {short_label(r)}",
-                            f"Per-layer scores with one layer quantized at a time, at each bit width (`{path}`); shaded: content layers.",
-                            plots.layer_sensitivity(sens, short_label(r))))
+                            f"Per-layer scores with one layer quantized at a time, at each bit width (`{path}`); one panel per kind "
+                            "(weights, activations) and layer group, each group on its own axis (its own score and unit).",
+                            plots.layer_sensitivity(sens, short_label(r), data.get("sensitivity_scores"))))
     return [f for f in out if f is not None]
 
 
@@ -173,15 +177,15 @@ def grid(rows: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], stem: str
         return None, str(e)
     seed = by_id[rows[0]["run_id"]]["result"]["sampling"].get("seed")
     ref = next((i for i, r in enumerate(rows) if r.get("is_baseline")), None) if diff else None
-    headers = [[short_label(r)] + [x for x in (_clip(r.get("options_diff") or "", 60), f"tag {r['tag']}" if r.get("tag") else None) if x]
-               + [f"run {r['run_id'][-6:]}"] for r in rows]
+    headers = [[clean(x) for x in [short_label(r)] + [x for x in (_clip(r.get("options_diff") or "", 60), f"tag {r['tag']}" if r.get("tag") else None) if x]
+                + [f"run {r['run_id'][-6:]}"]] for r in rows]
     lines = []
     for p, files in chosen:
         ims = []
         for f in files:
             with Image.open(f) as im:
                 ims.append(im.convert("RGB"))
-        lines.append((f"#{p.index} {p.id}, seed {seed + p.index if isinstance(seed, int) else '?'}: {p.text}", ims))
+        lines.append((clean(f"#{p.index} {p.id}, seed {seed + p.index if isinstance(seed, int) else '?'}: {p.text}"), ims))
     buf = io.BytesIO()
     image_grid(headers, lines, cell=cell, reference=ref).quantize(colors=256).save(buf, format="PNG", optimize=True)  # 256 colours: a third of the bytes
     caption = (f"The same prompt and seed in every column: the first {len(chosen)} prompts of the set (in its order) that every configuration "

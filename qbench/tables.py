@@ -25,11 +25,11 @@ def console(stderr: bool = False):
     import os
     import sys
 
-    from rich.console import Console
+    from qbench.safetext import console as safe_console
 
     stream = sys.stderr if stderr else sys.stdout
     width = None if (stream.isatty() or os.environ.get("COLUMNS")) else 250
-    return Console(stderr=stderr, width=width)
+    return safe_console(stderr=stderr, width=width)
 
 
 def fmt_value(m: dict[str, Any] | None) -> str:
@@ -167,15 +167,22 @@ def print_runs(runs: list[dict[str, Any]], con) -> None:
     from rich.text import Text
 
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in ("run", "status"):
-        t.add_column(col, no_wrap=True)
-    for col in ("model", "configuration", "prompts", "settings"):
-        t.add_column(col, overflow="fold")
+    short = con.width < 100  # the id's last 6 characters (what compare prints; show/compare take them)
+    rows = []
     for r in runs:
         s = (r["result"] or {}).get("sampling") or {}
         prompts = str(r["config"].get("prompts") or "default") if not s else s["prompts"] if str(s["prompts"]).endswith(f":{s['n_prompts']}") else f"{s['prompts']} ({s['n_prompts']})"
         label = r["label"].replace("simulate", "sim") + (f" tag {r['config']['tag']}" if r["config"].get("tag") else "")
-        t.add_row(Text(r["id"]), status_text(r), Text(r["model"]), Text(label), Text(prompts), Text(_settings_text(r["config"])))
+        rows.append([r["id"][-6:] if short else r["id"], r["model"], label, prompts, _settings_text(r["config"])])
+    heads = ("run", "model", "configuration", "prompts", "settings")
+    t.add_column("run", no_wrap=True)
+    t.add_column("status", no_wrap=True)
+    fixed = max(len(x[0]) for x in rows) + max(len(r["status"]) for r in runs) + 6
+    mins = fit_widths([longest_word([col] + [x[i] for x in rows]) for i, col in enumerate(heads) if i], con.width, fixed)
+    for i, col in enumerate(heads[1:], 1):
+        t.add_column(col, overflow="fold", min_width=mins[i - 1])
+    for r, x in zip(runs, rows):
+        t.add_row(Text(x[0]), status_text(r), *[Text(v) for v in x[1:]])
     con.print(t)
     for r in runs:
         why = "; ".join(x for x in (r.get("error"), r.get("status_note")) if x)
@@ -183,6 +190,22 @@ def print_runs(runs: list[dict[str, Any]], con) -> None:
             con.print(Text(f"{r['id'][-6:]} {r['status']}: {why}", style="yellow" if r["status"] != "running" else "dim"))
             if r["status"] in ("interrupted", "stale", "failed"):
                 con.print(Text(f"    re-run: {_command(r['config'])}", style="dim"))
+
+
+def longest_word(texts, cap: int = 28) -> int:
+    """The longest space-free run of characters in ``texts`` (at most ``cap``): a table column's
+    ``min_width``, so that rich wraps its text between words instead of cutting one."""
+    return min(cap, max((len(w) for t in texts for w in str(t).split()), default=1))
+
+
+def fit_widths(mins: list[int], width: int, fixed: int = 0, gap: int = 3, floor: int = 8) -> list[int]:
+    """``mins`` (each column's longest word) lowered, the largest first and never below ``floor``,
+    until the columns fit ``width`` beside ``fixed`` characters of unwrappable columns and a
+    ``gap`` per column: a word longer than its column then folds instead of rich cropping the table."""
+    out = list(mins)
+    while sum(out) + fixed + gap * len(out) > width and max(out) > floor:
+        out[out.index(max(out))] -= 1
+    return out
 
 
 def _settings_text(config: dict[str, Any]) -> str:
@@ -211,16 +234,14 @@ def print_registry(kind: str, registry, con) -> None:
     from qbench.registry import plugin_options
 
     t = Table(title=kind, title_justify="left")
-    t.add_column("name", style="bold")
-    t.add_column("description")
     with_options = kind in ("methods", "metrics")
-    if with_options:
-        t.add_column("options (" + ("-O" if kind == "methods" else "-M") + " key=value)")
-    for e in registry:
-        cells = [Text(e.name), Text(e.description)]
-        if with_options:
-            cells.append(Text("; ".join(_option_text(o) for o in plugin_options(e)) or "-"))
-        t.add_row(*cells)
+    rows = [[e.name, e.description] + (["; ".join(_option_text(o) for o in plugin_options(e)) or "-"] if with_options else []) for e in registry]
+    heads = ["name", "description"] + (["options (" + ("-O" if kind == "methods" else "-M") + " key=value)"] if with_options else [])
+    mins = fit_widths([longest_word([x[i] for x in rows]) for i in range(len(heads))], con.width, gap=3)
+    for i, col in enumerate(heads):  # text wraps between words; a word longer than its column folds (never cut)
+        t.add_column(col, style="bold" if i == 0 else None, overflow="fold", min_width=mins[i])
+    for cells in rows:
+        t.add_row(*[Text(c) for c in cells])
     con.print(t)
     if kind == "metrics":
         from qbench.metrics.common import GLOBAL_OPTIONS
@@ -233,7 +254,7 @@ def print_registry(kind: str, registry, con) -> None:
 
 def _option_text(o: dict[str, Any]) -> str:
     """``group_size (int)``, ``search (grid|own, default own)``."""
-    kind = "|".join(map(str, o["choices"])) if o.get("choices") else o["kind"]
+    kind = " | ".join(map(str, o["choices"])) if o.get("choices") else o["kind"]  # spaces: a terminal wraps between choices
     default = "" if o.get("default") in (None, {}, [], "") else f", default {o['default']}"
     return f"{o['name']} ({kind}{default})"
 
@@ -245,7 +266,15 @@ def print_plan_table(plan: dict, con) -> None:
 
     from rich import box
 
-    narrow = con.width < 120  # counts in k / M so that every number fits at 80 columns (--json: exact)
+    def wide_width() -> int:  # the wide table's width: numbers whole, text columns at their longest word, 3 per border
+        rows = [[r.get("model", "total"), r.get("method", "")] + [f"{r.get(k, 0):,}" for k in ("prompts", "images", "calibration_images", "forwards")]
+                + ["99.9", f"{r['pflops']:,.1f}", f"{r['gpu_hours']:,.1f}", f"{r['wall_h']:,.1f}"] for r in plan["cells"] + [plan["total"]]]
+        heads = ("model", "method", "prompts", "new images", "calib images", "forwards", "TFLOP/img", "PFLOP", "GPU-h", "wall h")
+        return sum(max([longest_word([h]) if i < 2 else len(h)] + [longest_word([r[i]]) if i < 2 else len(r[i]) for r in rows])
+                   for i, h in enumerate(heads)) + 3 * len(heads) + 1
+
+    # counts in k / M so that every number fits at 80 columns (--json: exact); the wide table only where it fits whole
+    narrow = con.width < 120 or wide_width() > con.width
 
     def count(n: int) -> str:
         if not narrow or n < 10_000:
@@ -277,7 +306,7 @@ def print_plan_table(plan: dict, con) -> None:
     for i, col in enumerate(heads):
         text = col in ("model", "method", "cell")  # numbers keep their full width; the text wraps
         t.add_column(col, justify="left" if text else "right", no_wrap=not text, overflow="fold",
-                     min_width=None if text else max([len(col)] + [len(r[i]) for r in rows]))
+                     min_width=longest_word([col] + [r[i] for r in rows]) if text else max([len(col)] + [len(r[i]) for r in rows]))
     for i, r in enumerate(rows):
         t.add_row(*[Text(v, style="bold" if i == len(rows) - 1 else "") for v in r])
     con.print(t)
