@@ -215,15 +215,23 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cls = METHODS.get(cfg.method)
     if not cls.CAPABILITIES.calibrate_command:
         raise QBenchError(f"method {cfg.method!r} has no separate calibration step")
-    if args.dry_run:  # the run's preflight holds the calibration's plan and cost; nothing loads
-        from qbench.preflight import plan_run, print_plan
+    if args.dry_run:  # the calibration's own plan and cost (no evaluation images); nothing loads
+        from qbench.preflight import plan_run
         from qbench.tables import console
 
-        plan = plan_run(cfg)
+        full = plan_run(cfg).summary()
+        plan = {k: full[k] for k in ("model", "weights", "device", "dtype", "method", "calibration_prompts", "calibration")}
+        plan["evaluation"] = "none: qbench calibrate writes the method's artefact only (qbench run evaluates)"
         if args.json:
-            print(json.dumps(plan.summary(), indent=1, default=str))
+            print(json.dumps(plan, indent=1, default=str))
         else:
-            print_plan(plan, console())
+            cal = plan["calibration"] or {}
+            lines = [f"qbench calibrate (dry run): {plan['model']} / {plan['method']} on {plan['device']} ({plan['dtype']})",
+                     f"  calibration prompts: {plan['calibration_prompts'] or 'none'}",
+                     f"  calibration cost: {cal.get('images', 0)} images ({cal.get('what', 'nothing to compute')})" if cal else
+                     "  calibration cost: nothing to compute (a stored artefact under the same key is reused)",
+                     f"  evaluation: {plan['evaluation']}"]
+            console().print("\n".join(lines), markup=False, highlight=False)
         return 0
     summary = cls.run_calibration(cfg, show_progress=not args.no_progress)
     print(json.dumps(summary, indent=1, default=str))

@@ -217,5 +217,6 @@ def test_calibrate_dry_run_loads_and_writes_nothing(capsys, tmp_path):
     code = main(["calibrate", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(out), "--dry-run", "--json"])
     assert code == 0
     plan = json.loads(capsys.readouterr().out)
-    assert plan["method"].startswith("mixdq") and "calibrat" in json.dumps(plan)
+    assert plan["method"].startswith("mixdq") and plan["calibration"]["images"] > 0
+    assert "n_prompts" not in plan and "fp_reference_images" not in plan and plan["evaluation"].startswith("none")  # the calibration's plan only
     assert not (out / "mixdq").exists() and not (out / "cache").exists()
