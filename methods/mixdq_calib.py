@@ -109,7 +109,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     qdesc = {k: v for k, v in sim.to_dict().items() if k not in ("overrides", "bits", "mode")}
     cache = ctx.score_cache("sensitivity", {"quantizer": qdesc, "act": {a: [s.a_symmetric, s.a_granularity] for a, s in a_specs.items()},
                                             "scores": "ssim whole-image window; sqnr: per-prompt error energies, one SQNR over the batch",
-                                            "token_rule": rule, "wrap": sorted(wrap), "bos_input": None if bos_in is None else stable_hash(bos_in.tolist())})
+                                            "token_rule": rule, "wrap": sorted(wrap), "bos_input": None if bos_in is None else stable_hash(bos_in.tolist())},
+                             batch_size=batch)
     fp: dict[str, Any] = {}
 
     def capture() -> None:

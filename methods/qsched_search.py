@@ -82,7 +82,8 @@ def calibrate_coefficients(method: QSched, model: LoadedModel, prompts: list[Pro
         "scorer": scorer_desc,
         "seed_rule": "run seed + prompt index",
     }, code={"method": method.code_modules() + ["qbench.calibration"],
-             "scorer": [method._scorer.__module__ if method._scorer is not None else "qbench.metrics.jaq"]})
+             "scorer": [method._scorer.__module__ if method._scorer is not None else "qbench.metrics.jaq"]},
+        batch_size=int(o["calib_batch_size"]))
     axis = lattice(float(o["grid_lo"]), float(o["grid_hi"]), int(o["grid_n"]))
     n = n_params(param, steps)
     grid_images, default_budget = own_budget(len(axis), n, len(prompts))

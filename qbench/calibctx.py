@@ -261,12 +261,14 @@ class CalibrationContext:
         score.describe = m.describe  # type: ignore[attr-defined]
         return score
 
-    def score_cache(self, name: str, context: dict[str, Any], code: dict[str, list[str]] | None = None) -> ScoreCache:
+    def score_cache(self, name: str, context: dict[str, Any], code: dict[str, list[str]] | None = None, *, batch_size: int) -> ScoreCache:
         """A resumable cache under ``<out_dir>/cache/<method>/``, named by the key of a
         ``score-cache`` :class:`~qbench.identity.Identity`: ``context`` (what the caller's scores
-        depend on) plus the model, its weights, the run's sampling settings, the code of the
-        generation path and of ``code``'s components (default: the method's registered module and
-        what it imports), and the generation and metric libraries."""
+        depend on) plus the model, its weights, the run's sampling settings, ``batch_size`` (the
+        images per generation call the caller makes: batch-mates change pixels, so scores made in
+        batches of 5 are not those of batches of 1), the code of the generation path and of
+        ``code``'s components (default: the method's registered module and what it imports), and
+        the generation and metric libraries."""
         from qbench.catalog import METHODS
         from qbench.generation import model_code, model_inputs
         from qbench.identity import GENERATION_LIBRARIES, METRIC_LIBRARIES, make
@@ -282,6 +284,7 @@ class CalibrationContext:
             "seed": self.cfg.seed,
             "dtype": str(self.model.dtype),
             "device_type": self.model.device.split(":")[0],
+            "batch_size": int(batch_size),
             "context": context,
         }, code={"generation": model_code(self.model), **code}, libraries=GENERATION_LIBRARIES + METRIC_LIBRARIES)
         path = os.path.join(self.cfg.out_dir, "cache", self.method_name, f"{self.model.spec.name}-{name}-{ident.key}.jsonl")

@@ -86,10 +86,31 @@ def precheck_run(cfg) -> None:
         lambda: _check_prompts(cfg.calib_prompts),
         lambda: _check_qsched_ckpt(opts.get("qsched_ckpt")),
         lambda: check_option_files({k: v for k, v in opts.items() if k != "qsched_ckpt"}),
+        lambda: _check_finite("-O", cfg.method_options),
+        lambda: _check_finite("-M", cfg.metric_options),
         lambda: check_out_dir(cfg.out_dir if isinstance(cfg.out_dir, str) else None),
         lambda: _check_db(cfg.db),
         check_folder_variables,
     )
+
+
+def _check_finite(flag: str, options: Any) -> None:
+    """Refuse an option value holding a non-finite number anywhere (``1e400`` parses as inf, NaN):
+    no option means it, and stored configurations and identity keys must be strict JSON."""
+    import math
+
+    def bad(v: Any) -> bool:
+        if isinstance(v, float):
+            return not math.isfinite(v)
+        if isinstance(v, dict):
+            return any(bad(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return any(bad(x) for x in v)
+        return False
+
+    for k, v in (options.items() if isinstance(options, dict) else ()):
+        if bad(v):
+            raise ConfigError(f"{flag} {k}: holds a non-finite number (inf or NaN, e.g. 1e400): give a finite value")
 
 
 def _check_db(db: Any) -> None:

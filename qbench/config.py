@@ -66,6 +66,8 @@ class RunConfig:
             v = getattr(self, name)
             if isinstance(v, str) and (len(v) > MAX_STR or "\0" in v):
                 bad(f"{name} must be at most {MAX_STR} characters without NUL bytes, got {show_value(v)}")
+            elif name == "tag" and isinstance(v, str) and any(ord(c) < 32 or 127 <= ord(c) < 160 for c in v):
+                bad(f"tag must be printable text (no control characters, escape sequences or line breaks), got {show_value(v)}")
         for name in ("model", "method", "out_dir", "device"):
             if isinstance(getattr(self, name), str) and not getattr(self, name):
                 bad(f"{name} must not be empty")

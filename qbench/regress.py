@@ -108,19 +108,31 @@ def measure(selected: list[dict[str, Any]], out_dir: str | None = None, say=prin
             tmp.cleanup()
 
 
-def _load_json(path: str, what: str, script: str) -> dict[str, Any]:
-    """A committed JSON file; one-line QBenchError when it is missing or unreadable."""
+def _load_json(path: str, what: str, script: str, shape: dict[str, type] | None = None) -> dict[str, Any]:
+    """A committed JSON object holding (at least) the keys of ``shape`` with their types; one-line
+    QBenchError when it is missing, unreadable or of another shape."""
+    from qbench.fsutil import read_json_file
+
+    if not os.path.lexists(path):
+        raise QBenchError(f"no {what} at {path}; `python reports/scripts/{script}` writes it")
     try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise QBenchError(f"no {what} at {path}; `python reports/scripts/{script}` writes it") from None
+        data = read_json_file(path, what)  # regular file, bounded size and depth; one line on error
     except (OSError, ValueError) as e:
         raise QBenchError(f"{what} {path} is unreadable: {e}") from None
+    wrong = [k for k, t in (shape or {}).items() if not isinstance(data.get(k) if isinstance(data, dict) else None, t)]
+    if not isinstance(data, dict) or wrong:
+        got = type(data).__name__ if not isinstance(data, dict) else f"an object without {', '.join(wrong)} of the right type"
+        raise QBenchError(f"{what} {path} is not a qbench {what} (a JSON object with {', '.join(shape or {}) or 'keys'}; got {got})")
+    return data
 
 
 def load_baseline(path: str = BASELINE) -> dict[str, Any]:
-    return _load_json(path, "regression baseline", "make_baseline.py")
+    base = _load_json(path, "regression baseline", "make_baseline.py", {"cells": dict, "tolerance": dict})
+    for cid, cell in base["cells"].items():
+        if not (isinstance(cell, dict) and isinstance(cell.get("metrics"), dict) and isinstance(cell.get("method"), str)
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in cell["metrics"].values())):
+            raise QBenchError(f"regression baseline {path}: cell {cid!r} is not {{\"method\": str, \"metrics\": {{name: number}}}}")
+    return base
 
 
 def limit(metric: str, base: float, tol: dict[str, Any]) -> float:
@@ -312,7 +324,7 @@ def main(args) -> int:
             print(f"not in the baseline (run `python reports/scripts/make_baseline.py --add`): {', '.join(missing)}")
     if args.speed or both:
         noise = load_noise()
-        base_b = _load_json(args.bench_baseline, "benchmark baseline", "bench_baseline.py")  # before the 75 s of benchmarks
+        base_b = _load_json(args.bench_baseline, "benchmark baseline", "bench_baseline.py", {"benchmarks": list})  # before the 75 s of benchmarks
         check_same_cpu_kind(base_b, os.path.relpath(args.bench_baseline))
         with tempfile.TemporaryDirectory(prefix="qbench-bench-") as tmp:
             out = os.path.join(tmp, "current.json")

@@ -31,6 +31,7 @@ import glob
 import json
 import os
 import sqlite3
+import sys
 import tempfile
 import urllib.parse
 import uuid
@@ -115,6 +116,7 @@ class Store:
     def __init__(self, path: str, create: bool = True):
         self.path = path
         self.create = create
+        self._warned: set[str] = set()  # damaged rows already reported by runs()
         if os.path.isdir(path):
             raise QBenchError(f"{path} is a folder, not a qbench results database")
         if os.path.exists(path):
@@ -281,8 +283,15 @@ class Store:
             q += " AND status=?"
             args.append("running" if status == "stale" else status)
         q += " ORDER BY created, id"
+        rows = []
         with self._connect() as conn:
-            rows = [self._row(conn, r) for r in conn.execute(q, args).fetchall()]
+            for r in conn.execute(q, args).fetchall():
+                try:
+                    rows.append(self._row(conn, r))
+                except QBenchError as e:  # one damaged row must not hide every other run
+                    if r["id"] not in self._warned:
+                        self._warned.add(r["id"])
+                        print(f"qbench: warning: {e}; left out (`qbench show {r['id'][-6:]} --json` names it)", file=sys.stderr)
         return [r for r in rows if status is None or r["status"] == status]
 
     def get(self, run_id: str) -> dict[str, Any]:

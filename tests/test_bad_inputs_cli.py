@@ -69,6 +69,7 @@ def _files(tmp: str) -> dict[str, str]:
     w("binary.json", b"\xff\xfe\x00", binary=True)
     w("a_file", "not a folder\n")
     w("notadb.sqlite", "text\n")
+    w("list.json", "[1, 2]\n")
     w("cfg_resolution.json", json.dumps({"resolution": 100_000}))
     w("cfg_unknown.json", json.dumps({"bogus_field": 1}))
     fifo = os.path.join(tmp, "fifo")
@@ -165,6 +166,10 @@ OWN_CASES = [
     ("plan missing file", ["plan", "{missing}"], 2, "does not exist"),
     ("compare db a folder", ["compare", "--db", "{folder}"], 2, "is a folder"),
     ("compare db not sqlite", ["compare", "--db", "{notadb.sqlite}"], 2, "not a qbench results database"),
+    ("regress baseline a list", ["regress", "--baseline", "{list.json}"], 2, "is not a qbench regression baseline"),
+    ("regress bench baseline a list", ["regress", "--speed", "--bench-baseline", "{list.json}"], 2, "is not a qbench benchmark baseline"),
+    ("tag with escape sequences", RUN + ["--tag", "\x1b[31mRED\x1b]0;pwned\x07\nline2"], 2, "tag must be printable text"),
+    ("option non-finite", RUN + ["--method", "qsched", "--bits", "W8A8", "-O", 'search_options={"extend": 1e400}'], 2, "non-finite number"),
     ("compare missing db", ["compare", "--out-dir", "{folder}"], 2, "no results database"),
     ("show blank id", ["show", "  ", "--db", "{notadb.sqlite}"], 2, "not a qbench results database"),
     ("runs bad status", ["runs", "--status", "bogus"], 2, "invalid choice"),

@@ -42,10 +42,10 @@ def test_standalone_progress_runs_inside_with(tiny_model, make_cfg, capsys):
 def test_score_cache_named_by_context_and_refuses_another(tiny_model, make_cfg):
     lm = tiny_model("tiny-flux")
     ctx = CalibrationContext.standalone(lm, make_cfg(model="tiny-flux"), [], "m")
-    a = ctx.score_cache("c", {"bits": "W4A8"})
+    a = ctx.score_cache("c", {"bits": "W4A8"}, batch_size=2)
     a.put([("k", "p0", 1.5)])
     assert ScoreCache(a.path, a.context).get("k", "p0") == 1.5  # resumed from the file
-    b = ctx.score_cache("c", {"bits": "W8A8"})
+    b = ctx.score_cache("c", {"bits": "W8A8"}, batch_size=2)
     assert b.path != a.path and len(b) == 0
     with pytest.raises(QBenchError, match="another configuration"):
         ScoreCache(a.path, b.context)

@@ -173,7 +173,20 @@ def test_an_old_database_without_a_version_is_upgraded_on_write(tmp_path):
 @pytest.mark.parametrize("damage", ["pages", "no metrics table", "config not JSON", "owner not JSON", "details not JSON"])
 def test_every_read_goes_through_one_error_path(tmp_path, capsys, damage):
     db = tmp_path / "qbench.sqlite"
-    _, rid = _store_with_run(db)
+    store, rid = _store_with_run(db)
+    if damage.endswith("not JSON"):  # a damaged row: the others stay readable
+        other = store.start_run({"model": "toy-flux", "method": "fp"}, "fp", None, "simulate")
+        store.finish_run(other, {"label": "fp"}, {"psnr": {"value": 31.0, "stderr": 1.0, "n": 2}})
+        where = f"WHERE id='{rid}'" if damage != "details not JSON" else f"WHERE run_id='{rid}'"
+        table, col, val = {"config not JSON": ("runs", "config", "{not json"), "owner not JSON": ("runs", "owner", "[1, 2"),
+                           "details not JSON": ("metrics", "details", "{")}[damage]
+        _sql(db, f"UPDATE {table} SET {col}='{val}' {where}")
+        for argv in (["runs", "--db", str(db)], ["compare", "--db", str(db)], ["show", other[-6:], "--db", str(db), "--json"]):
+            code, line = _cli(capsys, *argv)
+            assert code == 0 and (argv[0] == "show" or (line.startswith("qbench: warning:") and "not valid JSON" in line and rid in line)), (argv, line)
+        code, line = _cli(capsys, "show", rid[-6:], "--db", str(db))
+        assert code == 2 and line.startswith("qbench: error:") and "not valid JSON" in line
+        return
     if damage == "pages":
         data = bytearray(db.read_bytes())
         data[200:4096] = os.urandom(4096 - 200)  # the schema page, after the 100-byte header

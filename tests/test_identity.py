@@ -230,14 +230,15 @@ def test_score_cache_key_perturbations(tmp_path, edit_module):
     cfg = RunConfig(model="toy-flux", method="mixdq", bits="W4A8", out_dir=str(tmp_path))
     model = load_model("toy-flux", device="cpu")
     ctx = CalibrationContext(model, cfg, [], method_name="mixdq")
-    p1 = ctx.score_cache("s", {"a": 1}).path
-    assert ctx.score_cache("s", {"a": 1}).path == p1
-    assert ctx.score_cache("s", {"a": 2}).path != p1
+    p1 = ctx.score_cache("s", {"a": 1}, batch_size=2).path
+    assert ctx.score_cache("s", {"a": 1}, batch_size=2).path == p1
+    assert ctx.score_cache("s", {"a": 2}, batch_size=2).path != p1
+    assert ctx.score_cache("s", {"a": 1}, batch_size=1).path != p1  # batch-mates change pixels, so the scores
     assert "qbench.methods.qsched" not in identity.code_modules(["qbench.methods.mixdq"])
     edit_module("qbench.methods.qsched")  # another method's file
-    assert ctx.score_cache("s", {"a": 1}).path == p1
+    assert ctx.score_cache("s", {"a": 1}, batch_size=2).path == p1
     edit_module("qbench.methods.mixdq")
-    assert ctx.score_cache("s", {"a": 1}).path != p1
+    assert ctx.score_cache("s", {"a": 1}, batch_size=2).path != p1
 
 
 # -- one phase sequence for run, export, calibrate and sweep -----------------------------------------
