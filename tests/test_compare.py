@@ -3,6 +3,7 @@ line, tables fit 80 and 120 columns, user strings print as written. Runs are syn
 temporary store (the numbers do not matter here, only what is put side by side)."""
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import sqlite3
@@ -13,7 +14,7 @@ from qbench.cli import main
 from qbench.store import Store
 
 FORMULA = "mean over antonym prompt pairs of softmax(exp(logit_scale) * [cos(img, pos), cos(img, neg)])[pos]"
-_clock = iter(range(10, 60))
+_clock = itertools.count(10)  # shared by every module that adds runs with add_run
 
 
 def add_run(db, method="fp", bits=None, prompts="toy:4", n=4, steps=4, seed=42, tag=None, options=None, metrics=("jaq", "clipiqa"),
@@ -49,7 +50,8 @@ def add_run(db, method="fp", bits=None, prompts="toy:4", n=4, steps=4, seed=42, 
     result["metrics"] = ms
     store.finish_run(rid, result, ms, per_image={m: dict(per) for m in metrics} if per_image else None)
     with sqlite3.connect(db) as conn:  # distinct creation times: "latest" is well defined
-        conn.execute("UPDATE runs SET created=? WHERE id=?", (f"2030-01-01T00:00:{next(_clock):02d}Z", rid))
+        t = next(_clock)
+        conn.execute("UPDATE runs SET created=? WHERE id=?", (f"2030-01-01T{t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d}Z", rid))
     return rid
 
 

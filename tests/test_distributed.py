@@ -97,7 +97,10 @@ def test_mixdq_calibration_shards_its_configs_and_allocates_the_same(tmp_path):
     yaml1, yaml2 = (open(r["calibration"]["yaml"]).read() for r in (rep1, rep2))
     assert yaml1 == yaml2 and "mean W" in yaml1
     cal1, cal2 = (r["calibration"]["counts"] for r in (rep1, rep2))
-    assert cal1 == cal2 and cal1["computed"] == cal1["configs"] > 0
+    # the same work, except that each rank records its own prefix outputs once (one replay of the
+    # steps per extra rank: the prefix reuse of the output-SQNR replays)
+    fw1, fw2 = cal1.pop("forward_passes"), cal2.pop("forward_passes")
+    assert cal1 == cal2 and cal1["computed"] == cal1["configs"] > 0 and fw1 <= fw2 <= fw1 + 4
     assert {k: v["value"] for k, v in run1["metrics"].items()} == {k: v["value"] for k, v in run2["metrics"].items()}
     assert _hashes(run1["result"]["images_dir"]) == _hashes(run2["result"]["images_dir"]) and per1 == per2
     caches = [sorted(p.read_text().splitlines()) for d in (one, two) for p in d.rglob("*sensitivity*.jsonl")]
