@@ -70,6 +70,20 @@ def create_app(db: str, allow_try: bool = True) -> Flask:
     def error(status: int, message: str):
         return page("error", str(status), status=status, message=message), status
 
+    @app.before_request
+    def _same_origin_posts():
+        """A POST (a vote, a try-it generation) from a page of another site is refused: its
+        ``Origin`` (or, without one, ``Referer``) must be this server (a cross-site request forgery
+        guard; browsers send ``Origin`` on cross-site POSTs)."""
+        if request.method != "POST":
+            return None
+        from urllib.parse import urlsplit
+
+        src = request.headers.get("Origin") or request.headers.get("Referer")
+        if src and urlsplit(src).netloc != request.host:
+            return error(403, f"a POST from another site ({urlsplit(src).netloc or src[:40]}) is refused")
+        return None
+
     @app.errorhandler(NotFound)
     def _not_found(e):
         return error(404, str(e))

@@ -104,6 +104,10 @@ def test_arena_blind_pair_vote_and_refusals(client, db):
     assert client.post("/vote", data={"token": t2, "winner": "left", "voter": "ann"}).status_code == 400
     assert client.post("/vote", data={"token": t2, "winner": "a", "voter": "bob"}).status_code == 400
     assert client.post("/vote", data={"token": t2, "winner": "a", "voter": ""}).status_code == 400
+    # a form on another site posting here (cross-site request forgery) is refused; this site's is not
+    evil = client.post("/vote", data={"token": t2, "winner": "a", "voter": "ann"}, headers={"Origin": "http://evil.example"})
+    assert evil.status_code == 403 and "another site" in evil.get_data(as_text=True)
+    assert client.post("/try", data={"prompt": "x"}, headers={"Referer": "http://evil.example/page"}).status_code == 403
     assert client.get("/arena?voter=judge:toy-checker").status_code == 400  # a judge's name is not a person's
     assert len(votes(store)) == 1  # nothing else was stored
     page = client.get("/arena?voter=%3Cscript%3Ex").get_data(as_text=True)
