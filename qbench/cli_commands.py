@@ -99,7 +99,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(result.to_dict(), indent=1, default=str))
     else:
         print_result(result.to_dict(), con)
-        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `{compare_hint(cfg)}` compares runs", style="dim", markup=False)
+        con.print(f"stored as run {result.run_id} in {cfg.db_path}; `{compare_hint(cfg)}` compares runs", style="dim", markup=False, soft_wrap=True)
     return 0
 
 

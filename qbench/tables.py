@@ -189,7 +189,7 @@ def print_runs(runs: list[dict[str, Any]], con) -> None:
         if r["status"] != "done" and why:
             con.print(Text(f"{r['id'][-6:]} {r['status']}: {why}", style="yellow" if r["status"] != "running" else "dim"))
             if r["status"] in ("interrupted", "stale", "failed"):
-                con.print(Text(f"    re-run: {_command(r['config'])}", style="dim"))
+                con.print(Text(f"    re-run: {_command(r['config'])}", style="dim"), soft_wrap=True)  # one line: pastes whole
 
 
 def longest_word(texts, cap: int = 28) -> int:
