@@ -179,11 +179,17 @@ def _direct_url() -> dict[str, Any] | None:
     import json
     from importlib import metadata
 
-    try:
-        text = metadata.distribution("qbench").read_text("direct_url.json")
-        return json.loads(text) if text else None
-    except (metadata.PackageNotFoundError, ValueError):
-        return None
+    # every qbench distribution on sys.path: a source checkout's ``qbench.egg-info`` (setuptools
+    # writes it beside pyproject.toml, and the current folder comes first on sys.path) has no
+    # direct_url.json; the installer's dist-info in site-packages does
+    for dist in metadata.distributions(name="qbench"):
+        try:
+            text = dist.read_text("direct_url.json")
+            if text:
+                return json.loads(text)
+        except ValueError:
+            continue
+    return None
 
 
 def git_hash() -> str | None:

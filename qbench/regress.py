@@ -158,7 +158,7 @@ def check_quality(baseline: dict[str, Any], current: dict[str, dict[str, float]]
         for metric, base in cell["metrics"].items():
             if cell["method"] == "fp" and metric in REFERENCE_METRICS:
                 continue
-            tol = baseline["tolerance"][metric]
+            tol = (cell.get("tolerance") or {}).get(metric) or baseline["tolerance"][metric]  # a cell's own, where measured
             lim = limit(metric, base, tol)
             v = None if cur is None else cur.get(metric)
             if cell["method"] in INT_MM_DEPENDENT and exact is not None and not exact[0]:

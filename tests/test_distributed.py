@@ -36,21 +36,30 @@ def _stored(out_dir):
     return run, s.per_image(run["id"])
 
 
-def _one_and_two_ranks(tmp_path, args, port, timeout=900):
+def _free_port() -> int:
+    """A TCP port free on this machine now (two test sessions at once must not share torchrun's)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _one_and_two_ranks(tmp_path, args, port=None, timeout=900):
     """``qbench *args`` in one process, then on 2 gloo ranks (torchrun, ``port``), each in its own
     results folder; both must succeed. Returns the folders and ``((run, per-image), ...)``."""
     one, two = tmp_path / "one", tmp_path / "two"
     env = _env(tmp_path)
     r1 = subprocess.run([sys.executable, "-m", "qbench", *args, "--out-dir", str(one)], env=env, capture_output=True, text=True, timeout=timeout)
     assert r1.returncode == 0, r1.stderr[-2000:]
-    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+    r2 = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port or _free_port()),
                          "-m", "qbench", *args, "--out-dir", str(two)], env=env, capture_output=True, text=True, timeout=timeout)
     assert r2.returncode == 0, r2.stderr[-3000:]
     return (one, two), (_stored(one), _stored(two))
 
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
-    _, ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, ARGS, 29517, timeout=600)
+    _, ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, ARGS, timeout=600)
     res1, res2 = run1["result"], run2["result"]
     assert res2["provenance"]["distributed"]["world_size"] == 2 and "distributed" not in res1["provenance"]
     assert "rank 0 of 2" in res2["latency"]["kind"]
@@ -73,7 +82,7 @@ def test_qsched_calibration_shards_its_batches_and_chooses_the_same_coefficients
     args = ["run", "--model", "toy-flux", "--method", "qsched", "--bits", "W4A8", "--prompts", "toy:4", "--metrics", "psnr,jaq",
             "--calib-prompts", "toy-calib:4", "-O", "search=grid", "-O", "grid_n=3", "-O", "calib_batch_size=1",
             "--latency-warmup", "0", "--latency-repeats", "1", "--no-progress"]
-    _, ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, args, 29518)
+    _, ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, args)
     c1 = run1["result"]["method_report"]["coefficients"]
     c2 = run2["result"]["method_report"]["coefficients"]
     assert c1 == c2
@@ -91,7 +100,7 @@ def test_mixdq_calibration_shards_its_configs_and_allocates_the_same(tmp_path):
     args = ["run", "--model", "toy-flux", "--method", "mixdq", "--bits", "W4A8", "--prompts", "toy:3", "--metrics", "psnr",
             "--calib-prompts", "toy-calib:2", "-O", "k_sweep=0.8,0.96", "-O", "b_sweep=3.9,4", "-O", "a_candidates=8",
             "--latency-warmup", "0", "--latency-repeats", "1", "--no-progress"]
-    (one, two), ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, args, 29519)
+    (one, two), ((run1, per1), (run2, per2)) = _one_and_two_ranks(tmp_path, args)
     rep1, rep2 = run1["result"]["method_report"], run2["result"]["method_report"]
     assert rep1["allocation_origin"] == rep2["allocation_origin"] == "calibrated"
     yaml1, yaml2 = (open(r["calibration"]["yaml"]).read() for r in (rep1, rep2))
@@ -144,7 +153,7 @@ def test_sweep_on_two_ranks_a_cell_failing_on_one_rank_fails_on_both_and_the_swe
     sweep = tmp_path / "s.yaml"
     sweep.write_text(f"models: [toy-flux]\nmethods: [flaky, fp]\nseeds: [42, 42]\nrun: {{prompts: 'toy:4', metrics: [psnr], batch_size: 2, "
                      f"latency_warmup: 0, latency_repeats: 1, out_dir: {out}}}\n")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", str(launch),
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()), str(launch),
                         "sweep", str(sweep), "--no-progress"], env=_env(tmp_path), capture_output=True, text=True, timeout=900)
     assert r.returncode == 1, r.stderr[-3000:]  # a failed cell: exit 1, after the others ran
     assert "rank 1 of 2 failed: flaky: rank 1 cannot convert" in r.stdout

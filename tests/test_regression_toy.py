@@ -90,3 +90,16 @@ def test_int_mm_dependent_cells_are_not_checked_where_int_mm_is_inexact(monkeypa
     assert rows == {"toy-flux/torchao W8A8": "n/a (CPU)", "toy-flux/naive W8A8": "WORSE"}
     monkeypatch.setattr(regress, "int_mm_exact", lambda: (True, "exact"))
     assert {r["status"] for r in regress.check_quality(base, cur)} == {"WORSE"}
+
+
+def test_a_cell_may_carry_its_own_measured_tolerance():
+    """A cell's own tolerance (measured for it, with its rule) wins over the metric's; every cell
+    that has one states how it was measured."""
+    base = {"tolerance": {"ssim": {"kind": "abs", "value": 0.0002}},
+            "cells": {"a": {"method": "mixdq", "metrics": {"ssim": 0.9927}, "tolerance": {"ssim": {"kind": "abs", "value": 0.0009}}},
+                      "b": {"method": "naive", "metrics": {"ssim": 0.9927}}}}
+    rows = {r["cell"]: r["status"] for r in regress.check_quality(base, {"a": {"ssim": 0.9924}, "b": {"ssim": 0.9924}})}
+    assert rows == {"a": "ok", "b": "WORSE"}
+    for cid, cell in regress.load_baseline()["cells"].items():
+        for metric, tol in (cell.get("tolerance") or {}).items():
+            assert tol["value"] > 0 and tol["rule"], (cid, metric)
