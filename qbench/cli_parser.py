@@ -55,6 +55,13 @@ def _kv(text: str) -> tuple[str, Any]:
     return k.strip(), value
 
 
+def _store_args(p: argparse.ArgumentParser) -> None:
+    """``--out-dir`` and ``--db``: the results store a reading command opens (``<out-dir>/qbench.sqlite``
+    unless ``--db`` names one), the same two flags on every such command."""
+    p.add_argument("--out-dir", default="reports", help="results folder (default reports/)")
+    p.add_argument("--db", help="results database (default <out-dir>/qbench.sqlite)")
+
+
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     d = RunConfig.__dataclass_fields__
     p.add_argument("--config", help="a RunConfig JSON file; flags given on the command line override it")
@@ -148,16 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=id_list, metavar="ID,ID,...", help="compare exactly these runs (ids or unique prefixes/suffixes) instead of the latest run of every configuration")
     p.add_argument("--metrics", help="only these metrics (comma-separated)")
     p.add_argument("--wide", action="store_true", help="one row per configuration, every measure a column (needs a wide terminal or a pipe)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     p.add_argument("--json", nargs="?", const="-", metavar="FILE", help="the comparison as JSON: on stdout, or into FILE (the table is still printed)")
     p.add_argument("--csv", metavar="FILE", help="the comparison as CSV, one row per configuration (- for stdout): every metric with its standard "
                    "error and n, paired difference, its standard error and whether it is resolved; settings, latency, memory, size")
     p.set_defaults(func="cmd_compare")
     p = sub.add_parser("report", help="write a Markdown report and a self-contained HTML page per model (tables, provenance, plots, image grids) under <out-dir>/")
     p.add_argument("--model", help="only this model (default: every model with runs)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     from qbench.report import add_arguments as report_arguments
 
     report_arguments(p)
@@ -165,16 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("judge", help="an automatic judge (the toy world's checker, or a preference metric's per-image scores) votes on every "
                        "pair of comparable configurations, prompt by prompt; stored and rated like the arena's votes")
     p.add_argument("--model", help="the model (default: the first with runs)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     from qbench.judge import add_arguments as judge_arguments
 
     judge_arguments(p)
     p.set_defaults(func="cmd_judge")
     p = sub.add_parser("serve", help="a local web app over a results store: gallery, blind pairwise arena with ratings, try a prompt live "
                        "(needs the serve extra: pip install 'qbench[serve]')")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8765)
     p.add_argument("--no-try", action="store_true", help="no live generation (the try-it page only shows cached images)")
@@ -183,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     from qbench.results_export import add_arguments as export_arguments
 
     export_arguments(p)
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     p.set_defaults(func="cmd_export_results")
     p = sub.add_parser("score", help="score images made elsewhere (a folder or eval JSON, one image per prompt id) with the model's metrics, "
                        "paired with a stored fp run or a reference folder; stored as a labelled run that compare and report show")
@@ -201,15 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func="cmd_regress")
     p = sub.add_parser("show", help="one stored run in full")
     p.add_argument("run", help="run id, or an unambiguous prefix or suffix (compare prints the last 6 characters)")
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func="cmd_show")
     p = sub.add_parser("runs", help="every stored run with its status (done, running, stale = process gone, interrupted, failed)")
     p.add_argument("--model")
     p.add_argument("--status", choices=["done", "running", "stale", "interrupted", "failed"])
-    p.add_argument("--out-dir", default="reports")
-    p.add_argument("--db")
+    _store_args(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func="cmd_runs")
     p = sub.add_parser("list", help="registered models, methods, metrics or prompt sets")
