@@ -81,6 +81,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in restore.items():
             signal.signal(sig, handler)
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """Close a sharded run's process group before exit (qbench.dist.close); never raises."""
+    if "qbench.dist" not in sys.modules:
+        return
+    try:
+        sys.modules["qbench.dist"].close()
+    except Exception as e:  # noqa: BLE001 - the exit code is already decided; say it and go on
+        sys.stderr.write(f"qbench: warning: closing the process group: {one_line(str(e))}\n")
 
 
 def _quiet_work(args) -> str | None:

@@ -14,6 +14,7 @@ writes the run to the store and measures latency and memory.
 """
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence, TypeVar
@@ -140,7 +141,25 @@ def current(device: str = "auto") -> Dist:
     cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
     state = PartialState(cpu=True) if cpu else PartialState()
     _CURRENT = Dist(state.process_index, state.num_processes, state.local_process_index, str(state.backend), state)
+    # the Python API has no `finally` of its own: the group is also closed before the interpreter
+    # tears down (close() is idempotent; the CLI calls it first, in main's finally)
+    atexit.register(close)
     return _CURRENT
+
+
+def close() -> None:
+    """Destroy this process's process group, if one was started (idempotent).
+
+    Without it, gloo's worker threads outlive the interpreter's teardown and the process can end
+    in ``terminate called without an active exception`` (SIGABRT) after the run has finished
+    (seen once in CI on the 2-rank Q-Sched test; pytorch/pytorch#190489). Only this process's
+    side is closed: every phase of a run ends in a collective, so no rank waits on it then."""
+    try:
+        import torch.distributed as dist
+    except ImportError:  # pragma: no cover - torch is a hard dependency
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def rank_device(device: str, dist: Dist) -> str:
