@@ -180,7 +180,7 @@ class MixDQ(Method):
         return {"model": self.cfg.model, "model_path": self.cfg.model_path, "bits": str(self.bits), "steps": self.cfg.steps or spec.steps,
                 "seed": self.cfg.seed, "resolution": self.cfg.resolution or spec.resolution,
                 "guidance": spec.guidance if self.cfg.guidance is None else self.cfg.guidance,
-                "calib": self.cfg.calib_prompts or f"{spec.calib_prompts}:{self.CALIBRATION_PROMPTS}", "options": keep}
+                "calib": self.cfg.calib_prompts or f"{spec.calib_prompts}:{self.default_calibration_n(self.CALIBRATION_PROMPTS)}", "options": keep}
 
     def stored_path(self) -> str:
         """``<out_dir>/mixdq/<model>_<bits>_<key>.json``, ``key`` the first 12 characters of the
@@ -252,14 +252,15 @@ class MixDQ(Method):
 
     @property
     def calibration_prompts_n(self) -> int:
-        """0 when an allocation is given or stored; else 32, or all of ``--calib-prompts``."""
+        """0 when an allocation is given or stored; else 32 (the model's smoke size on a tiny twin:
+        :meth:`default_calibration_n`), or all of ``--calib-prompts``."""
         if self.given is not None:
             return 0
         if self.cfg.calib_prompts:
             from qbench.prompts import load_prompts
 
             return len(load_prompts(self.cfg.calib_prompts))
-        return 0 if self._stored() is not None else self.CALIBRATION_PROMPTS
+        return 0 if self._stored() is not None else self.default_calibration_n(self.CALIBRATION_PROMPTS)
 
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
         if self._peek() is not None:

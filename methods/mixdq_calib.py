@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qbench.methods.mixdq_cost import act_widths, candidate_layers, check_feasible, work
+from qbench.methods.mixdq_cost import act_widths, candidate_layers, check_feasible, weight_widths, work
 
 from qbench.config import stable_hash
 from qbench.errors import ConfigError, QBenchError
@@ -154,7 +154,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
 
         return lambda: quantized_input(layers[n], q)
 
-    configs = [(n, kind, b) for n in sorted(layers) for kind, ws in (("w", method.w_cands), ("a", a_w)) for b in ws]
+    # only the widths the allocation can use (mixdq_cost.weight_widths: no quality layer at W2)
+    configs = [(n, kind, b) for n in sorted(layers) for kind, ws in (("w", weight_widths(method, n not in content)), ("a", a_w)) for b in ws]
     key = lambda n, kind, b: f"{'ssim' if n in content else 'err'}:{kind}{b}:{n}"
     todo = [c for c in configs if runner.missing(key(*c))]
     n_img = sum(len(runner.missing(key(*c))) for c in todo if c[0] in content)
@@ -167,7 +168,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
     todo_work = work(len(prompts), n_img, n_fw, steps, math.ceil(len(prompts) / batch), len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep),
                      method.opts["reuse_prefix"])
     ctx.say(f"mixdq: sensitivity of {len(layers)} layers ({len(content)} content: SSIM on images; {len(layers) - len(content)} quality: output SQNR) x widths "
-            f"W{method.w_cands} A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute at most: "
+            f"W{method.w_cands} (quality W{weight_widths(method, True)}) A{a_w}: {len(configs)} single-layer configs, {len(configs) - len(todo)} cached; to compute at most: "
             f"{todo_work['images']} images, {todo_work['forward_passes']} denoiser passes ({todo_work['what']}; the reference images are reused when cached)")
     advance = ctx.progress("mixdq sensitivity", len(configs))
     scores: dict[str, dict[str, dict[int, float]]] = {"w": {n: {} for n in layers}, "a": {n: {} for n in layers}}
@@ -181,7 +182,7 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
         k = key(n, kind, b)
         before = runner.computed
         apply = weight_apply(n, b) if kind == "w" else act_apply(n, b)
-        v = runner.image_scores(k, apply, whole_image_ssim, "ssim") if n in content else runner.output_error(k, apply, n)
+        v = runner.image_scores(k, apply, whole_image_ssim, "ssim", layer=n) if n in content else runner.output_error(k, apply, n)
         advance(1)
         done.append(c)
         if not eta_said[0] and runner.computed >= 2 and "ssim" in runner.seconds and "sqnr" in runner.seconds:
@@ -202,7 +203,8 @@ def calibrate_allocation(method: MixDQ, model: Any, prompts: list[Any], ctx: Any
             scores[kind][n][b] = al.sqnr_of_energies(signal, [r[2] for r in recs], cap=SQNR_CAP)
     t_sens, c_sens = time.perf_counter() - t0, time.process_time() - c0
     n_computed = sum(1 for _, fresh in results if fresh)
-    local = {"images_generated": runner.images_generated, "forward_passes": runner.forward_passes}
+    local = {"images_generated": runner.images_generated, "forward_passes": runner.forward_passes,
+             "prefix_served_calls": runner.prefix.served if runner.prefix is not None else 0}
     sens_images_here = runner.images_generated
     if ctx.dist is not None:  # the work of every rank
         local = {k: sum(part[k] for part in ctx.dist.gather(local)) for k in local}
@@ -357,7 +359,7 @@ def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
     prompts = calibration_prompts(cfg, method)
     cost = method.calibration_cost(len(prompts))
     if cost:
-        _say(f"mixdq: calibrating on {method.calib_spec}: {cost['images']} images, {cost.get('forward_passes', 0)} denoiser passes ({cost['what']})")
+        _say(f"mixdq: calibrating on {method.calib_label}: {cost['images']} images, {cost.get('forward_passes', 0)} denoiser passes ({cost['what']})")
     t = time.perf_counter()
     model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
     with make_progress(show_progress) as progress:

@@ -49,6 +49,15 @@ def check_feasible(method: MixDQ, params: dict[str, int], content: set[str]) -> 
                       f"use --bits W{math.ceil(least - 1e-9)}A.. or more, or -O rule=loose")
 
 
+def weight_widths(method: MixDQ, quality: bool) -> list[int]:
+    """The weight widths whose sensitivity the allocation can use: every ``w_candidates`` width for
+    a content layer, only ``q_cands`` for a quality layer (rule=mixdq: 4 and 8, MixDQ's
+    ``integer_programming.py``). The ILP never reads a score outside its candidate widths
+    (:func:`qbench.quant.allocate.solve_allocation`), so measuring only these changes no
+    allocation; it saves a fifth of the output-SQNR replays at the default widths."""
+    return list(method.q_cands) if quality else list(method.w_cands)
+
+
 def act_widths(method: MixDQ) -> list[int]:
     a = method.bits.a
     if a is None:
@@ -64,12 +73,12 @@ def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: in
     (the image-MSE pick; an upper bound: equal allocations are scored once);
     ``forward_passes`` = ``quality_configs`` x ``steps`` x ``batches`` denoiser calls replayed on
     captured inputs for the output SQNR of the quality layers (no images), + one replay of them that
-    records the units' full-precision outputs when ``record`` (prefix reuse) and there is a quality
-    config to compute; ``sensitivity_denoiser_rows``
+    records the units' full-precision outputs when ``record`` (prefix reuse: the replays, and the
+    first step of every sensitivity image) and there is a config to compute; ``sensitivity_denoiser_rows``
     = ``quality_configs`` x ``n`` prompts: the replayed trajectories, each ``steps`` denoiser forwards
     of one prompt (x2 with classifier-free guidance), what ``qbench plan`` costs in FLOPs."""
     alloc = points * n
-    rec = steps * batches if (record and quality_configs) else 0
+    rec = steps * batches if (record and (quality_configs or sens_images)) else 0
     passes = quality_configs * steps * batches + rec
     return {"images": n + sens_images + alloc, "reference_images": n, "sensitivity_images": sens_images, "allocation_images_max": alloc,
             "forward_passes": passes, "sensitivity_denoiser_rows": quality_configs * n + (n if rec else 0),
@@ -87,17 +96,19 @@ def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:
 
     spec = get_spec(method.cfg.model)
     census = _census(method, spec)
-    widths = len(method.w_cands) + len(act_widths(method))
+    widths = len(method.w_cands) + len(act_widths(method))  # a content layer's
+    q_widths = len(weight_widths(method, True)) + len(act_widths(method))  # a quality layer's
     batch = method.opts["calib_batch_size"] or method.cfg.batch_size
     steps = method.cfg.steps or spec.steps
     points = len(method.k_sweep) * len(method.b_sweep) + len(method.a_k_sweep)
     if census is None:
         return {"images": n * (1 + points), "what": f"MixDQ sensitivity (layer count known after loading: + {widths} x {n} images per content layer, "
-                f"{widths} x {steps * math.ceil(n / batch)} denoiser passes per quality layer) and at most {points} allocations x {n} images"}
+                f"{q_widths} x {steps * math.ceil(n / batch)} denoiser passes per quality layer) and at most {points} allocations x {n} images"}
     nc, nq, params, content = census
     check_feasible(method, params, content)
-    out = work(n, nc * widths * n, nq * widths, steps, math.ceil(n / batch), points, method.opts["reuse_prefix"])
-    out["what"] = f"MixDQ on {nc} content + {nq} quality layers x {widths} widths: " + out["what"] + "; cached scores are reused"
+    out = work(n, nc * widths * n, nq * q_widths, steps, math.ceil(n / batch), points, method.opts["reuse_prefix"])
+    out["what"] = (f"MixDQ on {nc} content layers x {widths} widths + {nq} quality layers x {q_widths}: " + out["what"]
+                   + "; cached scores are reused")
     return out
 
 

@@ -138,7 +138,7 @@ class Naive(Method):
 
     @property
     def calibration_prompts_n(self) -> int:
-        return 8 if self.qconfig.a_static else 0
+        return self.default_calibration_n(8) if self.qconfig.a_static else 0
 
     def calibrate(self, model: LoadedModel, prompts: list[Prompt], ctx=None) -> None:
         if not self.qconfig.a_static:

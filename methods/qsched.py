@@ -160,8 +160,9 @@ class QSched(Method):
 
     @property
     def calibration_prompts_n(self) -> int:
-        """25 (the public code's), or more if the base method needs more for its own calibration."""
-        return max(self.CALIBRATION_PROMPTS, self.base.calibration_prompts_n)
+        """25 (the public code's; the model's smoke size on a tiny twin: :meth:`default_calibration_n`),
+        or more if the base method needs more for its own calibration."""
+        return max(self.default_calibration_n(self.CALIBRATION_PROMPTS), self.base.calibration_prompts_n)
 
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
         """None when a checkpoint will be used; else the images the search generates (at most)."""

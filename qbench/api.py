@@ -164,6 +164,8 @@ class Method:
         self.options: dict[str, Any] = parse_options(f"method {self.name!r}", self.OPTIONS, cfg.method_options, defaults=False)
         #: the calibration prompt spec the harness resolved (recorded with calibration artefacts)
         self.calib_spec: str | None = None
+        #: why that spec is smaller than the method's published size (a tiny twin's smoke size), or None
+        self.calib_note: str | None = None
 
     def own_options(self, owner: type | None = None) -> dict[str, Any]:
         """The options given (coerced, without defaults) that ``owner`` (a class in this method's
@@ -209,7 +211,25 @@ class Method:
         harness takes the first N of the model's calibration set (held out from its evaluation
         sets) unless ``--calib-prompts`` names others, and refuses overlap with the evaluation
         prompts for every method."""
-        return self.CALIBRATION_PROMPTS
+        return self.default_calibration_n(self.CALIBRATION_PROMPTS)
+
+    @property
+    def calib_label(self) -> str:
+        """The resolved calibration spec with its note, for what a command prints."""
+        return f"{self.calib_spec} ({self.calib_note})" if self.calib_note else str(self.calib_spec)
+
+    def default_calibration_n(self, published: int) -> int:
+        """``published`` (the method's own calibration set size), capped by the model's
+        :attr:`~qbench.models.base.ModelSpec.calib_size` (the random-weight tiny twins: 2, a smoke
+        test of the code path). Every method's default calibration size goes through here."""
+        from qbench.errors import QBenchError
+        from qbench.models.loader import get_spec
+
+        try:
+            cap = get_spec(self.cfg.model).calib_size if published else None
+        except QBenchError:  # no such model: the run's own check says so in one line
+            cap = None
+        return min(published, cap) if cap else published
 
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
         """What calibration will cost before it starts, e.g. ``{"images": 1250, "what": "..."}``

@@ -220,14 +220,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         from qbench.tables import console
 
         full = plan_run(cfg).summary()
-        plan = {k: full[k] for k in ("model", "weights", "device", "dtype", "method", "calibration_prompts", "calibration")}
+        plan = {k: full[k] for k in ("model", "weights", "device", "dtype", "method", "calibration_prompts", "calibration_note", "calibration")}
         plan["evaluation"] = "none: qbench calibrate writes the method's artefact only (qbench run evaluates)"
         if args.json:
             print(json.dumps(plan, indent=1, default=str))
         else:
             cal = plan["calibration"] or {}
             lines = [f"qbench calibrate (dry run): {plan['model']} / {plan['method']} on {plan['device']} ({plan['dtype']})",
-                     f"  calibration prompts: {plan['calibration_prompts'] or 'none'}",
+                     f"  calibration prompts: {plan['calibration_prompts'] or 'none'}" + (f" ({plan['calibration_note']})" if plan["calibration_note"] else ""),
                      f"  calibration cost: {cal.get('images', 0)} images ({cal.get('what', 'nothing to compute')})" if cal else
                      "  calibration cost: nothing to compute (a stored artefact under the same key is reused)",
                      f"  evaluation: {plan['evaluation']}"]

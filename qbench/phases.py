@@ -329,7 +329,7 @@ def _say_start(s: RunState) -> None:
     ranks = f" on {dist.world} ranks ({dist.backend})" if dist.enabled else ""
     s.say(f"run {s.run_id}: {s.cfg.model} / {plan.method.label} on {len(plan.prompts)} prompts ({s.cfg.prompts}){ranks}")
     if plan.calibration:
-        s.say(f"calibrating first on {plan.calib_spec}: {plan.calibration['images']} images ({plan.calibration['what']})")
+        s.say(f"calibrating first on {plan.method.calib_label}: {plan.calibration['images']} images ({plan.calibration['what']})")
 
 
 def _on_failure(s: RunState, e: BaseException) -> None:

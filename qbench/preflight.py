@@ -59,6 +59,7 @@ class RunPlan:
             "metrics": self.metric_names,
             "fp_reference_images": len(self.prompts) if self.needs_fp_reference else 0,
             "calibration_prompts": self.calib_spec,
+            "calibration_note": self.method.calib_note if self.method is not None else None,
             "calibration": self.calibration,
             "cached": self.cached,
         }
@@ -140,6 +141,9 @@ def calibration_prompts(cfg: RunConfig, method, eval_prompts: list[Prompt] | Non
             raise ConfigError(f"--calib-prompts {cfg.calib_prompts!r} given, but {method.label} does not calibrate")
         return []
     method.calib_spec = cfg.calib_prompts or f"{spec.calib_prompts}:{n}"
+    published = type(method).CALIBRATION_PROMPTS
+    method.calib_note = (f"{spec.name}'s smoke size: random weights, the calibration tests the code path; {method.name} calibrates on "
+                         f"{published}: --calib-prompts {spec.calib_prompts}:{published}") if not cfg.calib_prompts and spec.calib_size and n < published else None
     calib = load_prompts(method.calib_spec)
     if eval_prompts is None:
         eval_prompts = load_prompts(cfg.prompts or spec.default_prompts)
@@ -372,7 +376,7 @@ def print_plan(plan: RunPlan, con) -> None:
         c = s["cached"].get("fp_references", 0)
         lines.append(f"fp refs    {n} full-precision reference images: {c} cached, {n - c} to generate")
     if s["calibration"]:
-        lines.append(f"calibrate  on {s['calibration_prompts']}: {s['calibration']['images']} images ({s['calibration']['what']})")
+        lines.append(f"calibrate  on {plan.method.calib_label}: {s['calibration']['images']} images ({s['calibration']['what']})")
     c = s["cached"].get("images")
     lines.append(f"generate   {n} images: " + (f"{c} cached, {n - c} to generate" if isinstance(c, int) else str(c)))
     for line in lines:

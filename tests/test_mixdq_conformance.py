@@ -232,3 +232,71 @@ def test_prefix_reuse_gives_bit_identical_replays(model_name):
         served += units.index(cache.unit_of(n)) > 0
     assert served  # some replays really skipped units
     assert all(torch.equal(a, c.output) for a, c in zip(cache.replay(layers[-1], calls), calls))  # unperturbed: the FP output
+
+
+@pytest.mark.parametrize("model_name", ["tiny-lcm", "tiny-flux"])
+def test_prefix_reuse_gives_bit_identical_sensitivity_images(model_name):
+    """The same record serves the image scores: a perturbed generation's first denoiser call has the
+    full-precision inputs bit for bit, so its units before the perturbed layer are served
+    (PrefixCache.serving); every later step runs in full. The images equal the unserved ones
+    bit for bit, for layers early, in the middle and last."""
+    import numpy as np
+
+    from qbench.models.loader import load_model
+    from qbench.quant.linear import QuantConv2d, QuantLinear
+    from qbench.quant.sensitivity import PrefixCache, capture_calls, denoiser_units, swap_module
+    from qbench.quant.spec import QuantConfig
+
+    model = load_model(model_name, device="cpu")
+    den = model.denoiser
+    texts, seeds = ["a red circle", "two blue squares"], [3, 4]
+    gen = lambda ps: model.generate(ps, seeds, steps=2)  # noqa: E731
+    _, calls = capture_calls(den, gen, texts, batch=2)
+    cache = PrefixCache(den, calls)
+    units = [n for n, _ in denoiser_units(den)]
+    layers = [n for n, m in den.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and cache.unit_of(n)]
+    picks = [layers[0], layers[len(layers) // 2], layers[-1]]
+    spec = QuantConfig(bits="W4A8").resolve_spec(4, 8)
+    skipped = 0
+    for n in picks:
+        m = den.get_submodule(n)
+        q = QuantConv2d.from_float(m, spec) if isinstance(m, nn.Conv2d) else QuantLinear.from_float(m, spec)
+        with swap_module(den, n, q):
+            full = gen(texts)
+            before = cache.served
+            with cache.serving(n):
+                fast = gen(texts)
+        assert cache.served == before + 1, n  # the first step only: the later ones differ from FP
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(full, fast)), n
+        skipped += units.index(cache.unit_of(n)) > 0
+    assert skipped
+    # a call that differs in one bit is not served
+    from qbench.quant.sensitivity import same_inputs
+
+    a, k = calls[0].args, calls[0].kwargs
+    first = a[0] if a else next(v for v in k.values() if isinstance(v, torch.Tensor))
+    bumped = first.clone()
+    bumped.view(-1)[0] = torch.nextafter(bumped.view(-1)[0], torch.tensor(float("inf"), dtype=bumped.dtype))
+    swap = ((bumped,) + tuple(a[1:]), k) if a else (a, {**k, next(x for x, v in k.items() if v is first): bumped})
+    assert same_inputs((a, k), (a, k)) and not same_inputs(swap, (a, k))
+
+
+def test_quality_layers_need_no_w2_sensitivity():
+    """rule=mixdq gives a quality layer 4 or 8 bits, so its W2 score is never read: the weight ILP
+    picks the same allocation with and without it, at every sweep point (why the calibration
+    measures a quality layer at W4/W8 only: a fifth fewer output-SQNR replays)."""
+    import numpy as np
+
+    from qbench.quant import allocate as al
+
+    rng = np.random.default_rng(0)
+    names = [f"l{i}" for i in range(14)]
+    content = set(names[:6])
+    params = {n: int(rng.integers(100, 5000)) for n in names}
+    full = {n: {2: float(rng.uniform(0, 20)), 4: float(rng.uniform(20, 40)), 8: float(rng.uniform(40, 60))} for n in names}
+    pruned = {n: ({b: s for b, s in v.items() if b != 2} if n not in content else v) for n, v in full.items()}
+    pts = al.split_points([3.6, 3.8, 4.0], [0.5, 0.8, 1.0, 1.25], params, content, (2, 8), (4.0, 8.0))
+    assert pts
+    a = al.group_allocations(full, params, content, pts, 0.05, [2, 4, 8], [4, 8])
+    b = al.group_allocations(pruned, params, content, pts, 0.05, [2, 4, 8], [4, 8])
+    assert a and a == b and all(v[n] in (4, 8) for _, v in a for n in names if n not in content)

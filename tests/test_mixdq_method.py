@@ -48,7 +48,8 @@ def test_calibrate_then_run_tiny_lcm_and_yaml_round_trip(tmp_path, capsys):
     assert main(["calibrate", "--method", "mixdq", *base[:-1], *_opts()]) == 0
     cal = json.loads(capsys.readouterr().out)
     assert abs(cal["mean_w"] - 4.0) <= 0.02 + 1e-9 and cal["mean_a"] == 8.0
-    assert cal["counts"]["configs"] == 6 * 4 and cal["counts"]["content"] == 4 and cal["counts"]["layers"] == 6
+    # 4 content layers x (W2, W4, W8, A8) + 2 quality layers x (W4, W8, A8): rule=mixdq gives a quality layer no W2
+    assert cal["counts"]["configs"] == 4 * 4 + 2 * 3 and cal["counts"]["content"] == 4 and cal["counts"]["layers"] == 6
     with open(cal["yaml"]) as f:
         yaml_text = f.read()
     assert "attn2.to_k: " in yaml_text and yaml_text.startswith("# MixDQ allocation")
@@ -199,10 +200,10 @@ def test_dry_run_prints_the_calibration_cost(tmp_path, capsys):
     assert main(["run", "--model", "tiny-lcm", "--method", "mixdq", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON, "--dry-run", "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     cal = plan["calibration"]
-    # tiny-lcm: 24 content + 27 quality Linear layers + 33 Conv2d (quality: MixDQ quantizes convolutions), 5 widths, 2 prompts,
-    # 4 steps, batch 2; 100 + 1 sweep points
-    assert cal["images"] == 2 * (1 + 24 * 5 + 101) and cal["forward_passes"] == ((27 + 33) * 5 + 1) * 4 and "cached scores are reused" in cal["what"]
-    assert "24 content + 60 quality layers" in cal["what"] and cal["sensitivity_denoiser_rows"] == ((27 + 33) * 5 + 1) * 2
+    # tiny-lcm: 24 content + 27 quality Linear layers + 33 Conv2d (quality: MixDQ quantizes convolutions), 5 widths for a
+    # content layer, 4 for a quality one (no W2: rule=mixdq never gives it one), 2 prompts, 4 steps, batch 2; 100 + 1 sweep points
+    assert cal["images"] == 2 * (1 + 24 * 5 + 101) and cal["forward_passes"] == ((27 + 33) * 4 + 1) * 4 and "cached scores are reused" in cal["what"]
+    assert "24 content layers x 5 widths + 60 quality layers x 4" in cal["what"] and cal["sensitivity_denoiser_rows"] == ((27 + 33) * 4 + 1) * 2
 
 
 BAD = [
@@ -290,13 +291,15 @@ def test_allocation_layer_names_are_checked_before_anything_loads(tmp_path, caps
 
 
 def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
-    """tiny-lcm with FAST: 4 content + 2 quality layers x 4 widths (W2, W4, W8, A8), 2 prompts in one
-    batch of 4 steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation
-    images = 38; 2*4 quality configs x 4 steps x 1 batch = 32 denoiser passes + 4 that record the
-    prefix outputs = 36, in both lines."""
+    """tiny-lcm with FAST: 4 content layers x 4 widths (W2, W4, W8, A8) + 2 quality layers x 3 (W4,
+    W8, A8: rule=mixdq gives a quality layer no W2, so none is measured), 2 prompts in one batch of 4
+    steps, 1 + 1 sweep points: 2 reference + 4*4*2 sensitivity + at most 2*2 allocation images = 38;
+    2*3 quality configs x 4 steps x 1 batch = 24 denoiser passes + 4 that record the prefix outputs
+    = 28, in both lines."""
     from qbench.methods.mixdq_cost import work
 
     assert work(2, 32, 8, 4, 1, 2, record=True)["forward_passes"] == 36
+    assert work(2, 32, 0, 4, 1, 2, record=True)["forward_passes"] == 4  # content only: the first steps still record
     assert work(2, 32, 8, 4, 1, 2) | {"what": ""} == {"images": 38, "reference_images": 2, "sensitivity_images": 32, "allocation_images_max": 4,
                                                       "forward_passes": 32, "sensitivity_denoiser_rows": 16, "what": ""}
     assert main(["calibrate", "--method", "mixdq", "--model", "tiny-lcm", "--bits", "W4A8", "--out-dir", str(tmp_path), *COMMON[:-1], *_opts()]) == 0
@@ -305,10 +308,12 @@ def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
     todo = [x for x in err.splitlines() if "to compute at most" in x]
     assert len(est) == 1 and len(todo) == 1, err
     for line in est + todo:
-        assert "38 images, 36 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
-        assert "36 denoiser passes = 8 quality-layer configs x 4 steps x 1 batch(es) (output SQNR, no images) + 1 recording replay" in line, line
+        assert "38 images, 28 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
+        assert "28 denoiser passes = 6 quality-layer configs x 4 steps x 1 batch(es) (output SQNR, no images) + 1 recording replay" in line, line
     counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
-    assert counts["forward_passes"] == 36 and counts["images_generated"] - counts["allocation_images"] == 32, counts
+    assert counts["forward_passes"] == 28 and counts["images_generated"] - counts["allocation_images"] == 32, counts
+    # every content config's first step (one batch) took its units before the perturbed one from the record
+    assert counts["prefix_served_calls"] == 4 * 4, counts
 
 
 def test_sweep_option_help_says_they_are_values_not_counts():

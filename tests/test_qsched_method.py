@@ -124,7 +124,11 @@ def test_calibrate_store_reuse_and_errors(make_cfg, flux):
     m6 = qs.QSched(_cfg(make_cfg, "tiny-flux", recalibrate=True), scorer=counting)
     with pytest.raises(QBenchError, match="also evaluation prompts"):
         calibration_prompts(m6.cfg.replace(calib_prompts="coco2017:3"), m6)
-    assert [p.id for p in calibration_prompts(m6.cfg, m6)] == [p.id for p in load_prompts("coco2017-calib:25")]
+    # a random-weight tiny twin calibrates on its smoke size (2) by default, and says so
+    assert [p.id for p in calibration_prompts(m6.cfg, m6)] == [p.id for p in load_prompts("coco2017-calib:2")]
+    assert m6.calib_spec == "coco2017-calib:2" and "smoke size" in m6.calib_note and "--calib-prompts coco2017-calib:25" in m6.calib_note
+    assert [p.id for p in calibration_prompts(m6.cfg.replace(calib_prompts="coco2017-calib:25"), m6)] == [p.id for p in load_prompts("coco2017-calib:25")]
+    assert m6.calib_note is None
 
 
 def test_killed_calibration_resumes_without_recomputing(make_cfg, tiny_model, tmp_path):

@@ -37,6 +37,11 @@ class ModelSpec:
     #: prompt set that calibrating methods take their first N prompts from; held out from the
     #: evaluation sets (``coco2017-calib`` is the tail of ``coco2017``)
     calib_prompts: str = "coco2017-calib"
+    #: at most this many calibration prompts by default (None: the method's published size, e.g.
+    #: MixDQ's 32). The random-weight tiny twins set 2: calibrating them is a smoke test of the
+    #: code path (its scores mean nothing), and MixDQ's 32-prompt default takes about an hour on a
+    #: 2-core CPU. ``--calib-prompts`` overrides it; the run prints which size it used.
+    calib_size: int | None = None
     #: whether ``guidance`` changes the images (False for guidance-distilled models without a
     #: guidance embedding, e.g. FLUX.1-schnell: the pipeline ignores it)
     accepts_guidance: bool = True

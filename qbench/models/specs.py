@@ -94,6 +94,7 @@ def _tiny(real: ModelSpec, builder: str, **changes) -> ModelSpec:
         tiny_builder=f"qbench.models.tiny:{builder}",
         default_metrics=_TINY_METRICS,
         default_prompts="coco2017:4",
+        calib_size=2,
     )
     fields.update(changes)
     return dataclasses.replace(real, **fields)

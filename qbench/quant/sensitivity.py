@@ -24,7 +24,11 @@ full-precision ones, so every unit of the denoiser (a top-level child, or an ele
 full-precision inputs and gives exactly its full-precision output. Those outputs are recorded once
 per captured call and returned (as clones) instead of recomputed: on average about half of each
 replay is skipped, and the scores are bit-identical (tested). Recording stops (and replays run in
-full) when the recorded outputs would exceed ``limit_bytes``.
+full) when the recorded outputs would exceed ``limit_bytes``. The same record serves the image
+scores (:meth:`PrefixCache.serving`): a perturbed generation's first denoiser call has the same
+inputs as the full-precision one (same prompts, seeds and batches), bit for bit, so its units
+before the perturbed one are served too; a call whose inputs differ in any bit (every later step)
+runs in full.
 
 A perturbation is a context-manager factory (``apply() -> ContextManager``), e.g.
 :func:`swap_module` (a quantized copy of one layer) or :func:`quantized_input` (fake-quantized
@@ -191,7 +195,9 @@ class PrefixCache:
         self.denoiser = denoiser
         self.units = denoiser_units(denoiser)
         self.traces: list[list[tuple[str, Any]]] | None = []
+        self.inputs = [(c.args, c.kwargs) for c in calls]  # what each trace was recorded from
         self.nbytes = 0
+        self.served = 0  # calls of a generation served from a trace (:meth:`serving`)
         for c in calls:
             trace: list[tuple[str, Any]] = []
             hooks = [m.register_forward_hook(lambda mod, a, out, n=n, trace=trace: trace.append((n, _clone(out)))) for n, m in self.units]
@@ -205,6 +211,50 @@ class PrefixCache:
     def unit_of(self, layer: str) -> str | None:
         return next((n for n, _ in self.units if layer == n or layer.startswith(n + ".")), None)
 
+    def _prefix_queues(self, trace: list[tuple[str, Any]], unit: str) -> dict[str, list[Any]]:
+        first = next((i for i, (n, _) in enumerate(trace) if n == unit), len(trace))
+        queues: dict[str, list[Any]] = {}
+        for n, o in trace[:first]:
+            queues.setdefault(n, []).append(o)
+        return queues
+
+    @contextlib.contextmanager
+    def serving(self, layer: str):
+        """While active, a denoiser call whose inputs equal a recorded call's bit for bit (a
+        generation's first step, same prompts, seeds and batch) takes the units before ``layer``'s
+        unit from that call's trace; any other call runs in full. Same outputs, less work."""
+        unit = self.unit_of(layer)
+        if self.traces is None or unit is None:
+            yield
+            return
+        mods = dict(self.units)
+        patched: list[str] = []
+
+        def restore() -> None:
+            while patched:
+                n = patched.pop()
+                if "forward" in mods[n].__dict__:
+                    del mods[n].forward  # the instance attribute: back to the class's forward
+
+        def pre(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+            restore()
+            for (a, k), trace in zip(self.inputs, self.traces or []):
+                if same_inputs((args, kwargs), (a, k)):
+                    for n, q in self._prefix_queues(trace, unit).items():
+                        mods[n].forward = _serve(mods[n].forward, q)
+                        patched.append(n)
+                    self.served += 1
+                    return
+
+        h1 = self.denoiser.register_forward_pre_hook(pre, with_kwargs=True)
+        h2 = self.denoiser.register_forward_hook(lambda mod, args, kwargs, out: restore(), with_kwargs=True)
+        try:
+            yield
+        finally:
+            h1.remove()
+            h2.remove()
+            restore()
+
     def replay(self, layer: str, calls: Sequence[CapturedCall]) -> list[torch.Tensor]:
         """Outputs of ``calls`` (the denoiser as it is now, e.g. with ``layer`` perturbed), the
         units before ``layer``'s unit answered from the record."""
@@ -214,10 +264,7 @@ class PrefixCache:
         mods = dict(self.units)
         outs = []
         for c, trace in zip(calls, self.traces):
-            first = next((i for i, (n, _) in enumerate(trace) if n == unit), len(trace))
-            queues: dict[str, list[Any]] = {}
-            for n, o in trace[:first]:
-                queues.setdefault(n, []).append(o)
+            queues = self._prefix_queues(trace, unit)
             for n, q in queues.items():
                 mods[n].forward = _serve(mods[n].forward, q)
             try:
@@ -226,6 +273,31 @@ class PrefixCache:
                 for n in queues:
                     del mods[n].forward  # the instance attribute: back to the class's forward
         return outs
+
+
+def same_inputs(x: Any, y: Any) -> bool:
+    """Whether two (args, kwargs) trees are equal: the same structure, equal non-tensor leaves and
+    tensors of the same dtype, shape and values, bit for bit (``torch.equal``)."""
+    from torch.utils._pytree import tree_flatten
+
+    lx, sx = tree_flatten(x)
+    ly, sy = tree_flatten(y)
+    if sx != sy or len(lx) != len(ly):
+        return False
+    pairs = list(zip(lx, ly))
+    for a, b in pairs:  # the cheap checks first: types, shapes, dtypes, scalars
+        if isinstance(a, torch.Tensor) != isinstance(b, torch.Tensor):
+            return False
+        if isinstance(a, torch.Tensor):
+            if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+                return False
+        elif a is not b:
+            try:
+                if type(a) is not type(b) or not bool(a == b):
+                    return False
+            except (TypeError, ValueError):  # no single truth value (an array): not comparable here
+                return False
+    return all(torch.equal(a, b) for a, b in pairs if isinstance(a, torch.Tensor))
 
 
 def _serve(forward: Callable[..., Any], queue: list[Any]) -> Callable[..., Any]:
@@ -326,13 +398,25 @@ class Runner:
     def missing(self, key: str) -> list[int]:
         return [i for i, p in enumerate(self.prompts) if (key, p.id) not in self.cache]
 
-    def image_scores(self, key: str, apply: Callable[[], ContextManager], score: Callable[[list[Any], list[Any], list[Any]], Sequence[float]], kind: str = "image") -> np.ndarray:
-        """Per-prompt ``score(images, prompts, fp_images)`` of the pipeline under ``apply()``."""
+    def prefix_cache(self) -> PrefixCache:
+        """The :class:`PrefixCache` of the captured calls (recorded on first use: one replay)."""
+        if self.prefix is None:
+            calls = self.calls()
+            self.prefix = PrefixCache(self.denoiser, calls)
+            self.forward_passes += len(calls)
+        return self.prefix
+
+    def image_scores(self, key: str, apply: Callable[[], ContextManager], score: Callable[[list[Any], list[Any], list[Any]], Sequence[float]],
+                     kind: str = "image", layer: str | None = None) -> np.ndarray:
+        """Per-prompt ``score(images, prompts, fp_images)`` of the pipeline under ``apply()``; with
+        ``layer`` (the one perturbed) and ``reuse_prefix``, the first step's units before it are
+        served from the :class:`PrefixCache` (:meth:`PrefixCache.serving`: same images)."""
         todo = self.missing(key)
         if todo:
             t = time.perf_counter()
             refs = self.references()
-            with apply():
+            serve = self.prefix_cache().serving(layer) if (self.reuse_prefix and layer is not None) else contextlib.nullcontext()
+            with apply(), serve:
                 for j in range(0, len(todo), self.batch):
                     idx = todo[j:j + self.batch]
                     ps = [self.prompts[i] for i in idx]
@@ -360,9 +444,8 @@ class Runner:
         if self.missing(key):
             t = time.perf_counter()
             calls = self.calls()
-            if self.reuse_prefix and layer is not None and self.prefix is None:
-                self.prefix = PrefixCache(self.denoiser, calls)
-                self.forward_passes += len(calls)
+            if self.reuse_prefix and layer is not None:
+                self.prefix_cache()
             with apply():
                 outs = self.prefix.replay(layer, calls) if (self.prefix is not None and layer is not None) else replay_outputs(self.denoiser, calls)
             self.forward_passes += len(calls)

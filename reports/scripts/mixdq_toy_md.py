@@ -42,8 +42,9 @@ def metric(r, name, nd=4):
 
 
 def plot_sensitivity(alloc: dict, model: str, path: str, bits: str) -> None:
-    """Per-layer sensitivity (content: 1 - SSIM, log scale; quality: SQNR dB) at W2/W4/W8, layers
-    ordered by their W2 score, the allocated width marked."""
+    """Per-layer sensitivity (content: 1 - SSIM, log scale; quality: SQNR dB) at every measured
+    width (W2/W4/W8; quality layers under rule=mixdq only W4/W8, the widths they may get), layers
+    ordered by their narrowest width's score, the allocated width marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +53,13 @@ def plot_sensitivity(alloc: dict, model: str, path: str, bits: str) -> None:
     sens = alloc["sensitivity"]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
     for ax, group in zip(axes, ("content", "quality")):
-        names = sorted((n for n, v in sens.items() if v["group"] == group), key=lambda n: sens[n]["w"]["2"])
+        widths = sorted({b for n, v in sens.items() if v["group"] == group for b in v["w"]}, key=int)
+        if not widths:
+            ax.set_visible(False)
+            continue
+        names = sorted((n for n, v in sens.items() if v["group"] == group), key=lambda n: sens[n]["w"][widths[0]])
         x = range(len(names))
-        for b, style in (("2", "o-"), ("4", "s-"), ("8", "^-")):
+        for b, style in zip(widths, ("o-", "s-", "^-", "d-")):
             y = [sens[n]["w"][b] for n in names]
             y = [max(1.0 - v, 1e-7) for v in y] if group == "content" else y
             ax.plot(x, y, style, ms=3, lw=0.8, label=f"W{b} alone")
@@ -66,7 +71,7 @@ def plot_sensitivity(alloc: dict, model: str, path: str, bits: str) -> None:
             ax.set_ylabel("1 - SSIM vs FP (lower = less damage)")
         else:
             ax.set_ylabel("SQNR of denoiser output, dB (higher = less damage)")
-        ax.set_xlabel(f"{group} layers, ordered by their W2 score")
+        ax.set_xlabel(f"{group} layers, ordered by their W{widths[0]} score")
         ax.set_title(f"{model}: {group} layers ({len(names)})")
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -191,9 +196,10 @@ def main() -> None:
             if not names_g:
                 continue
             g = lambda dct, b: dct.get(str(b), dct.get(b))
-            ranked = sorted(names_g, key=lambda n: g(sens[n]["w"], 2))
-            p(f"{group} layers ({len(names_g)}; {unit}; each layer alone, weight-only at 2 / 4 / 8 bits, input activations at 4 / 8 bits; "
-              f"ranked by W2; allocation at {lo}):\n")
+            lo_w = min(int(b) for n in names_g for b in sens[n]["w"])
+            ranked = sorted(names_g, key=lambda n: g(sens[n]["w"], lo_w))
+            p(f"{group} layers ({len(names_g)}; {unit}; each layer alone, weight-only at 2 / 4 / 8 bits (a quality layer under rule=mixdq "
+              f"only at the 4 / 8 it may get: -), input activations at 4 / 8 bits; ranked by W{lo_w}; allocation at {lo}):\n")
             p("| layer | params | W2 | W4 | W8 | A4 | A8 | allocated |")
             p("|---|---|---|---|---|---|---|---|")
             pick = ranked[:5] + ["…"] + ranked[-5:] if len(ranked) > 10 else ranked
