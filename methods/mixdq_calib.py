@@ -363,7 +363,7 @@ def run_calibration(cfg: Any, *, show_progress: bool = True) -> dict[str, Any]:
     t = time.perf_counter()
     model = load_model(cfg.model, model_path=cfg.model_path, device=cfg.device, dtype=cfg.dtype)
     with make_progress(show_progress) as progress:
-        ctx = CalibrationContext(model, cfg, prompts, method_name="mixdq", progress=progress, say=_say)
+        ctx = CalibrationContext(model, cfg, prompts, method_name="mixdq", progress=progress, say=_say, calib_spec=method.calib_spec)
         method.prepare(model)
         method.calibrate(model, prompts, ctx)
     info = method.calib_info

@@ -84,7 +84,7 @@ def work(n: int, sens_images: int, quality_configs: int, steps: int, batches: in
             "forward_passes": passes, "sensitivity_denoiser_rows": quality_configs * n + (n if rec else 0),
             "what": f"{n} full-precision reference + {sens_images} sensitivity images (content layers: SSIM) + at most {alloc} allocation images "
                     f"({points} allocations x {n}); {passes} denoiser passes = {quality_configs} quality-layer configs "
-                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)" + (" + 1 recording replay (prefix reuse)" if rec else "")}
+                    f"x {steps} steps x {batches} batch(es) (output SQNR, no images)" + (f" + {rec} passes recording the FP prefix (prefix reuse)" if rec else "")}
 
 
 def estimate_cost(method: MixDQ, n: int) -> dict[str, Any]:

@@ -160,8 +160,7 @@ class QSched(Method):
 
     @property
     def calibration_prompts_n(self) -> int:
-        """25 (the public code's; the model's smoke size on a tiny twin: :meth:`default_calibration_n`),
-        or more if the base method needs more for its own calibration."""
+        """25 (public code; a tiny twin's smoke size: default_calibration_n), or the base's if more."""
         return max(self.default_calibration_n(self.CALIBRATION_PROMPTS), self.base.calibration_prompts_n)
 
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:
@@ -333,7 +332,7 @@ class QSched(Method):
         if ctx is None:
             from qbench.calibctx import CalibrationContext
 
-            ctx = CalibrationContext.standalone(model, self.cfg, self._calib_prompts, self.name, progress=bool(self.opts["progress"]))
+            ctx = CalibrationContext.standalone(model, self.cfg, self._calib_prompts, self.name, progress=bool(self.opts["progress"]), calib_spec=self.calib_spec)
         self._ctx = ctx
         with ctx:
             self._convert_base(model)

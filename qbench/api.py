@@ -166,6 +166,8 @@ class Method:
         self.calib_spec: str | None = None
         #: why that spec is smaller than the method's published size (a tiny twin's smoke size), or None
         self.calib_note: str | None = None
+        #: the published size :meth:`default_calibration_n` capped (None: not capped)
+        self.calib_capped_from: int | None = None
 
     def own_options(self, owner: type | None = None) -> dict[str, Any]:
         """The options given (coerced, without defaults) that ``owner`` (a class in this method's
@@ -222,13 +224,15 @@ class Method:
         """``published`` (the method's own calibration set size), capped by the model's
         :attr:`~qbench.models.base.ModelSpec.calib_size` (the random-weight tiny twins: 2, a smoke
         test of the code path). Every method's default calibration size goes through here."""
+        from qbench.catalog import MODELS
         from qbench.errors import QBenchError
-        from qbench.models.loader import get_spec
 
         try:
-            cap = get_spec(self.cfg.model).calib_size if published else None
+            cap = MODELS.get(self.cfg.model).calib_size if published else None
         except QBenchError:  # no such model: the run's own check says so in one line
             cap = None
+        if cap and cap < published:
+            self.calib_capped_from = published  # what the plan line names (qbench.preflight)
         return min(published, cap) if cap else published
 
     def calibration_cost(self, n_prompts: int) -> dict[str, Any] | None:

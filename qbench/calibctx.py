@@ -142,10 +142,12 @@ class CalibrationContext:
 
     def __init__(self, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], *, method_name: str,
                  fp_images: Sequence[Any] | None = None, progress: Any = None, say: Callable[[str], None] | None = None,
-                 dist: Any = None):
+                 dist: Any = None, calib_spec: str | None = None):
         self.model = model
         self.cfg = cfg
         self.prompts = list(prompts)
+        #: the calibration prompt spec as resolved (``--calib-prompts``, or the method's default)
+        self.calib_spec = calib_spec or cfg.calib_prompts
         self.method_name = method_name
         self._fp = fp_images
         self._progress = progress
@@ -175,7 +177,7 @@ class CalibrationContext:
 
     @classmethod
     def standalone(cls, model: LoadedModel, cfg: RunConfig, prompts: list[Prompt], method_name: str, progress: bool = False,
-                   fp_images: bool = False) -> CalibrationContext:
+                   fp_images: bool = False, calib_spec: str | None = None) -> CalibrationContext:
         """A context outside the harness (tests, ``qbench calibrate``), with its own progress
         display (started and stopped by ``with ctx:``). ``fp_images=True`` generates the model's
         images of ``prompts`` now, in the harness's batches of ``cfg.batch_size``, as the
@@ -185,7 +187,7 @@ class CalibrationContext:
         bar = make_progress(progress)
         con = getattr(bar, "console", None)  # a rich bar: messages go through its console, above the bar
         say = (lambda msg: con.print(msg, highlight=False, markup=False, soft_wrap=True)) if con is not None else None
-        ctx = cls(model, cfg, prompts, method_name=method_name, progress=bar, say=say)
+        ctx = cls(model, cfg, prompts, method_name=method_name, progress=bar, say=say, calib_spec=calib_spec)
         ctx._owns_progress = True
         if fp_images:
             bs = max(1, int(cfg.batch_size))
@@ -248,7 +250,7 @@ class CalibrationContext:
             model_name=self.model.spec.name,
             model_family=self.model.spec.family,
             resolution=self.resolution,
-            prompt_set=self.cfg.calib_prompts,
+            prompt_set=self.calib_spec,
             cache_dir=os.path.join(self.cfg.out_dir, "cache"),
         )
         m = METRICS.get(metric)(ctx)
@@ -304,7 +306,7 @@ class CalibrationContext:
             "model": self.model.spec.name,
             "weights": self.model.source,
             "method": method_describe,
-            "calibration_prompts": self.cfg.calib_prompts,
+            "calibration_prompts": self.calib_spec,
             "prompt_ids": [p.id for p in self.prompts],
             "seed": self.cfg.seed,
             "steps": self.steps,

@@ -29,11 +29,17 @@ def _log_to_stderr() -> None:
         h.setFormatter(logging.Formatter("qbench: %(levelname)s: %(message)s"))
         log.addHandler(h)
         log.propagate = False
+    log.setLevel(logging.WARNING)  # its own level: the root's is ERROR (quiet_libraries)
 
 
 def quiet_libraries() -> None:
-    """Silence import-time chatter of torch/torchao/bitsandbytes/diffusers that is not ours."""
-    for name in ("torch.utils._pytree", "bitsandbytes", "torchao", "diffusers", "transformers", "datasets", "httpx2", "timm"):
+    """Silence import-time chatter of torch/torchao/bitsandbytes/diffusers that is not ours.
+
+    Any library logger without a level of its own inherits the root's, set to ERROR here: a new
+    release that starts logging a warning on import (kernels 0.19 via bitsandbytes: "Skipping
+    publisher trust check ... offline mode") cannot add a line to qbench's one-line errors."""
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torch.utils._pytree", "bitsandbytes", "kernels", "torchao", "diffusers", "transformers", "datasets", "httpx2", "timm"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning, module=r"(diffusers|transformers|torchvision|open_clip|timm)")

@@ -50,10 +50,13 @@ def check_option_files(options: dict[str, Any], where: str = "method option") ->
             check_option_files(value, f"{where} {key}")
 
 
-def _check_prompts(spec: Any) -> None:
+def _check_prompts(spec: Any, flag: str) -> None:
+    """Load ``spec`` to check it; an empty or blank one is refused (it would silently mean the default)."""
     from qbench.prompts import load_prompts
 
-    if isinstance(spec, str) and spec.strip():
+    if isinstance(spec, str) and not spec.strip():
+        raise ConfigError(f"{flag} is empty: give a prompt spec (NAME:N, hf:..., or a file), or leave the flag out for the default")
+    if isinstance(spec, str):
         load_prompts(spec)
 
 
@@ -82,8 +85,8 @@ def precheck_run(cfg) -> None:
     gather(
         cfg.validate,
         *_check_names(cfg),
-        lambda: _check_prompts(cfg.prompts),
-        lambda: _check_prompts(cfg.calib_prompts),
+        lambda: _check_prompts(cfg.prompts, "--prompts"),
+        lambda: _check_prompts(cfg.calib_prompts, "--calib-prompts"),
         lambda: _check_qsched_ckpt(opts.get("qsched_ckpt")),
         lambda: check_option_files({k: v for k, v in opts.items() if k != "qsched_ckpt"}),
         lambda: _check_finite("-O", cfg.method_options),

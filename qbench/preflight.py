@@ -141,9 +141,9 @@ def calibration_prompts(cfg: RunConfig, method, eval_prompts: list[Prompt] | Non
             raise ConfigError(f"--calib-prompts {cfg.calib_prompts!r} given, but {method.label} does not calibrate")
         return []
     method.calib_spec = cfg.calib_prompts or f"{spec.calib_prompts}:{n}"
-    published = type(method).CALIBRATION_PROMPTS
+    published = method.calib_capped_from  # set by calibration_prompts_n when the model's smoke size capped it
     method.calib_note = (f"{spec.name}'s smoke size: random weights, the calibration tests the code path; {method.name} calibrates on "
-                         f"{published}: --calib-prompts {spec.calib_prompts}:{published}") if not cfg.calib_prompts and spec.calib_size and n < published else None
+                         f"{published}: --calib-prompts {spec.calib_prompts}:{published}") if not cfg.calib_prompts and published and n < published else None
     calib = load_prompts(method.calib_spec)
     if eval_prompts is None:
         eval_prompts = load_prompts(cfg.prompts or spec.default_prompts)

@@ -219,6 +219,9 @@ def load_prompts(spec: str) -> list[Prompt]:
     elif _looks_like_path(name):
         prompts = load_prompt_file(name)
     else:
+        head, sep, tail = name.rpartition(":")
+        if sep and name not in PROMPTS and head in PROMPTS:  # a known set with a bad count
+            raise ConfigError(f"prompt spec {spec!r}: N must be a positive integer, got {tail!r} (e.g. {head}:8)")
         source: Callable[[], "tuple[Prompt, ...] | list[Prompt]"] = PROMPTS.get(name)
         prompts = list(source())
     if not prompts:

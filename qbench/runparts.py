@@ -120,7 +120,8 @@ def _calibration_context(plan, model, progress, say, dist=None):
         key, meta = image_key(model, fp_method(cfg), cfg)
         fp, _ = generate_cached(model, ImageCache(cfg.out_dir, cfg.model, key, meta), plan.calib_prompts, cfg, progress,
                                 "full-precision calibration images", dist)
-    return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say, dist=dist)
+    return CalibrationContext(model, cfg, plan.calib_prompts, method_name=plan.method.name, fp_images=fp, progress=progress, say=say, dist=dist,
+                              calib_spec=plan.calib_spec)
 
 
 def _bits(method, model) -> dict[str, Any]:

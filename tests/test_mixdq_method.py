@@ -309,7 +309,7 @@ def test_cost_estimate_and_progress_line_count_the_same_work(tmp_path, capsys):
     assert len(est) == 1 and len(todo) == 1, err
     for line in est + todo:
         assert "38 images, 28 denoiser passes" in line and "2 full-precision reference + 32 sensitivity images" in line and "at most 4 allocation images" in line, line
-        assert "28 denoiser passes = 6 quality-layer configs x 4 steps x 1 batch(es) (output SQNR, no images) + 1 recording replay" in line, line
+        assert "28 denoiser passes = 6 quality-layer configs x 4 steps x 1 batch(es) (output SQNR, no images) + 4 passes recording the FP prefix" in line, line
     counts = json.loads(out)["counts"]  # what was done: the estimate's sensitivity images and passes (references come from the capture pass)
     assert counts["forward_passes"] == 28 and counts["images_generated"] - counts["allocation_images"] == 32, counts
     # every content config's first step (one batch) took its units before the perturbed one from the record
