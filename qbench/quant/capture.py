@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from qbench.errors import QBenchError
 
@@ -188,32 +188,24 @@ class PrefixCache:
             yield
             return
         mods = dict(self.units)
-        patched: list[str] = []
-
-        def restore() -> None:
-            while patched:
-                n = patched.pop()
-                if "forward" in mods[n].__dict__:
-                    del mods[n].forward  # the instance attribute: back to the class's forward
+        active = contextlib.ExitStack()  # the units served during the current call
 
         def pre(mod: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-            restore()
+            active.close()
             for (a, k), trace in zip(self.inputs, self.traces or []):
                 if same_inputs((args, kwargs), (a, k)):
-                    for n, q in self._prefix_queues(trace, unit).items():
-                        mods[n].forward = _serve(mods[n].forward, q)
-                        patched.append(n)
+                    active.enter_context(_served_units(mods, self._prefix_queues(trace, unit)))
                     self.served += 1
                     return
 
         h1 = self.denoiser.register_forward_pre_hook(pre, with_kwargs=True)
-        h2 = self.denoiser.register_forward_hook(lambda mod, args, kwargs, out: restore(), with_kwargs=True)
+        h2 = self.denoiser.register_forward_hook(lambda mod, args, kwargs, out: active.close(), with_kwargs=True)
         try:
             yield
         finally:
             h1.remove()
             h2.remove()
-            restore()
+            active.close()
 
     def replay(self, layer: str, calls: Sequence[CapturedCall]) -> list[torch.Tensor]:
         """Outputs of ``calls`` (the denoiser as it is now, e.g. with ``layer`` perturbed), the
@@ -224,22 +216,14 @@ class PrefixCache:
         mods = dict(self.units)
         outs = []
         for c, trace in zip(calls, self.traces):
-            queues = self._prefix_queues(trace, unit)
-            for n, q in queues.items():
-                mods[n].forward = _serve(mods[n].forward, q)
-            try:
+            with _served_units(mods, self._prefix_queues(trace, unit)):
                 outs.extend(replay_outputs(self.denoiser, [c]))
-            finally:
-                for n in queues:
-                    del mods[n].forward  # the instance attribute: back to the class's forward
         return outs
 
 
 def same_inputs(x: Any, y: Any) -> bool:
     """Whether two (args, kwargs) trees are equal: the same structure, equal non-tensor leaves and
     tensors of the same dtype, shape and values, bit for bit (``torch.equal``)."""
-    from torch.utils._pytree import tree_flatten
-
     lx, sx = tree_flatten(x)
     ly, sy = tree_flatten(y)
     if sx != sy or len(lx) != len(ly):
@@ -258,6 +242,19 @@ def same_inputs(x: Any, y: Any) -> bool:
             except (TypeError, ValueError):  # no single truth value (an array): not comparable here
                 return False
     return all(torch.equal(a, b) for a, b in pairs if isinstance(a, torch.Tensor))
+
+
+@contextlib.contextmanager
+def _served_units(mods: dict[str, nn.Module], queues: dict[str, list[Any]]):
+    """While active, each unit ``mods[n]`` of ``queues`` answers from ``queues[n]`` (recorded
+    outputs, in order) before computing again (:func:`_serve`)."""
+    for n, q in queues.items():
+        mods[n].forward = _serve(mods[n].forward, q)
+    try:
+        yield
+    finally:
+        for n in queues:
+            del mods[n].forward  # the instance attribute: back to the class's forward
 
 
 def _serve(forward: Callable[..., Any], queue: list[Any]) -> Callable[..., Any]:
